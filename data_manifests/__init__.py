@@ -1,0 +1,1 @@
+"""Dataset converters (one per official release format) and the synthetic demo world."""

@@ -1,0 +1,1 @@
+"""Stage 3: official metrics of each task, prediction files, and run reports."""

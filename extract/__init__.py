@@ -1,0 +1,1 @@
+"""Stage 1: CLIP features of images into a resumable, crash-safe HDF5 feature store."""

@@ -1,0 +1,120 @@
+"""Decoding images safely in DataLoader workers: one bad image never fails a batch.
+
+Odd modes (grayscale, RGBA, palette, CMYK, 16-bit) are converted to RGB and
+extracted. Broken inputs (missing, empty, truncated, not an image, over the pixel
+limit) come back as a reason string that the run records as a failure.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vl.extract.inputs import MediaInput
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~ 9459 x 9459)
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageDecodeError(Exception):
+    """An input that cannot be turned into an RGB image; the message is the reason."""
+
+
+def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image file as 8-bit RGB, or raise ImageDecodeError saying why not."""
+    try:
+        with open(path, "rb") as f:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = Image.open(f)
+                w, h = im.size  # read from the header: nothing decoded yet
+                if w * h > max_pixels:
+                    raise ImageDecodeError(
+                        f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                        "(a decompression bomb guard; raise --max-pixels if the image is genuine)"
+                    )
+                im.load()  # decode now, inside the try, so truncation is caught here
+    except ImageDecodeError:
+        raise
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a folder, not an image file") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"decompression bomb: {e}") from None
+    except Image.UnidentifiedImageError:
+        size = _file_size(path)
+        raise ImageDecodeError("empty file (0 bytes)" if size == 0 else "not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError(f"corrupt image: {e}") from None
+    return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(im), im.mode), mode="L").convert("RGB")
+    # L, LA, P, PA, RGBA, CMYK, YCbCr, 1, ...: Pillow's conversion (alpha dropped, as CLIP's own preprocessing does)
+    return im.convert("RGB")
+
+
+def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit (or 32-bit int / float) grayscale to 8 bits by its value range, not by clipping."""
+    if mode == "F":
+        a = np.nan_to_num(a.astype(np.float64))
+        lo, hi = float(a.min()), float(a.max())
+        scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        return (scaled * 255.0 + 0.5).astype(np.uint8)
+    a = a.astype(np.int64)
+    top = 65535 if a.max() <= 65535 and a.min() >= 0 else int(a.max())
+    return np.clip((a * 255 + top // 2) // max(top, 1), 0, 255).astype(np.uint8)
+
+
+def _file_size(path: str) -> int:
+    try:
+        import os
+
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Items are (index, tensor or None, failure reason or None); never raises."""
+
+    def __init__(self, inputs: Sequence[MediaInput], transform: Callable, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 delay_s: float = 0.0):
+        self.inputs = list(inputs)
+        self.transform = transform
+        self.max_pixels = max_pixels
+        self.delay_s = delay_s  # tests use it to slow a run down so it can be killed part-way
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        try:
+            image = load_rgb(self.inputs[index].path, self.max_pixels)
+            return index, self.transform(image), None
+        except ImageDecodeError as e:
+            return index, None, str(e)
+        except Exception as e:  # noqa: BLE001 - a transform bug must not kill the batch either
+            return index, None, f"preprocessing failed: {type(e).__name__}: {e}"
+
+
+def collate_decoded(items):
+    """-> (indices of decoded images, stacked tensor or None, [(index, reason), ...])"""
+    ok = [(i, t) for i, t, err in items if err is None]
+    failed = [(i, err) for i, t, err in items if err is not None]
+    if not ok:
+        return [], None, failed
+    return [i for i, _ in ok], torch.stack([t for _, t in ok]), failed

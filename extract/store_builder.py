@@ -1,0 +1,311 @@
+"""Building a feature store so that no crash can lose or corrupt finished work.
+
+Features are appended to a shard file under a temporary name in `<store>.parts/`; a
+shard is renamed into place only once it is complete (every `shard_rows` items or
+`shard_seconds`, and on Ctrl-C). A rerun keeps every finished shard and skips its
+ids, so a run killed at any moment (even `kill -9`) loses at most the open shard.
+When all inputs are done, the finished store (if any) and the shards are joined into
+a new file that replaces `<store>` by an atomic rename; the store is never left
+unreadable. Settings that decide the features (model, weights, preprocessing,
+layer, pooling, dtype) are recorded in `<store>.parts/settings.json` and in the store,
+and a rerun with other settings is refused, naming each field that differs.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterable
+
+import h5py
+import numpy as np
+
+from vl.shared.atomic import atomic_path, commit, write_json_atomic
+from vl.shared.errors import VLError
+from vl.shared.feature_store import (
+    STORE_FORMAT,
+    STORE_SCHEMA_VERSION,
+    parts_dir,
+    settings_differences,
+    sidecar_path,
+)
+
+SETTINGS_KEYS = ("encoder", "preprocess", "features")  # what must match for reuse
+NOT_COMPARED = {"encoder.weights.path"}  # a moved checkpoint file is the same weights (sha256 decides)
+CHUNK_BYTES = 256 * 1024
+COPY_ROWS = 256
+
+
+def reuse_problems(have: dict, want: dict, where: str) -> list[str]:
+    diffs = [d for d in settings_differences({k: have.get(k) for k in SETTINGS_KEYS},
+                                             {k: want.get(k) for k in SETTINGS_KEYS}) if d[0] not in NOT_COMPARED]
+    return [f"{where}: {path} is {a!r}, this run asks for {b!r}" for path, a, b in diffs]
+
+
+def chunk_rows(item_shape: tuple[int, ...], dtype: np.dtype, n_rows: int) -> int:
+    """Rows per HDF5 chunk: about 256 KiB, so reading one item reads little more."""
+    item_bytes = int(np.prod(item_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return int(max(1, min(CHUNK_BYTES // max(item_bytes, 1), max(n_rows, 1))))
+
+
+def _read_ids(f: h5py.File) -> list[str]:
+    return [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["ids"][()]]
+
+
+def _read_failures(f: h5py.File) -> list[dict]:
+    if "failures" not in f:
+        return []
+    v = f["failures"][()]
+    return json.loads(v.decode("utf-8") if isinstance(v, bytes) else v)
+
+
+class _OpenShard:
+    """A shard being written under a temporary name; rows are appended batch by batch."""
+
+    def __init__(self, tmp: Path, final: Path, item_shapes: dict[str, tuple[int, ...]], dtype: np.dtype):
+        self.tmp, self.final = tmp, final
+        self.f = h5py.File(tmp, "w")
+        self.n = 0
+        self.failures: list[dict] = []
+        self.opened = time.monotonic()
+        str_dt = h5py.string_dtype("utf-8")
+        self.f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
+        grp = self.f.create_group("features")
+        for name, shape in item_shapes.items():
+            grp.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                               chunks=(chunk_rows(shape, dtype, 1 << 20), *shape))
+
+    def append(self, ids: list[str], features: dict[str, np.ndarray]) -> None:
+        n, k = self.n, len(ids)
+        for name, arr in features.items():
+            ds = self.f["features"][name]
+            ds.resize(n + k, axis=0)
+            ds[n:n + k] = arr
+        self.f["ids"].resize(n + k, axis=0)
+        self.f["ids"][n:n + k] = ids
+        self.n = n + k  # last: rows beyond self.n are cut off if we stop between the lines above
+
+    def close_and_commit(self) -> None:
+        for ds in [self.f["ids"], *self.f["features"].values()]:
+            ds.resize(self.n, axis=0)
+        self.f.create_dataset("failures", data=json.dumps(self.failures), dtype=h5py.string_dtype("utf-8"))
+        self.f.close()
+        commit(self.tmp, self.final)
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.f.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+class StoreBuilder:
+    """Use as a context manager around one extraction run (see the module docstring)."""
+
+    def __init__(self, out: str | os.PathLike, provenance: dict, item_shapes: dict[str, tuple[int, ...]],
+                 dtype: str = "float16", *, overwrite: bool = False, shard_rows: int = 1024,
+                 shard_seconds: float = 60.0, rank: int = 0):
+        self.out = Path(out)
+        self.parts = parts_dir(self.out)
+        self.provenance = provenance
+        self.item_shapes = {k: tuple(v) for k, v in item_shapes.items()}
+        self.dtype = np.dtype(dtype)
+        self.overwrite = overwrite
+        self.shard_rows = shard_rows
+        self.shard_seconds = shard_seconds
+        self.rank = rank
+        self.done_in_store: set[str] = set()  # ids in the finished store being extended
+        self.done_in_parts: set[str] = set()  # ids in finished shards of an earlier, unfinished run
+        self.discarded_shards: list[str] = []
+        self.prior_failures: dict[str, dict] = {}  # failures recorded in the finished store
+        self._shard: _OpenShard | None = None
+        self._lock_file = None
+
+    # -- opening: lock, check settings, find what is done ------------------------------
+    def __enter__(self) -> "StoreBuilder":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._prepare()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._shard is not None:
+                if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+                    self._commit_shard()  # its rows are complete: keep them for the rerun
+                else:
+                    self._shard.discard()
+                    self._shard = None
+            if self.parts.is_dir() and not self._shards():
+                shutil.rmtree(self.parts, ignore_errors=True)  # nothing unfinished to keep
+        finally:
+            self._unlock()
+
+    def _lock(self) -> None:
+        lock_path = self.out.with_name(f".{self.out.name}.lock")
+        self._lock_file = open(lock_path, "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise VLError(f"another `vl extract` is writing {self.out} right now; wait for it to end or choose another --out") from None
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _prepare(self) -> None:
+        hint = ("Use the settings it was made with, write to another --out, "
+                "or pass --overwrite to replace it (the old store stays until the new one is complete).")
+        if self.out.exists() and not self.overwrite:
+            try:
+                with h5py.File(self.out, "r") as f:
+                    if f.attrs.get("vl_format") != STORE_FORMAT:
+                        raise VLError(f"{self.out} exists and is not a vl feature store; choose another --out or pass --overwrite")
+                    have = json.loads(f.attrs["provenance"])
+                    problems = reuse_problems(have, self.provenance, str(self.out))
+                    if problems:
+                        raise VLError(problems, hint=f"{self.out} was made with other settings. {hint}")
+                    self.done_in_store = set(_read_ids(f))
+                    self.prior_failures = {x["id"]: x for x in _read_failures(f)}
+            except OSError as e:
+                raise VLError(f"{self.out} exists but is not a readable HDF5 file ({e}); pass --overwrite to replace it") from None
+
+        settings_file = self.parts / "settings.json"
+        if self.parts.is_dir() and not settings_file.is_file():
+            shutil.rmtree(self.parts)  # killed before it recorded anything: nothing to keep
+        if self.parts.is_dir():
+            have = json.loads(settings_file.read_text())
+            problems = reuse_problems(have, self.provenance, str(self.parts))
+            if problems and not self.overwrite:
+                raise VLError(problems, hint=(
+                    f"{self.parts} holds the finished part of an interrupted run with other settings. "
+                    "Rerun that command to finish it, or pass --overwrite to discard it."))
+            if problems:
+                shutil.rmtree(self.parts)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        if not settings_file.is_file():
+            write_json_atomic(settings_file, {k: self.provenance[k] for k in SETTINGS_KEYS})
+        for tmp in self.parts.glob(".*.tmp-*"):  # shards that were open when a run was killed
+            tmp.unlink()
+        for shard in self._shards():
+            try:
+                with h5py.File(shard, "r") as f:
+                    self.done_in_parts.update(_read_ids(f))
+            except Exception:  # noqa: BLE001 - a damaged shard is redone, not trusted
+                self.discarded_shards.append(shard.name)
+                shard.unlink()
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.parts.glob("shard-*.h5"))
+
+    @property
+    def done_ids(self) -> set[str]:
+        return self.done_in_store | self.done_in_parts
+
+    # -- writing ------------------------------------------------------------------------
+    def _open_shard(self) -> _OpenShard:
+        if self._shard is None:
+            seq = 0
+            existing = self._shards()
+            if existing:
+                seq = 1 + max(int(p.stem.rsplit("-", 1)[-1]) for p in existing)
+            final = self.parts / f"shard-r{self.rank:04d}-{seq:06d}.h5"
+            self._shard = _OpenShard(final.with_name(f".{final.name}.tmp-{os.getpid()}"), final,
+                                     self.item_shapes, self.dtype)
+        return self._shard
+
+    def add(self, ids: list[str], features: dict[str, np.ndarray]) -> None:
+        """Append finished items; features[name] is (len(ids), *item_shape)."""
+        shard = self._open_shard()
+        shard.append(ids, {k: np.asarray(v, dtype=self.dtype) for k, v in features.items()})
+        if shard.n >= self.shard_rows or time.monotonic() - shard.opened >= self.shard_seconds:
+            self._commit_shard()
+
+    def add_failures(self, failures: Iterable[dict]) -> None:
+        self._open_shard().failures.extend(failures)
+
+    def _commit_shard(self) -> None:
+        if self._shard is not None:
+            self._shard.close_and_commit()
+            self._shard = None
+
+    # -- joining ------------------------------------------------------------------------
+    def finish(self, run_record: dict, retried_ids: set[str]) -> dict:
+        """Join the finished store and all shards into a new store that replaces the old
+        one atomically; return the final counts. `retried_ids` are the inputs of this run,
+        whose failures from earlier runs are replaced by this run's outcome."""
+        self._commit_shard()
+        sources = ([self.out] if self.out.exists() and not self.overwrite else []) + self._shards()
+        plan: list[tuple[Path, list[int], list[str]]] = []
+        seen: set[str] = set()
+        failures: dict[str, dict] = {}
+        old_prov: dict = {}
+        for src in sources:
+            with h5py.File(src, "r") as f:
+                if src == self.out:
+                    old_prov = json.loads(f.attrs["provenance"])
+                    for x in _read_failures(f):
+                        if x["id"] not in retried_ids:
+                            failures[x["id"]] = x
+                else:
+                    for x in _read_failures(f):
+                        failures[x["id"]] = x
+                ids = _read_ids(f)
+            rows = [i for i, ident in enumerate(ids) if ident not in seen]
+            seen.update(ids[i] for i in rows)
+            plan.append((src, rows, [ids[i] for i in rows]))
+        failures = {k: v for k, v in failures.items() if k not in seen}
+        all_ids = [ident for _, _, ids in plan for ident in ids]
+
+        provenance = dict(self.provenance)
+        provenance["runs"] = old_prov.get("runs", []) + [run_record]
+        provenance["count"] = len(all_ids)
+        provenance["failed"] = len(failures)
+        failure_list = sorted(failures.values(), key=lambda x: x["id"])
+        with atomic_path(self.out) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["vl_format"] = STORE_FORMAT
+                f.attrs["schema_version"] = STORE_SCHEMA_VERSION
+                f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+                f.create_dataset("ids", data=np.array(all_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+                f.create_dataset("failures", data=json.dumps(failure_list), dtype=h5py.string_dtype("utf-8"))
+                grp = f.create_group("features")
+                n = len(all_ids)
+                for name, shape in self.item_shapes.items():
+                    grp.create_dataset(name, shape=(n, *shape), dtype=self.dtype,
+                                       chunks=(chunk_rows(shape, self.dtype, n), *shape) if n else None)
+                start = 0
+                for src, rows, _ in plan:
+                    if rows:
+                        with h5py.File(src, "r") as s:
+                            for name in self.item_shapes:
+                                _copy_rows(s["features"][name], rows, grp[name], start)
+                    start += len(rows)
+        sidecar = {"kind": "feature_store", "schema_version": STORE_SCHEMA_VERSION, "store": self.out.name,
+                   "provenance": provenance, "failures": failure_list}
+        write_json_atomic(sidecar_path(self.out), sidecar)
+        shutil.rmtree(self.parts, ignore_errors=True)
+        return {"count": len(all_ids), "failed": len(failure_list)}
+
+
+def _copy_rows(src: h5py.Dataset, rows: list[int], dst: h5py.Dataset, start: int) -> None:
+    """Copy src[rows] to dst[start:...] in blocks; contiguous runs are read as slices."""
+    for b in range(0, len(rows), COPY_ROWS):
+        block = rows[b:b + COPY_ROWS]
+        if block[-1] - block[0] == len(block) - 1:
+            data = src[block[0]:block[-1] + 1]
+        else:
+            data = src[block]
+        dst[start + b:start + b + len(block)] = data

@@ -1,0 +1,58 @@
+"""Writes that never leave a half-written file behind: write a temporary file in the
+same folder, flush it to disk, then rename it into place (atomic on POSIX)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A unique temporary name beside `path`, so the final rename stays on one filesystem."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Flush `tmp` to disk and rename it over `path`."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be fsync'ed
+        fsync_path(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        commit(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def dumps_json(obj) -> str:
+    """The project's JSON style for files on disk: sorted keys, indented, trailing newline."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    write_text_atomic(path, dumps_json(obj))

@@ -1,0 +1,97 @@
+"""The `vl` command root.
+
+Stage commands are named by import string and imported only when run, so `vl --help`
+never imports torch. Every stage module's CLI stays thin: it parses options, then
+imports its workers inside the command.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from vl.shared.errors import VLError
+from vl.shared.version import __version__
+
+# name -> (import string, one-line help shown by `vl --help` without importing)
+STAGE_COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("vl.data_manifests.cli:data", "Dataset manifests: convert official files, check them, write the demo world."),
+    "extract": ("vl.extract.cli:extract", "Stage 1: CLIP features of images into a resumable HDF5 feature store."),
+    "train": ("vl.train.cli:train", "Stage 2: train PEFT variants of VL-T5 / VL-BART on cached features."),
+    "evaluate": ("vl.evaluate.cli:evaluate", "Stage 3: score runs with each task's official metric."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module_name, attr = self.lazy[name][0].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy[name][1]) for name in sorted(self.lazy)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VLError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            ctx.exit(1)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=STAGE_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, "--version", prog_name="vl")
+def cli() -> None:
+    """vl: parameter-efficient transfer learning for vision-and-language tasks.
+
+    \b
+    The three stages, linked by files on disk:
+      1. vl extract images   images -> CLIP features in one HDF5 feature store
+      2. vl train            PEFT training of VL-T5 / VL-BART on those features
+      3. vl evaluate         official metrics of each task
+    Dataset manifests (vl data) say which examples and media each task uses.
+
+    Run `vl COMMAND --help` for the options of a command.
+    """
+
+
+def not_yet_available(name: str, summary: str, issue: str) -> click.Command:
+    """A placeholder command: says it is not available yet and exits non-zero."""
+
+    @click.command(
+        name=name,
+        help=f"{summary}\n\nNot yet available in vl {__version__} ({issue}).",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=True,
+    )
+    @click.pass_context
+    def placeholder(ctx: click.Context) -> None:
+        full = ctx.command_path
+        raise VLError(f"`{full}` is not yet available in vl {__version__} ({issue}).")
+
+    return placeholder
+
+
+def main() -> None:
+    cli(prog_name="vl")
+
+
+if __name__ == "__main__":  # python -m vl.shared.cli
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The feature store: one HDF5 file of CLIP features for every media id of a dataset.
+
+Layout (schema version 1):
+
+    /ids                  (N,) utf-8 strings, the media ids, row i <-> ids[i]
+    /features/<name>      (N, *item_shape) features; <name> is `grid` (N, T, C) and/or
+                          `pooled` (N, D); chunked by item for fast random reads
+    /failures             scalar utf-8 JSON: [{"id", "path", "reason"}, ...]
+    attrs: vl_format = "vl.feature_store", schema_version = 1,
+           provenance = JSON (how the features were made; see `vl.extract`)
+
+A sidecar `<store>.json` repeats the provenance, counts and failures for people and
+tools that do not read HDF5. `vl extract` writes stores; everything else reads them
+through `FeatureStore`, which opens the HDF5 file lazily in each process, so one
+instance can be handed to DataLoader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from vl.shared.errors import VLError
+
+STORE_FORMAT = "vl.feature_store"
+STORE_SCHEMA_VERSION = 1
+
+
+def sidecar_path(store_path: str | os.PathLike) -> Path:
+    """`features/coco.h5` -> `features/coco.h5.json`."""
+    p = Path(store_path)
+    return p.with_name(p.name + ".json")
+
+
+def parts_dir(store_path: str | os.PathLike) -> Path:
+    """Where an unfinished extraction keeps its completed shards."""
+    p = Path(store_path)
+    return p.with_name(p.name + ".parts")
+
+
+def settings_differences(have: Any, want: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Leaf-by-leaf differences between two JSON-like settings trees, as (dotted path,
+    have, want); used to say exactly which provenance field stops a store's reuse."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        out = []
+        for key in sorted(set(have) | set(want)):
+            out += settings_differences(have.get(key), want.get(key), f"{prefix}{key}.")
+        return out
+    if have != want:
+        return [(prefix.rstrip("."), have, want)]
+    return []
+
+
+class FeatureStore:
+    """Read features by media id.
+
+    >>> store = FeatureStore("features/coco_val2014_rn101.h5")
+    >>> store.get("COCO_val2014_000000000042").shape    # (36, 2048) for a 6x6 RN101 grid
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            if parts_dir(self.path).is_dir():
+                raise VLError(
+                    f"feature store {self.path} is not finished: an extraction into it stopped part-way; "
+                    "rerun the same `vl extract` command to complete it"
+                )
+            raise VLError(f"feature store {self.path} not found: make it with `vl extract images ... --out {self.path}`")
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise VLError(f"{self.path} is not a readable HDF5 file ({e}); extract it again with `vl extract`") from None
+        with f:
+            if f.attrs.get("vl_format") != STORE_FORMAT:
+                raise VLError(f"{self.path} is an HDF5 file but not a vl feature store (no vl_format attribute)")
+            version = int(f.attrs.get("schema_version", -1))
+            if version != STORE_SCHEMA_VERSION:
+                raise VLError(
+                    f"{self.path} has feature-store schema version {version}; this vl reads "
+                    f"{STORE_SCHEMA_VERSION}. Extract it again with this version of `vl extract`."
+                )
+            self._ids: list[str] = [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["ids"][()]]
+            self._provenance: dict = json.loads(f.attrs["provenance"])
+            self._failures: list[dict] = json.loads(_read_scalar_string(f["failures"])) if "failures" in f else []
+            self._features = {name: (tuple(ds.shape[1:]), ds.dtype) for name, ds in f["features"].items()}
+        self._row = {ident: i for i, ident in enumerate(self._ids)}
+        assert len(self._row) == len(self._ids), f"duplicate ids in {self.path}"
+        # Prefer the grid: it is what the VL models read.
+        self.default_feature = "grid" if "grid" in self._features else sorted(self._features)[0]
+        self._h5: h5py.File | None = None
+        self._h5_pid: int | None = None
+
+    # -- lazy, per-process file handle (DataLoader workers each get their own) --------
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._h5_pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._h5_pid = os.getpid()
+        return self._h5
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_h5_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._h5 is not None and self._h5_pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- what is in the store -------------------------------------------------------
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, media_id: object) -> bool:
+        return media_id in self._row
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Names of the stored feature kinds, e.g. ('grid',) or ('grid', 'pooled')."""
+        return tuple(sorted(self._features))
+
+    def item_shape(self, feature: str | None = None) -> tuple[int, ...]:
+        return self._features[self._feature_name(feature)][0]
+
+    def dtype(self, feature: str | None = None) -> np.dtype:
+        return self._features[self._feature_name(feature)][1]
+
+    @property
+    def provenance(self) -> dict:
+        return json.loads(json.dumps(self._provenance))  # a copy the caller may change
+
+    @property
+    def failures(self) -> list[dict]:
+        return [dict(x) for x in self._failures]
+
+    # -- reading --------------------------------------------------------------------
+    def _feature_name(self, feature: str | None) -> str:
+        name = feature or self.default_feature
+        if name not in self._features:
+            raise VLError(f"{self.path} has no '{name}' features; it has: {', '.join(self.features)}")
+        return name
+
+    def _rows(self, ids: Iterable[str]) -> list[int]:
+        rows = []
+        for media_id in ids:
+            row = self._row.get(media_id)
+            if row is None:
+                failed = next((x for x in self._failures if x.get("id") == media_id), None)
+                why = f" (its extraction failed: {failed['reason']})" if failed else ""
+                raise KeyError(f"media id {media_id!r} is not in feature store {self.path}{why}")
+            rows.append(row)
+        return rows
+
+    def get(self, media_id: str, feature: str | None = None) -> np.ndarray:
+        """The features of one media id, e.g. (T, C) for `grid`, (D,) for `pooled`."""
+        (row,) = self._rows([media_id])
+        return self._file()["features"][self._feature_name(feature)][row]
+
+    def get_many(self, ids: Sequence[str], feature: str | None = None) -> np.ndarray:
+        """Features of several ids stacked in the order given, shape (len(ids), ...)."""
+        ds = self._file()["features"][self._feature_name(feature)]
+        rows = np.asarray(self._rows(ids), dtype=np.int64)
+        if len(rows) == 0:
+            return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+        unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing rows
+        return ds[unique.tolist()][inverse]
+
+
+def _read_scalar_string(ds: h5py.Dataset) -> str:
+    value = ds[()]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
