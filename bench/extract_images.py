@@ -1,0 +1,257 @@
+"""Benchmark `vl extract images` against the bare model forward and VL-Adapter's original pattern.
+
+Measures, in one run, on N generated photo-like 640x480 JPEGs (cached in OUT_DIR/images_N/):
+  (a)      `vl extract images --layer grid --pool 6` run as a subprocess of the real CLI; items/s from
+           the store's sidecar JSON (extracted / loop seconds), and the peak RSS of its process tree
+           (CLI plus DataLoader workers, VmRSS summed, sampled every ~50 ms);
+  (b)      the model forward alone (`load_encoder(...).encode`) on the same images, preprocessed up
+           front, same batch size and precision, outputs copied to float16 numpy;
+  (c)      the original VL-Adapter script's pattern (feature_extraction/coco_CLIP.py): batch size 1,
+           PIL decode on the main thread, plain open_clip vision tower in fp32, one HDF5 file per image;
+  (c-bf16) the same as (c) with the forward under bf16 autocast (what precision alone gives);
+  (d)      peak RSS of (a) at N and at 4N images, and its growth.
+Prints a Markdown table with the ratios a/b, a/c and the targets (a/b >= 0.85, a/c >= 2.5,
+memory growth <= 10 %). The model has random weights (--pretrained none), so nothing is downloaded.
+
+Run from the repository root (bench_out/ is git-ignored):
+    .venv/bin/python bench/extract_images.py                  # RN50, N=192, bf16, batch 8, 1 worker
+    .venv/bin/python bench/extract_images.py --n 24 --model RN101 --json bench_out/rn101.json
+    .venv/bin/python bench/extract_images.py --device cuda    # fp16, batch 256 by default
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+TARGETS = {"a/b": 0.85, "a/c": 2.5, "growth_pct": 10.0}
+
+
+# -- inputs -----------------------------------------------------------------------------------
+def photo_like(rng: np.random.Generator, w: int = 640, h: int = 480) -> Image.Image:
+    """Smooth four-corner colour gradient, a few soft shapes, mild sensor-like noise."""
+    corners = rng.uniform(0, 255, size=(4, 3))
+    y, x = np.mgrid[0:1:complex(0, h), 0:1:complex(0, w)]
+    x, y = x[..., None], y[..., None]
+    base = (corners[0] * (1 - x) * (1 - y) + corners[1] * x * (1 - y)
+            + corners[2] * (1 - x) * y + corners[3] * x * y)
+    im = Image.fromarray(base.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(3, 8))):
+        x0, y0 = rng.uniform(-50, w), rng.uniform(-50, h)
+        box = [x0, y0, x0 + rng.uniform(30, 300), y0 + rng.uniform(30, 250)]
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.ellipse(box, fill=colour)
+        elif kind == 1:
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([tuple(p) for p in rng.uniform([box[0], box[1]], [box[2], box[3]], size=(5, 2))], fill=colour)
+    arr = np.asarray(im.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)
+    arr += rng.normal(0, 4.0, size=arr.shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_images(root: Path, n: int, seed: int) -> list[str]:
+    """N JPEGs in root (image i depends only on (seed, i)); reused when already complete."""
+    marker = root / ".complete"
+    paths = [root / f"{i:06d}.jpg" for i in range(n)]
+    if marker.is_file() and marker.read_text() == f"n={n} seed={seed}" and all(p.is_file() for p in paths):
+        return [str(p) for p in paths]
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    for i, p in enumerate(paths):
+        photo_like(np.random.default_rng([seed, i])).save(p, "JPEG", quality=90)
+    marker.write_text(f"n={n} seed={seed}")
+    return [str(p) for p in paths]
+
+
+# -- (a) the CLI, with the peak RSS of its process tree ---------------------------------------
+def tree_pids(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                pids += tree_pids(int(child))
+    return pids
+
+
+def rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_cli(images_dir: Path, out: Path, args) -> dict:
+    for p in (out, out.with_name(out.name + ".json"), out.with_name(f".{out.name}.lock")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+    cmd = [sys.executable, "-m", "vl.shared.cli", "extract", "images", "--images", str(images_dir),
+           "--out", str(out), "--model", args.model, "--pretrained", args.pretrained, "--seed", str(args.seed),
+           "--layer", "grid", "--pool", "6", "--precision", args.precision, "--batch-size", str(args.batch_size),
+           "--workers", str(args.workers), "--device", args.device, "--quiet"]
+    peak = 0.0
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            peak = max(peak, sum(rss_mib(p) for p in tree_pids(proc.pid)))
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            log.seek(0)
+            sys.exit(f"`{shlex.join(cmd)}` failed ({proc.returncode}):\n{log.read().decode(errors='replace')}")
+    run = json.loads(out.with_name(out.name + ".json").read_text())["provenance"]["runs"][-1]
+    return {"items_per_s": run["extracted"] / run["seconds"], "extracted": run["extracted"],
+            "loop_s": run["seconds"], "wall_s": wall, "peak_rss_mib": peak, "command": shlex.join(cmd)}
+
+
+# -- (b) the forward alone --------------------------------------------------------------------
+def bench_forward(paths: list[str], args):
+    import torch
+
+    from vl.extract.encoder import EncoderSpec, load_encoder
+
+    enc = load_encoder(EncoderSpec(model=args.model, pretrained=None if args.pretrained == "none" else args.pretrained,
+                                   layer="grid", pool=6, precision=args.precision, device=args.device, seed=args.seed))
+    tensors = [enc.transform(Image.open(p).convert("RGB")) for p in paths]
+    batches = [torch.stack(tensors[i:i + args.batch_size]) for i in range(0, len(tensors), args.batch_size)]
+    enc.encode(batches[0][:1])  # warm-up
+    t0 = time.perf_counter()
+    for batch in batches:
+        arrays = {k: v.to(torch.float16).cpu().numpy() for k, v in enc.encode(batch).items()}
+    seconds = time.perf_counter() - t0
+    assert arrays["grid"].shape[1:] == (36, arrays["grid"].shape[2])
+    return {"items_per_s": len(paths) / seconds, "seconds": seconds}, enc.transform
+
+
+# -- (c) VL-Adapter's original pattern --------------------------------------------------------
+def bench_reference(paths: list[str], transform, out_dir: Path, args, bf16: bool) -> dict:
+    import h5py
+    import open_clip
+    import torch
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about deliberate random weights
+    visual = open_clip.create_model(args.model, pretrained=None if args.pretrained == "none" else args.pretrained)
+    visual = visual.visual.eval().to(device)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+
+    def features(path: str) -> np.ndarray:
+        x = transform(Image.open(path).convert("RGB")).unsqueeze(0).to(device)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with torch.no_grad(), amp:
+            grid = visual.forward_intermediates(x, indices=1, intermediates_only=True)["image_intermediates"][-1]
+        return grid[0].flatten(1).t().to(torch.float16).cpu().numpy()  # (1, C, 7, 7) -> (49, C)
+
+    features(paths[0])  # warm-up
+    t0 = time.perf_counter()
+    for path in paths:
+        img_id = Path(path).stem
+        feats = features(path)
+        with h5py.File(out_dir / f"{img_id}.h5", "w") as f:
+            f.create_group(img_id).create_dataset("features", data=feats)
+    seconds = time.perf_counter() - t0
+    assert feats.shape == (49, feats.shape[1]) and feats.dtype == np.float16
+    return {"items_per_s": len(paths) / seconds, "seconds": seconds}
+
+
+# -- report -----------------------------------------------------------------------------------
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def report(r: dict, args) -> str:
+    a, b, c, cb = (r[k]["items_per_s"] for k in ("a", "b", "c", "c_bf16"))
+    p1, p4 = r["a"]["peak_rss_mib"], r["a_4n"]["peak_rss_mib"]
+    r["ratios"] = {"a/b": a / b, "a/c": a / c, "a/c-bf16": a / cb, "growth_pct": 100 * (p4 - p1) / p1}
+    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+    n, s = args.n, f"{args.precision}, batch {args.batch_size}"
+    rows = [
+        ("(a) `vl extract images`", f"{a:.2f} items/s", f"{s}, {args.workers} worker(s); loop {r['a']['loop_s']:.1f} s, "
+                                                        f"process wall {r['a']['wall_s']:.1f} s", ""),
+        ("(b) forward alone", f"{b:.2f} items/s", f"{s}, preprocessed tensors", ""),
+        ("(c) VL-Adapter pattern", f"{c:.2f} items/s", "fp32, batch 1, PIL on main thread, one .h5 per image", ""),
+        ("(c-bf16) same, bf16 autocast", f"{cb:.2f} items/s", "bf16, batch 1", ""),
+        ("a/b", f"{r['ratios']['a/b']:.3f}", f">= {TARGETS['a/b']}", verdict(r["ratios"]["a/b"] >= TARGETS["a/b"])),
+        ("a/c", f"{r['ratios']['a/c']:.2f}", f">= {TARGETS['a/c']}", verdict(r["ratios"]["a/c"] >= TARGETS["a/c"])),
+        ("a/c-bf16", f"{r['ratios']['a/c-bf16']:.2f}", "(information)", ""),
+        (f"(d) peak RSS of (a), N={n}", f"{p1:.0f} MiB", "CLI + workers, VmRSS summed", ""),
+        (f"(d) peak RSS of (a), 4N={4 * n}", f"{p4:.0f} MiB", f"(a) at 4N: {r['a_4n']['items_per_s']:.2f} items/s", ""),
+        ("(d) memory growth N -> 4N", f"{r['ratios']['growth_pct']:+.1f} %", f"<= {TARGETS['growth_pct']:.0f} %",
+         verdict(r["ratios"]["growth_pct"] <= TARGETS["growth_pct"])),
+    ]
+    lines = ["| measurement | value | notes / target | result |", "|---|---|---|---|"]
+    lines += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=192, help="images for (a)-(c); (d) also uses 4N (default 192)")
+    ap.add_argument("--model", default="RN50", help="open_clip ResNet model, e.g. RN50 or RN101 (default RN50)")
+    ap.add_argument("--pretrained", default="none", help="open_clip tag or checkpoint, or none for random weights")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="(a), (b): default bf16 on cpu, fp16 on cuda")
+    ap.add_argument("--batch-size", type=int, help="(a), (b): default 8 on cpu, 256 on cuda")
+    ap.add_argument("--workers", type=int, default=1, help="(a): DataLoader workers (default 1)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--out-dir", type=Path, default=Path("bench_out"), help="images and stores (default bench_out)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the images and the random weights")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    args = ap.parse_args()
+    cuda = args.device.startswith("cuda")
+    args.precision = args.precision or ("fp16" if cuda else "bf16")
+    args.batch_size = args.batch_size or (256 if cuda else 8)
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}\nmachine: {machine()}\n", flush=True)
+
+    dir_n, dir_4n = args.out_dir / f"images_{args.n}", args.out_dir / f"images_{4 * args.n}"
+    paths = make_images(dir_n, args.n, args.seed)
+    make_images(dir_4n, 4 * args.n, args.seed)
+    r = {}
+    steps = [("a", lambda: bench_cli(dir_n, args.out_dir / "stores" / f"a_{args.n}.h5", args)),
+             ("a_4n", lambda: bench_cli(dir_4n, args.out_dir / "stores" / f"a_{4 * args.n}.h5", args)),
+             ("b", lambda: bench_forward(paths, args)),
+             ("c", lambda: bench_reference(paths, transform, args.out_dir / "ref_fp32", args, bf16=False)),
+             ("c_bf16", lambda: bench_reference(paths, transform, args.out_dir / "ref_bf16", args, bf16=True))]
+    for name, step in steps:  # one after the other: nothing runs concurrently
+        print(f"running ({name}) ...", file=sys.stderr, flush=True)
+        r[name] = step()
+        if name == "b":
+            r[name], transform = r[name]
+        print(f"  ({name}): {r[name]['items_per_s']:.2f} items/s", file=sys.stderr, flush=True)
+    print(f"(a) ran: {r['a']['command']}\n")
+    print(report(r, args))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": command, "machine": machine(), "settings": vars(args) | {
+            "out_dir": str(args.out_dir), "json": str(args.json)}, "results": r}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny open_clip models built, saved and loaded by the tests themselves,
+image folders with every odd mode and broken file, and a CLI runner."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A ResNet small enough for the CPU: 96 px input -> 3x3 grid of 256 channels.
+TINY_RN = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 96, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+# A ViT: 32 px input, 8 px patches -> 4x4 grid of 32-wide tokens.
+TINY_VIT = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """{"tiny-rn": {"config": ..., "checkpoint": ...}, "tiny-vit": {...}}: architectures as
+    open_clip model JSON files, and random weights saved as real checkpoint files."""
+    import open_clip
+    import torch
+
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, cfg in (("tiny-rn", TINY_RN), ("tiny-vit", TINY_VIT)):
+        config = root / f"{name}.json"
+        config.write_text(json.dumps(cfg))
+        open_clip.add_model_config(config)
+        torch.manual_seed(1234)
+        model = open_clip.create_model(name, pretrained=None)
+        checkpoint = root / f"{name}.pt"
+        torch.save(model.state_dict(), checkpoint)
+        out[name] = {"config": config, "checkpoint": checkpoint}
+    return out
+
+
+def photo(width: int, height: int, seed: int) -> np.ndarray:
+    """A smooth, photo-like RGB array (gradients and a blob), deterministic from the seed."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        a, b, c = rng.uniform(-1, 1, 3)
+        channels.append(127 + 100 * np.sin(a * x / 17 + b * y / 23 + c * 6))
+    img = np.stack(channels, -1)
+    cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(5, 30)
+    img[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def write_photos(folder: Path, n: int, start_seed: int = 0, ext: str = ".jpg") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        w, h = 60 + 7 * (i % 5), 50 + 11 * (i % 3)  # varied sizes and aspect ratios
+        p = folder / f"img_{start_seed + i:04d}{ext}"
+        Image.fromarray(photo(w, h, start_seed + i)).save(p, quality=92)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    write_photos(folder, 10)
+    return folder
+
+
+def model_args(tiny_models, name: str = "tiny-rn") -> list[str]:
+    m = tiny_models[name]
+    return ["--model-config", str(m["config"]), "--pretrained", str(m["checkpoint"])]
+
+
+def run_vl(args: list[str], expect: int | None = 0):
+    """Run `vl ARGS` in this process; check the exit code unless expect is None."""
+    from vl.shared.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    if expect is not None:
+        assert result.exit_code == expect, (
+            f"vl {' '.join(map(str, args))} exited {result.exit_code}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def vl_subprocess(args: list[str], **kwargs) -> subprocess.Popen:
+    """Start `vl ARGS` as a real process (for kill tests)."""
+    env = dict(os.environ, **kwargs.pop("env", {}))
+    return subprocess.Popen([sys.executable, "-m", "vl.shared.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
