@@ -6,8 +6,9 @@ limit) come back as a reason string that the run records as a failure.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -27,17 +28,15 @@ class ImageDecodeError(Exception):
 def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image file as 8-bit RGB, or raise ImageDecodeError saying why not."""
     try:
-        with open(path, "rb") as f:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im = Image.open(f)
-                w, h = im.size  # read from the header: nothing decoded yet
-                if w * h > max_pixels:
-                    raise ImageDecodeError(
-                        f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-                        "(a decompression bomb guard; raise --max-pixels if the image is genuine)"
-                    )
-                im.load()  # decode now, inside the try, so truncation is caught here
+        with open(path, "rb") as f, _pixel_limit_off():
+            im = Image.open(f)
+            w, h = im.size  # read from the header: nothing decoded yet
+            if w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                    "(a decompression bomb guard; raise --max-pixels if the image is genuine)"
+                )
+            im.load()  # decode now, inside the try, so truncation is caught here
     except ImageDecodeError:
         raise
     except FileNotFoundError:
@@ -46,14 +45,24 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise ImageDecodeError("is a folder, not an image file") from None
     except PermissionError:
         raise ImageDecodeError("permission denied") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"decompression bomb: {e}") from None
     except Image.UnidentifiedImageError:
         size = _file_size(path)
         raise ImageDecodeError("empty file (0 bytes)" if size == 0 else "not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(f"corrupt image: {e}") from None
     return to_rgb(im)
+
+
+@contextlib.contextmanager
+def _pixel_limit_off():
+    """Our own limit (checked on the header) replaces Pillow's global one, so that
+    --max-pixels can also raise it."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -79,8 +88,6 @@ def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
 
 def _file_size(path: str) -> int:
     try:
-        import os
-
         return os.path.getsize(path)
     except OSError:
         return -1

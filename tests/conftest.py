@@ -91,7 +91,7 @@ def run_vl(args: list[str], expect: int | None = 0):
     """Run `vl ARGS` in this process; check the exit code unless expect is None."""
     from vl.shared.cli import cli
 
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, prog_name="vl")
     if expect is not None:
         assert result.exit_code == expect, (
             f"vl {' '.join(map(str, args))} exited {result.exit_code}\n"

@@ -1,0 +1,132 @@
+"""The FeatureStore reader, on stores built directly by the store builder (no model)."""
+from __future__ import annotations
+
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from vl.extract.store_builder import StoreBuilder, chunk_rows
+from vl.shared import FeatureStore, VLError
+from vl.shared.feature_store import parts_dir, settings_differences
+
+SETTINGS = {"encoder": {"model": "toy"}, "preprocess": {"size": [8, 8]}, "features": {"layer": "both"}}
+
+
+def build(path, n=20, seed=0, shard_rows=7, failures=()):
+    rng = np.random.default_rng(seed)
+    grid = rng.standard_normal((n, 4, 3)).astype(np.float32)
+    pooled = rng.standard_normal((n, 5)).astype(np.float32)
+    ids = [f"m{i:03d}" for i in range(n)]
+    with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3), "pooled": (5,)}, "float32", shard_rows=shard_rows) as b:
+        for s in range(0, n, 3):
+            b.add(ids[s:s + 3], {"grid": grid[s:s + 3], "pooled": pooled[s:s + 3]})
+        b.add_failures([{"id": f, "path": f"/x/{f}.jpg", "reason": "corrupt image"} for f in failures])
+        b.finish({"extracted": n}, retried_ids=set(ids) | set(failures))
+    return ids, grid, pooled
+
+
+def test_reader_api(tmp_path):
+    path = tmp_path / "s.h5"
+    ids, grid, pooled = build(path, failures=["bad1"])
+    store = FeatureStore(path)
+    assert store.ids == ids and len(store) == 20
+    assert "m005" in store and "bad1" not in store and 5 not in store
+    assert store.features == ("grid", "pooled") and store.default_feature == "grid"
+    assert store.item_shape() == (4, 3) and store.item_shape("pooled") == (5,)
+    np.testing.assert_array_equal(store.get("m007"), grid[7])
+    np.testing.assert_array_equal(store.get("m007", "pooled"), pooled[7])
+    order = ["m019", "m002", "m002", "m010"]  # any order, repeats allowed
+    np.testing.assert_array_equal(store.get_many(order), grid[[19, 2, 2, 10]])
+    assert store.get_many([]).shape == (0, 4, 3)
+    assert store.provenance["encoder"] == {"model": "toy"}
+    store.provenance["encoder"]["model"] = "changed"  # a copy
+    assert store.provenance["encoder"] == {"model": "toy"}
+    assert store.failures == [{"id": "bad1", "path": "/x/bad1.jpg", "reason": "corrupt image"}]
+    with pytest.raises(KeyError, match="its extraction failed: corrupt image"):
+        store.get("bad1")
+    with pytest.raises(KeyError, match="'nope' is not in feature store"):
+        store.get_many(["m001", "nope"])
+    with pytest.raises(VLError, match="has no 'patches' features; it has: grid, pooled"):
+        store.get("m001", "patches")
+    assert not parts_dir(path).exists()
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, store, ids):
+        self.store, self.ids = store, ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(self.store.get(self.ids[i]))
+
+
+def test_safe_in_dataloader_workers_and_picklable(tmp_path):
+    path = tmp_path / "s.h5"
+    ids, grid, _ = build(path)
+    store = FeatureStore(path)
+    store.get("m000")  # open a handle in the parent first: workers must not reuse it
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._h5 is None and clone.ids == ids
+    loader = torch.utils.data.DataLoader(_Items(store, ids), batch_size=4, num_workers=2)
+    got = torch.cat(list(loader)).numpy()
+    np.testing.assert_array_equal(got, grid)
+
+
+def test_clear_errors_for_missing_unfinished_and_foreign_files(tmp_path):
+    with pytest.raises(VLError, match="not found: make it with `vl extract images"):
+        FeatureStore(tmp_path / "none.h5")
+    parts_dir(tmp_path / "half.h5").mkdir()
+    with pytest.raises(VLError, match="is not finished.*rerun the same `vl extract` command"):
+        FeatureStore(tmp_path / "half.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(VLError, match="not a readable HDF5 file"):
+        FeatureStore(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = [1, 2]
+    with pytest.raises(VLError, match="not a vl feature store"):
+        FeatureStore(tmp_path / "other.h5")
+
+
+def test_chunks_hold_about_256k_for_fast_random_reads(tmp_path):
+    assert chunk_rows((36, 2048), np.float16, 10_000) == 1  # a 6x6 RN101 grid is 147 KB: one item a chunk
+    assert chunk_rows((512,), np.float16, 10_000) == 256
+    assert chunk_rows((512,), np.float16, 10) == 10
+    path = tmp_path / "s.h5"
+    build(path)
+    with h5py.File(path) as f:
+        assert f["features/grid"].chunks == (20, 4, 3)
+
+
+def test_settings_differences_lists_each_leaf():
+    a = {"encoder": {"model": "RN50", "weights": {"tag": "openai"}}, "features": {"pool": 6}}
+    b = {"encoder": {"model": "RN101", "weights": {"tag": "openai"}}, "features": {"pool": None}}
+    assert settings_differences(a, b) == [("encoder.model", "RN50", "RN101"), ("features.pool", 6, None)]
+    assert settings_differences(a, a) == []
+
+
+def test_another_writer_is_refused_while_one_holds_the_store(tmp_path):
+    path = tmp_path / "s.h5"
+    with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32"):
+        with pytest.raises(VLError, match="another `vl extract` is writing"):
+            with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32"):
+                pass
+
+
+def test_damaged_shard_is_redone_not_trusted(tmp_path):
+    path = tmp_path / "s.h5"
+    builder = StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32", shard_rows=2)
+    with builder:
+        builder.add(["a", "b"], {"grid": np.zeros((2, 4, 3))})
+        builder.add(["c", "d"], {"grid": np.ones((2, 4, 3))})
+    shards = sorted(parts_dir(path).glob("shard-*.h5"))
+    assert len(shards) == 2
+    shards[1].write_bytes(b"garbage")  # as if the disk lost it
+    again = StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32")
+    with again:
+        assert again.done_ids == {"a", "b"}
+        assert again.discarded_shards == [shards[1].name]
