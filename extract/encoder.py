@@ -109,9 +109,9 @@ class LoadedEncoder:
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True)
-        if self.device.type == "cpu" or self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        # channels-last matches the module's layout: about 2x faster convolutions on CPUs, and
+        # the layout tensor cores want on GPUs
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with self.autocast():
             return self.module(images)
 

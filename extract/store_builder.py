@@ -179,6 +179,7 @@ class StoreBuilder:
                         raise VLError(problems, hint=f"{self.out} was made with other settings. {hint}")
                     self.done_in_store = set(_read_ids(f))
                     self.prior_failures = {x["id"]: x for x in _read_failures(f)}
+                    self._sync_sidecar(have, list(self.prior_failures.values()))
             except OSError as e:
                 raise VLError(f"{self.out} exists but is not a readable HDF5 file ({e}); pass --overwrite to replace it") from None
 
@@ -206,6 +207,17 @@ class StoreBuilder:
             except Exception:  # noqa: BLE001 - a damaged shard is redone, not trusted
                 self.discarded_shards.append(shard.name)
                 shard.unlink()
+
+    def _sync_sidecar(self, provenance: dict, failures: list[dict]) -> None:
+        """Write `<store>.json` unless it already says the same (a run killed between the
+        store's rename and the sidecar's leaves it stale; the store's attributes win)."""
+        sidecar = {"kind": "feature_store", "schema_version": STORE_SCHEMA_VERSION, "store": self.out.name,
+                   "provenance": provenance, "failures": failures}
+        path = sidecar_path(self.out)
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()) == sidecar:
+                return
+        write_json_atomic(path, sidecar)
 
     def _shards(self) -> list[Path]:
         return sorted(self.parts.glob("shard-*.h5"))
@@ -293,9 +305,7 @@ class StoreBuilder:
                             for name in self.item_shapes:
                                 _copy_rows(s["features"][name], rows, grp[name], start)
                     start += len(rows)
-        sidecar = {"kind": "feature_store", "schema_version": STORE_SCHEMA_VERSION, "store": self.out.name,
-                   "provenance": provenance, "failures": failure_list}
-        write_json_atomic(sidecar_path(self.out), sidecar)
+        self._sync_sidecar(provenance, failure_list)
         shutil.rmtree(self.parts, ignore_errors=True)
         return {"count": len(all_ids), "failed": len(failure_list)}
 

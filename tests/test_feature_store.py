@@ -130,3 +130,18 @@ def test_damaged_shard_is_redone_not_trusted(tmp_path):
     with again:
         assert again.done_ids == {"a", "b"}
         assert again.discarded_shards == [shards[1].name]
+
+
+def test_stale_or_missing_sidecar_is_rewritten_from_the_store(tmp_path):
+    import json
+
+    from vl.shared.feature_store import sidecar_path
+
+    path = tmp_path / "s.h5"
+    build(path, failures=["bad1"])
+    good = json.loads(sidecar_path(path).read_text())
+    assert good["provenance"]["count"] == 20 and good["failures"][0]["id"] == "bad1"
+    sidecar_path(path).unlink()  # as if killed between the store's rename and the sidecar's
+    with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3), "pooled": (5,)}, "float32"):
+        pass
+    assert json.loads(sidecar_path(path).read_text()) == good
