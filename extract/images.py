@@ -186,7 +186,7 @@ def _run_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder: Sto
     failures: list[dict] = []
     with tqdm(total=len(pending), unit="img", desc="extract", disable=not opts.progress,
               dynamic_ncols=True, mininterval=0.5, smoothing=0.05) as bar:
-        for indices, images, failed in loader:
+        for indices, images, failed in _guarded(loader):
             if images is not None:
                 features = encoder.encode(images)
                 arrays = {k: v.to(store_dtype).cpu().numpy() for k, v in features.items()}
@@ -199,6 +199,17 @@ def _run_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder: Sto
                 bar.set_postfix(failed=len(failures), refresh=False)
             bar.update(len(indices) + len(failed))
     return failures
+
+
+def _guarded(loader):
+    """Iterate a DataLoader, turning a dead or stuck worker into a clear error."""
+    try:
+        yield from loader
+    except RuntimeError as e:
+        if "DataLoader" not in str(e):
+            raise
+        raise VLError(f"image decoding stopped: {e}. Finished work is kept; run the same command again to "
+                      "continue (with --workers 0 to decode in the main process if it repeats).") from None
 
 
 def _log(opts: ExtractOptions, message: str) -> None:

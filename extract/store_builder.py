@@ -139,11 +139,13 @@ class StoreBuilder:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if self._shard is not None:
-                if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
-                    self._commit_shard()  # its rows are complete: keep them for the rerun
-                else:
+                try:  # whatever stopped the run, the shard's first `n` rows are complete: keep them
+                    self._commit_shard()
+                except Exception:  # noqa: BLE001 - a shard that cannot be closed is redone instead
                     self._shard.discard()
                     self._shard = None
+                    if exc_type is None:
+                        raise
             if self.parts.is_dir() and not self._shards():
                 shutil.rmtree(self.parts, ignore_errors=True)  # nothing unfinished to keep
         finally:

@@ -25,6 +25,24 @@ def _wait_for_shards(proc, parts, n: int, timeout: float = 120.0) -> int:
     raise AssertionError("no shards appeared in time")
 
 
+def _start_slow_run(args, out, wait_for: int):
+    """Start a throttled run and return it once `wait_for` shards are committed."""
+    proc = vl_subprocess([*args, "--out", out], env={"VL_TEST_DECODE_DELAY_S": "0.05"})
+    _wait_for_shards(proc, parts_dir(out), wait_for)
+    return proc
+
+
+def _kill_9(proc) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _assert_same_store(out, reference) -> None:
+    store = FeatureStore(out)
+    assert sorted(store.ids) == sorted(reference.ids)
+    np.testing.assert_allclose(store.get_many(reference.ids), reference.get_many(reference.ids), rtol=1e-5, atol=1e-6)
+
+
 def _setup(tiny_models, tmp_path, n_images=40):
     folder = tmp_path / "images"
     write_photos(folder, n_images)
@@ -38,10 +56,7 @@ def _setup(tiny_models, tmp_path, n_images=40):
 def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tiny_models, tmp_path):
     common, reference = _setup(tiny_models, tmp_path)
     out = tmp_path / "killed.h5"
-    proc = vl_subprocess([*common, "--out", out, "--workers", 1, "-q"], env={"VL_TEST_DECODE_DELAY_S": "0.05"})
-    _wait_for_shards(proc, parts_dir(out), 2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    _kill_9(_start_slow_run([*common, "--workers", 1, "-q"], out, wait_for=2))
     assert not out.exists(), "the killed run should not have finished"
     kept = len(list(parts_dir(out).glob("shard-*.h5")))
     assert kept >= 2
@@ -50,9 +65,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted_run(tiny_models, tmp_pat
     already = int(rerun.stderr.split(" already in store")[0].rsplit(", ", 1)[-1])
     assert already >= 4 * kept  # finished shards were kept, not redone
     assert not parts_dir(out).exists()
-    store = FeatureStore(out)
-    assert sorted(store.ids) == sorted(reference.ids)
-    np.testing.assert_allclose(store.get_many(reference.ids), reference.get_many(reference.ids), rtol=1e-5, atol=1e-6)
+    _assert_same_store(out, reference)
 
 
 def test_killed_extension_leaves_the_old_store_readable(tiny_models, tmp_path):
@@ -65,23 +78,17 @@ def test_killed_extension_leaves_the_old_store_readable(tiny_models, tmp_path):
     first = [a if a != tmp_path / "images" else subset for a in common]
     run_vl([*first, "--out", out, "--workers", 0])
 
-    proc = vl_subprocess([*common, "--out", out, "--workers", 1, "-q"], env={"VL_TEST_DECODE_DELAY_S": "0.05"})
-    _wait_for_shards(proc, parts_dir(out), 1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    _kill_9(_start_slow_run([*common, "--workers", 1, "-q"], out, wait_for=1))
     assert len(FeatureStore(out)) == 6  # the old store is intact and readable while unfinished work waits
 
     run_vl([*common, "--out", out, "--workers", 0])
-    store = FeatureStore(out)
-    assert sorted(store.ids) == sorted(reference.ids)
-    np.testing.assert_allclose(store.get_many(reference.ids), reference.get_many(reference.ids), rtol=1e-5, atol=1e-6)
+    _assert_same_store(out, reference)
 
 
 def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tiny_models, tmp_path):
     common, reference = _setup(tiny_models, tmp_path)
     out = tmp_path / "interrupted.h5"
-    proc = vl_subprocess([*common, "--out", out, "--workers", 0], env={"VL_TEST_DECODE_DELAY_S": "0.05"})
-    _wait_for_shards(proc, parts_dir(out), 1)
+    proc = _start_slow_run([*common, "--workers", 0], out, wait_for=1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -89,5 +96,4 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tiny_models, tmp_pa
     assert "Traceback" not in stderr
 
     run_vl([*common, "--out", out, "--workers", 0])
-    store = FeatureStore(out)
-    np.testing.assert_allclose(store.get_many(reference.ids), reference.get_many(reference.ids), rtol=1e-5, atol=1e-6)
+    _assert_same_store(out, reference)

@@ -145,3 +145,26 @@ def test_stale_or_missing_sidecar_is_rewritten_from_the_store(tmp_path):
     with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3), "pooled": (5,)}, "float32"):
         pass
     assert json.loads(sidecar_path(path).read_text()) == good
+
+
+def test_rows_added_before_an_error_are_kept_for_the_rerun(tmp_path):
+    path = tmp_path / "s.h5"
+    with pytest.raises(RuntimeError, match="boom"):
+        with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32") as b:
+            b.add(["a", "b"], {"grid": np.zeros((2, 4, 3))})
+            raise RuntimeError("boom")
+    with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32") as again:
+        assert again.done_ids == {"a", "b"}
+
+
+def test_a_dead_decoding_worker_becomes_a_clear_error():
+    from vl.extract.images import _guarded
+
+    def dying():
+        yield 1
+        raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Segmentation fault.")
+
+    it = _guarded(dying())
+    assert next(it) == 1
+    with pytest.raises(VLError, match="Finished work is kept; run the same command again"):
+        next(it)
