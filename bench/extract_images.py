@@ -62,7 +62,7 @@ def photo_like(rng: np.random.Generator, w: int = 640, h: int = 480) -> Image.Im
         else:
             draw.polygon([tuple(p) for p in rng.uniform([box[0], box[1]], [box[2], box[3]], size=(5, 2))], fill=colour)
     arr = np.asarray(im.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)
-    arr += rng.normal(0, 4.0, size=arr.shape)
+    arr += rng.normal(0, 6.0, size=arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 

@@ -38,6 +38,7 @@ SETTINGS_KEYS = ("encoder", "preprocess", "features")  # what must match for reu
 NOT_COMPARED = {"encoder.weights.path"}  # a moved checkpoint file is the same weights (sha256 decides)
 CHUNK_BYTES = 256 * 1024
 COPY_ROWS = 256
+_HELD_LOCKS: set[str] = set()  # lock files this process holds
 
 
 def reuse_problems(have: dict, want: dict, where: str) -> list[str]:
@@ -153,19 +154,28 @@ class StoreBuilder:
 
     def _lock(self) -> None:
         lock_path = self.out.with_name(f".{self.out.name}.lock")
+        busy = VLError(f"another `vl extract` is writing {self.out} right now; wait for it to end or choose another --out")
+        key = str(lock_path.resolve())
+        if key in _HELD_LOCKS:  # record locks do not exclude the same process: check that here
+            raise busy
         self._lock_file = open(lock_path, "a+")
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock, not flock: forked DataLoader workers do not inherit it, so a
+            # killed run's lingering workers never block the rerun.
+            fcntl.lockf(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             self._lock_file.close()
             self._lock_file = None
-            raise VLError(f"another `vl extract` is writing {self.out} right now; wait for it to end or choose another --out") from None
+            raise busy from None
+        self._lock_key = key
+        _HELD_LOCKS.add(key)
 
     def _unlock(self) -> None:
         if self._lock_file is not None:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+            _HELD_LOCKS.discard(self._lock_key)
 
     def _prepare(self) -> None:
         hint = ("Use the settings it was made with, write to another --out, "

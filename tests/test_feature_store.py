@@ -168,3 +168,24 @@ def test_a_dead_decoding_worker_becomes_a_clear_error():
     assert next(it) == 1
     with pytest.raises(VLError, match="Finished work is kept; run the same command again"):
         next(it)
+
+
+def test_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.h5"
+    code = ("import sys, time; from vl.extract.store_builder import StoreBuilder\n"
+            f"with StoreBuilder({str(path)!r}, {SETTINGS!r}, {{'grid': (4, 3)}}, 'float32'):\n"
+            "    print('locked', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(VLError, match="another `vl extract` is writing"):
+            with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32"):  # released by the kill
+        pass
