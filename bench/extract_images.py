@@ -14,7 +14,7 @@ Prints a Markdown table with the ratios a/b, a/c and the targets (a/b >= 0.85, a
 memory growth <= 10 %). The model has random weights (--pretrained none), so nothing is downloaded.
 
 Run from the repository root (bench_out/ is git-ignored):
-    .venv/bin/python bench/extract_images.py                  # RN50, N=192, bf16, batch 8, 1 worker
+    .venv/bin/python bench/extract_images.py                  # RN50, N=192, bf16, batch 8, default workers
     .venv/bin/python bench/extract_images.py --n 24 --model RN101 --json bench_out/rn101.json
     .venv/bin/python bench/extract_images.py --device cuda    # fp16, batch 256 by default
 On a shared machine, --repeat 3 keeps the fastest of three runs of each measurement.
@@ -106,7 +106,9 @@ def bench_cli(images_dir: Path, out: Path, args) -> dict:
     cmd = [sys.executable, "-m", "vl.shared.cli", "extract", "images", "--images", str(images_dir),
            "--out", str(out), "--model", args.model, "--pretrained", args.pretrained, "--seed", str(args.seed),
            "--layer", "grid", "--pool", "6", "--precision", args.precision, "--batch-size", str(args.batch_size),
-           "--workers", str(args.workers), "--device", args.device, "--quiet"]
+           "--device", args.device, "--quiet"]
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
     peak = 0.0
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
@@ -200,7 +202,7 @@ def report(r: dict, args) -> str:
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
     n, s = args.n, f"{args.precision}, batch {args.batch_size}"
     rows = [
-        ("(a) `vl extract images`", f"{a:.2f} items/s", f"{s}, {args.workers} worker(s); loop {r['a']['loop_s']:.1f} s, "
+        ("(a) `vl extract images`", f"{a:.2f} items/s", f"{s}, {'default' if args.workers is None else args.workers} worker(s); loop {r['a']['loop_s']:.1f} s, "
                                                         f"process wall {r['a']['wall_s']:.1f} s", ""),
         ("(b) forward alone", f"{b:.2f} items/s", f"{s}, preprocessed tensors", ""),
         ("(c) VL-Adapter pattern", f"{c:.2f} items/s", "fp32, batch 1, PIL on main thread, one .h5 per image", ""),
@@ -225,7 +227,8 @@ def main() -> None:
     ap.add_argument("--pretrained", default="none", help="open_clip tag or checkpoint, or none for random weights")
     ap.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="(a), (b): default bf16 on cpu, fp16 on cuda")
     ap.add_argument("--batch-size", type=int, help="(a), (b): default 8 on cpu, 256 on cuda")
-    ap.add_argument("--workers", type=int, default=1, help="(a): DataLoader workers (default 1)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="(a): DataLoader workers (default: the CLI's own default for the device)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--out-dir", type=Path, default=Path("bench_out"), help="images and stores (default bench_out)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the images and the random weights")

@@ -56,8 +56,9 @@ def extract() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass (default: 256 on a GPU, 8 on the CPU, where larger batches are slower).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="DataLoader processes decoding and resizing images (default: CPU count, at most 8; "
-                   "0 decodes in the main process).")
+              help="DataLoader processes decoding and resizing images; 0 decodes in the main process "
+                   "(default: CPU count up to 8 with a GPU; on the CPU none on <= 4 cores, else a quarter "
+                   "of them, since the forward pass needs the cores more).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Compute precision (autocast). fp16 is for GPUs; bf16 is about 2x faster on CPUs with "
@@ -108,7 +109,7 @@ def images(images_dir, list_file, manifest, media_root, id_from, out, model, pre
 
     from vl.extract.decode import DEFAULT_MAX_PIXELS
     from vl.extract.encoder import EncoderSpec
-    from vl.extract.images import ExtractOptions, default_workers, extract_images
+    from vl.extract.images import ExtractOptions, extract_images
 
     if model is None:
         model = model_config.stem if model_config else "RN101"
@@ -116,7 +117,7 @@ def images(images_dir, list_file, manifest, media_root, id_from, out, model, pre
                        pretrained=None if pretrained.lower() == "none" else pretrained,
                        model_config=str(model_config) if model_config else None, layer=layer, pool=pool,
                        resize=resize, precision=precision, device=device, seed=seed)
-    opts = ExtractOptions(out=out, batch_size=batch_size or 0, workers=default_workers() if workers is None else workers,
+    opts = ExtractOptions(out=out, batch_size=batch_size or 0, workers=workers,
                           dtype=dtype, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, overwrite=overwrite,
                           shard_rows=shard_size, progress=not quiet,
                           retry_failed=retry_failed)

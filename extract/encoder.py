@@ -209,6 +209,8 @@ def load_encoder(spec: EncoderSpec) -> LoadedEncoder:
     autocast_dtype = None if spec.precision == "fp32" else PRECISIONS[spec.precision]
     module = ClipImageFeatures(visual, spec.layer, spec.pool).eval().to(device)
     module = module.to(memory_format=torch.channels_last)
+    if autocast_dtype is not None:
+        cast_matmul_weights(module, autocast_dtype)
     provenance = {
         "encoder": {
             "library": "open_clip",
@@ -229,6 +231,15 @@ def load_encoder(spec: EncoderSpec) -> LoadedEncoder:
         },
     }
     return LoadedEncoder(module, transform, device, autocast_dtype, provenance, size)
+
+
+def cast_matmul_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store conv and linear weights in the autocast dtype once, instead of autocast
+    converting them on every batch. The features are bit-identical (autocast would cast
+    the same values to the same dtype); norms keep their fp32 parameters."""
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.to(dtype)
 
 
 @contextlib.contextmanager

@@ -214,3 +214,32 @@ def test_help_is_actionable():
     for needle in ("--images", "--list", "--manifest", "--pretrained", "--pool", "--resize", "squash",
                    "--overwrite", "--strict", "Example", "vl extract images --images"):
         assert needle in text
+
+
+@pytest.mark.parametrize("name", ["tiny-rn", "tiny-vit"])
+def test_bf16_casts_weights_once_with_bit_identical_features(tiny_models, name):
+    """Weights stored in bf16 up front give exactly what autocast gives from fp32 weights."""
+    from vl.extract.encoder import EncoderSpec, load_encoder
+
+    spec = dict(model=name, model_config=str(tiny_models[name]["config"]),
+                pretrained=str(tiny_models[name]["checkpoint"]), layer="both", device="cpu")
+    fast = load_encoder(EncoderSpec(**spec, precision="bf16"))
+    plain = load_encoder(EncoderSpec(**spec, precision="fp32"))
+    assert any(p.dtype == torch.bfloat16 for p in fast.module.parameters())
+    x = torch.randn(3, 3, *fast.image_size)
+    got = fast.encode(x)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = plain.module(x.contiguous(memory_format=torch.channels_last))
+    for k in ("grid", "pooled"):
+        assert torch.equal(got[k], want[k]), k
+    np.testing.assert_allclose(got["grid"].float().numpy(), plain.encode(x)["grid"].numpy(), rtol=0.1, atol=0.1)
+
+
+def test_default_workers_leave_cpu_cores_to_the_forward_pass():
+    from vl.extract.images import default_workers
+
+    assert default_workers("cpu", cpus=2) == 0
+    assert default_workers("cpu", cpus=16) == 4
+    assert default_workers("cpu", cpus=64) == 8
+    assert default_workers("cuda", cpus=16) == 8
+    assert default_workers("cuda", cpus=2) == 2
