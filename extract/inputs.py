@@ -18,8 +18,8 @@ from pathlib import Path
 
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.manifest import DatasetManifest
+from vl.shared.media import IMAGE_EXTENSIONS, index_media_files
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ID_FROM = ("stem", "relpath")
 
 
@@ -88,15 +88,7 @@ def from_manifest(manifest_path: str | os.PathLike, media_root: str | os.PathLik
     root = Path(root)
     if not root.is_dir():
         raise VLError(f"media root {root} (for {manifest_path}) is not a folder; pass --media-root DIR")
-    by_key: dict[str, list[Path]] = defaultdict(list)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        for n in filenames:
-            if n.lower().endswith(extensions):
-                p = Path(dirpath) / n
-                by_key[p.stem].append(p)
-                rel = p.relative_to(root).with_suffix("").as_posix()
-                if rel != p.stem:
-                    by_key[rel].append(p)
+    by_key = index_media_files(root, extensions)
     inputs, ambiguous = [], []
     for ident in manifest.media_ids():
         found = by_key.get(ident, [])

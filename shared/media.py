@@ -1,0 +1,32 @@
+"""Finding media files by media id, the one rule every stage uses.
+
+A media id names a file under a media root either by its file name without extension
+(`COCO_val2014_000000000042` -> `val2014/COCO_val2014_000000000042.jpg`, as COCO, GQA,
+NLVR2 and the VALUE videos are named) or by its path relative to the root without
+extension (`train/12/dev-1-2-img0`).
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+def index_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
+    """Map every media id under `root` (stem, and relative path without extension) to the
+    files it names; more than one file for an id means the id is ambiguous."""
+    root = Path(root)
+    by_key: dict[str, list[Path]] = defaultdict(list)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(extensions) and not name.startswith("."):
+                p = Path(dirpath) / name
+                by_key[p.stem].append(p)
+                rel = p.relative_to(root).with_suffix("").as_posix()
+                if rel != p.stem:
+                    by_key[rel].append(p)
+    return dict(by_key)
