@@ -1,0 +1,1 @@
+"""Converter placeholder: filled in by the dataset-manifests work (issue 3)."""

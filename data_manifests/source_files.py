@@ -1,0 +1,86 @@
+"""Reading official release files with errors that name the file, the line and the
+record: one clear message (all problems collected), never a traceback from deep inside."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from vl.shared.errors import VLError, collect_or_raise
+
+
+def read_json(path: str | os.PathLike, *, what: str) -> Any:
+    """A whole-file JSON document (VQA, GQA, Karpathy files)."""
+    path = _existing(path, what)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise VLError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); is this the {what}?") from None
+    except UnicodeDecodeError as e:
+        raise VLError(f"{path}: not UTF-8 text ({e.reason}); is this the {what}?") from None
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str) -> list[tuple[int, dict]]:
+    """JSON Lines (NLVR2, VALUE): [(line number, record)], blank lines skipped. A file
+    that is one JSON array or object instead is accepted too, numbered by item."""
+    path = _existing(path, what)
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # some mirrors ship the same records as one array
+        records = read_json(path, what=what)
+        return [(i + 1, r) for i, r in enumerate(records)] if _all_objects(records, path) else []
+    out, problems = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            continue
+        out.append((lineno, record))
+    collect_or_raise(problems, hint=f"{path} should be the {what} (JSON Lines, one object per line).")
+    return out
+
+
+def _all_objects(records: Any, path: Path) -> bool:
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise VLError(f"{path}: expected JSON Lines or a JSON array of objects")
+    return True
+
+
+def _existing(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise VLError(f"{path}: no such file (expected the {what})")
+    return path
+
+
+def missing_fields(record: dict, fields: dict[str, type | tuple[type, ...]], where: str) -> list[str]:
+    """Problems for fields that are absent or of the wrong JSON type, naming `where`
+    (file:line and the record's id)."""
+    problems = []
+    for name, kind in fields.items():
+        if name not in record:
+            problems.append(f"{where}: missing required field '{name}'")
+        elif not isinstance(record[name], kind) or (kind is int and isinstance(record[name], bool)):
+            expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            problems.append(f"{where}: field '{name}' must be {expected} (got {record[name]!r:.60})")
+    return problems
+
+
+def duplicates(ids: Iterable[tuple[str, str]]) -> list[str]:
+    """Problems for repeated ids; `ids` yields (id, where)."""
+    first: dict[str, str] = {}
+    problems = []
+    for ident, where in ids:
+        if ident in first:
+            problems.append(f"{where}: duplicate id {ident!r} (first at {first[ident]})")
+        else:
+            first[ident] = where
+    return problems
