@@ -1,7 +1,34 @@
-"""`vl data`: dataset manifests. The converters and the demo world come with issue 3."""
+"""`vl data`: dataset manifests from official release files, checks, and the demo world.
+Thin click layer; the converters are imported inside the commands."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
 import click
 
-from vl.shared.cli import not_yet_available
+
+CONVERT_HELP = """Convert official release files into a dataset manifest (JSONL + meta).
+
+\b
+DATASET and the files it reads:
+  vqa2          --questions Q.json [--annotations A.json]   VQA v2 (or LXMERT/VL-T5 JSON as --questions)
+  gqa           --questions balanced_questions.json          GQA (dict keyed by question id)
+  nlvr2         --annotations train.json                     NLVR2 JSON Lines
+  coco-caption  --karpathy dataset_coco.json                 Karpathy COCO split (--restval-into-train)
+  tvqa, how2qa  --annotations QA.jsonl --subtitles S.jsonl   VALUE multiple-choice QA
+  tvc, yc2c     --annotations C.jsonl --subtitles S.jsonl    VALUE captioning
+Give --images DIR (image datasets) or --videos DIR (video datasets) to record where
+the media are; `vl extract` and `vl data check` use it.
+
+\b
+Example:
+  vl data convert vqa2 --split val \\
+      --questions v2_OpenEnded_mscoco_val2014_questions.json \\
+      --annotations v2_mscoco_val2014_annotations.json \\
+      --images /data/coco --out manifests/vqa2_val.jsonl
+"""
 
 
 @click.group()
@@ -11,11 +38,64 @@ def data() -> None:
     \b
     vl data convert DATASET ...   official release files -> manifest
     vl data check M.jsonl         validate a manifest, count it, find missing media
-    vl data demo --out DIR        write the synthetic shapes world
+    vl data demo --out DIR        write the synthetic shapes world (official formats)
     """
 
 
-_ISSUE = "dataset converters are tracked in issue 3"
-data.add_command(not_yet_available("convert", "Convert official dataset files into a manifest.", _ISSUE))
-data.add_command(not_yet_available("check", "Validate a manifest and report its counts and missing media.", _ISSUE))
-data.add_command(not_yet_available("demo", "Write the synthetic shapes world in the official formats.", _ISSUE))
+@data.command("convert", help=CONVERT_HELP)
+@click.argument("dataset")
+@click.option("--split", required=True, help="The split these files hold: train, val, test, ... (recorded on every line).")
+@click.option("--questions", type=click.Path(path_type=Path), help="Questions file (VQA v2, GQA).")
+@click.option("--annotations", type=click.Path(path_type=Path),
+              help="Annotation file (VQA v2 answers; the main file of NLVR2 and the VALUE datasets).")
+@click.option("--subtitles", type=click.Path(path_type=Path), help="VALUE subtitles JSONL (video datasets).")
+@click.option("--karpathy", type=click.Path(path_type=Path), help="Karpathy's dataset_coco.json (coco-caption).")
+@click.option("--images", type=click.Path(path_type=Path), help="Image folder (media root of image datasets).")
+@click.option("--videos", type=click.Path(path_type=Path), help="Video folder (media root of video datasets).")
+@click.option("--restval-into-train", is_flag=True, help="coco-caption: add the Karpathy restval images to --split train.")
+@click.option("--image-ids", type=click.Path(path_type=Path),
+              help="vqa2: keep only questions on these image ids (JSON list or one per line), e.g. a Karpathy split.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The manifest to write (M.jsonl; M.meta.json beside it).")
+def convert(dataset, split, questions, annotations, subtitles, karpathy, images, videos, restval_into_train,
+            image_ids, out) -> None:
+    from vl.data_manifests.registry import ConvertRequest, convert_dataset
+
+    req = ConvertRequest(split=split, questions=questions, annotations=annotations, subtitles=subtitles,
+                         karpathy=karpathy, images=images, videos=videos, restval_into_train=restval_into_train,
+                         image_ids=image_ids)
+    manifest = convert_dataset(dataset, req, out)
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(manifest.counts().items()))
+    click.echo(f"wrote {out} ({len(manifest.examples)} examples; {counts}; {len(manifest.media_ids())} media ids)")
+
+
+@data.command("check")
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--media-root", type=click.Path(path_type=Path),
+              help="Where the media are (default: the root recorded in the manifest's meta file).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(manifest, media_root, as_json) -> None:
+    """Validate a manifest; report counts per task/split, answer statistics, and media
+    ids whose files are missing (exit code 1 if any are)."""
+    from vl.data_manifests.check import check_manifest, format_report
+
+    report = check_manifest(manifest, media_root)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    if report.missing_media:
+        sys.exit(1)
+
+
+@data.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the demo world into.")
+@click.option("--images", type=click.IntRange(min=8), default=160, show_default=True, help="Number of scene images.")
+@click.option("--videos", type=click.IntRange(min=4), default=24, show_default=True, help="Number of videos.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
+def demo(out, images, videos, seed) -> None:
+    """Write the synthetic shapes world: images and MP4 videos of coloured shapes, with
+    questions, statements, captions and subtitles in each dataset's official format,
+    so that every converter, decoder and stage can run offline."""
+    from vl.data_manifests.demo_world import write_demo_world
+
+    world = write_demo_world(out, images=images, videos=videos, seed=seed, progress=True)
+    click.echo(f"wrote the demo world to {out}: {world.summary()}")
+    click.echo(f"next: convert it into manifests with the {len(world.commands)} commands in "
+               f"{out / 'convert.sh'} (run: bash {out / 'convert.sh'})")
