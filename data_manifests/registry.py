@@ -116,7 +116,7 @@ def convert_dataset(name: str, req: ConvertRequest, out: Path) -> DatasetManifes
         converter=conv.module,
         sources=[SourceFile(str(p.resolve()), sha256_file(p)) for p in req.files()],
         media_root=str(media_root.resolve()) if media_root else None,
-        has_answers=any("answers" in ex or "targets" in ex for ex in examples),
+        has_answers=any("answers" in ex or "targets" in ex or "labels" in ex for ex in examples),
         extra={"split": req.split, "task": conv.task, "media": conv.media,
                "restval_into_train": req.restval_into_train},
     )
