@@ -93,7 +93,7 @@ def demo(out, images, videos, seed) -> None:
     """Write the synthetic shapes world: images and MP4 videos of coloured shapes, with
     questions, statements, captions and subtitles in each dataset's official format,
     so that every converter, decoder and stage can run offline."""
-    from vl.data_manifests.demo_world import write_demo_world
+    from vl.data_manifests.demo import write_demo_world
 
     world = write_demo_world(out, images=images, videos=videos, seed=seed, progress=True)
     click.echo(f"wrote the demo world to {out}: {world.summary()}")
