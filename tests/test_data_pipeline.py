@@ -58,3 +58,12 @@ def test_manifest_media_extract_into_a_store(converted_world, tiny_models, tmp_p
     store = FeatureStore(out)
     assert sorted(store.ids) == sorted(DatasetManifest.read(manifest).media_ids())
     assert store.failures == []
+
+
+def test_readme_lists_the_same_eight_commands_as_the_demo(converted_world):
+    from conftest import REPO
+
+    _, commands = converted_world
+    readme = [shlex.split(line)[1:] for line in (REPO / "README.md").read_text().splitlines()
+              if line.startswith("vl data convert") and "DATASET" not in line]
+    assert readme == commands
