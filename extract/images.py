@@ -164,8 +164,6 @@ def extract_images(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
                 "source": source or {},
                 "inputs": len(inputs),
                 "input_list_digest": digest_strings(f"{x.id}\t{x.path}" for x in inputs),
-                "extracted": len(pending) - len(failures),
-                "failed": len(failures),
                 "seconds": round(seconds, 3),
                 "device": str(encoder.device),
                 "command": " ".join(sys.argv),

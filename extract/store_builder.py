@@ -9,6 +9,11 @@ a new file that replaces `<store>` by an atomic rename; the store is never left
 unreadable. Settings that decide the features (model, weights, preprocessing,
 layer, pooling, dtype) are recorded in `<store>.parts/settings.json` and in the store,
 and a rerun with other settings is refused, naming each field that differs.
+
+Two layouts: `fixed` (images: one item_shape row per id) and `frames` (videos: a
+variable number of frame rows per id, with each frame's timestamp and each video's
+duration). Under torchrun every rank writes its own shards (`shard-r{rank}-*`) and
+holds its own lock; rank 0 joins once all ranks are done (see `vl.extract.distributed`).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -39,6 +45,7 @@ NOT_COMPARED = {"encoder.weights.path"}  # a moved checkpoint file is the same w
 CHUNK_BYTES = 256 * 1024
 COPY_ROWS = 256
 _HELD_LOCKS: set[str] = set()  # lock files this process holds
+LAYOUTS = ("fixed", "frames")
 
 
 def reuse_problems(have: dict, want: dict, where: str) -> list[str]:
@@ -65,34 +72,51 @@ def _read_failures(f: h5py.File) -> list[dict]:
 
 
 class _OpenShard:
-    """A shard being written under a temporary name; rows are appended batch by batch."""
+    """A shard being written under a temporary name; items are appended batch by batch.
+    Per-item datasets: ids (+ lengths, durations for frames); per-row: features (+ timestamps)."""
 
-    def __init__(self, tmp: Path, final: Path, item_shapes: dict[str, tuple[int, ...]], dtype: np.dtype):
-        self.tmp, self.final = tmp, final
+    def __init__(self, tmp: Path, final: Path, item_shapes: dict[str, tuple[int, ...]], dtype: np.dtype,
+                 frames: bool):
+        self.tmp, self.final, self.frames = tmp, final, frames
         self.f = h5py.File(tmp, "w")
-        self.n = 0
+        self.n = 0  # items
+        self.n_rows = 0  # feature rows (= items for the fixed layout)
         self.failures: list[dict] = []
         self.opened = time.monotonic()
-        str_dt = h5py.string_dtype("utf-8")
-        self.f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
+        self.f.create_dataset("ids", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(1024,))
         grp = self.f.create_group("features")
         for name, shape in item_shapes.items():
             grp.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
                                chunks=(chunk_rows(shape, dtype, 1 << 20), *shape))
+        if frames:
+            for name, dt in (("lengths", np.int64), ("durations", np.float64), ("timestamps", np.float64)):
+                self.f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dt, chunks=(4096,))
 
-    def append(self, ids: list[str], features: dict[str, np.ndarray]) -> None:
-        n, k = self.n, len(ids)
+    def _per_item(self) -> list[h5py.Dataset]:
+        return [self.f["ids"]] + ([self.f["lengths"], self.f["durations"]] if self.frames else [])
+
+    def _per_row(self) -> list[h5py.Dataset]:
+        return list(self.f["features"].values()) + ([self.f["timestamps"]] if self.frames else [])
+
+    def append(self, ids: list[str], features: dict[str, np.ndarray], frames: "FrameInfo | None") -> None:
+        k = len(ids)
+        rows = int(sum(frames.lengths)) if frames else k
+        n, r = self.n, self.n_rows
         for name, arr in features.items():
-            ds = self.f["features"][name]
-            ds.resize(n + k, axis=0)
-            ds[n:n + k] = arr
-        self.f["ids"].resize(n + k, axis=0)
-        self.f["ids"][n:n + k] = ids
-        self.n = n + k  # last: rows beyond self.n are cut off if we stop between the lines above
+            _put(self.f["features"][name], r, arr)
+        _put(self.f["ids"], n, ids)
+        if frames:
+            _put(self.f["timestamps"], r, np.asarray(frames.timestamps, dtype=np.float64))
+            _put(self.f["lengths"], n, np.asarray(frames.lengths, dtype=np.int64))
+            _put(self.f["durations"], n, np.asarray(frames.durations, dtype=np.float64))
+        # last: anything beyond (n, n_rows) is cut off if we stop between the lines above
+        self.n, self.n_rows = n + k, r + rows
 
     def close_and_commit(self) -> None:
-        for ds in [self.f["ids"], *self.f["features"].values()]:
+        for ds in self._per_item():
             ds.resize(self.n, axis=0)
+        for ds in self._per_row():
+            ds.resize(self.n_rows, axis=0)
         self.f.create_dataset("failures", data=json.dumps(self.failures), dtype=h5py.string_dtype("utf-8"))
         self.f.close()
         commit(self.tmp, self.final)
@@ -104,12 +128,29 @@ class _OpenShard:
             self.tmp.unlink()
 
 
+def _put(ds: h5py.Dataset, start: int, values) -> None:
+    ds.resize(start + len(values), axis=0)
+    ds[start:start + len(values)] = values
+
+
+@dataclass
+class FrameInfo:
+    """The frame layout of a batch of videos: frames per video, each frame's time, each
+    video's duration (features rows are the videos' frames, concatenated in order)."""
+
+    lengths: list[int]
+    timestamps: list[float]
+    durations: list[float]
+
+
 class StoreBuilder:
     """Use as a context manager around one extraction run (see the module docstring)."""
 
     def __init__(self, out: str | os.PathLike, provenance: dict, item_shapes: dict[str, tuple[int, ...]],
-                 dtype: str = "float16", *, overwrite: bool = False, shard_rows: int = 1024,
-                 shard_seconds: float = 60.0, rank: int = 0):
+                 dtype: str = "float16", *, layout: str = "fixed", overwrite: bool = False,
+                 shard_rows: int = 1024, shard_seconds: float = 60.0, rank: int = 0):
+        assert layout in LAYOUTS, layout
+        self.layout = layout
         self.out = Path(out)
         self.parts = parts_dir(self.out)
         self.provenance = provenance
@@ -153,7 +194,8 @@ class StoreBuilder:
             self._unlock()
 
     def _lock(self) -> None:
-        lock_path = self.out.with_name(f".{self.out.name}.lock")
+        suffix = f".r{self.rank}" if self.rank else ""  # each torchrun rank holds its own
+        lock_path = self.out.with_name(f".{self.out.name}.lock{suffix}")
         busy = VLError(f"another `vl extract` is writing {self.out} right now; wait for it to end or choose another --out")
         key = str(lock_path.resolve())
         if key in _HELD_LOCKS:  # record locks do not exclude the same process: check that here
@@ -210,15 +252,16 @@ class StoreBuilder:
         self.parts.mkdir(parents=True, exist_ok=True)
         if not settings_file.is_file():
             write_json_atomic(settings_file, {k: self.provenance[k] for k in SETTINGS_KEYS})
-        for tmp in self.parts.glob(".*.tmp-*"):  # shards that were open when a run was killed
+        for tmp in self.parts.glob(f".{self._shard_prefix()}*.tmp-*"):  # shards open when a run was killed
             tmp.unlink()
         for shard in self._shards():
             try:
                 with h5py.File(shard, "r") as f:
                     self.done_in_parts.update(_read_ids(f))
             except Exception:  # noqa: BLE001 - a damaged shard is redone, not trusted
-                self.discarded_shards.append(shard.name)
-                shard.unlink()
+                if shard.name.startswith(self._shard_prefix()):  # other ranks judge their own
+                    self.discarded_shards.append(shard.name)
+                    shard.unlink()
 
     def _sync_sidecar(self, provenance: dict, failures: list[dict]) -> None:
         """Write `<store>.json` unless it already says the same (a run killed between the
@@ -234,6 +277,9 @@ class StoreBuilder:
     def _shards(self) -> list[Path]:
         return sorted(self.parts.glob("shard-*.h5"))
 
+    def _shard_prefix(self) -> str:
+        return f"shard-r{self.rank:04d}-"
+
     @property
     def done_ids(self) -> set[str]:
         return self.done_in_store | self.done_in_parts
@@ -241,24 +287,29 @@ class StoreBuilder:
     # -- writing ------------------------------------------------------------------------
     def _open_shard(self) -> _OpenShard:
         if self._shard is None:
-            seq = 0
-            existing = self._shards()
-            if existing:
-                seq = 1 + max(int(p.stem.rsplit("-", 1)[-1]) for p in existing)
-            final = self.parts / f"shard-r{self.rank:04d}-{seq:06d}.h5"
+            mine = [p for p in self._shards() if p.name.startswith(self._shard_prefix())]
+            seq = 1 + max(int(p.stem.rsplit("-", 1)[-1]) for p in mine) if mine else 0
+            final = self.parts / f"{self._shard_prefix()}{seq:06d}.h5"
             self._shard = _OpenShard(final.with_name(f".{final.name}.tmp-{os.getpid()}"), final,
-                                     self.item_shapes, self.dtype)
+                                     self.item_shapes, self.dtype, frames=self.layout == "frames")
         return self._shard
 
-    def add(self, ids: list[str], features: dict[str, np.ndarray]) -> None:
-        """Append finished items; features[name] is (len(ids), *item_shape)."""
+    def add(self, ids: list[str], features: dict[str, np.ndarray], frames: FrameInfo | None = None) -> None:
+        """Append finished items. Fixed layout: features[name] is (len(ids), *item_shape).
+        Frames layout: features[name] is (sum(frames.lengths), *item_shape), the videos'
+        frames in order."""
+        assert (frames is not None) == (self.layout == "frames"), "frames go with the frames layout"
         shard = self._open_shard()
-        shard.append(ids, {k: np.asarray(v, dtype=self.dtype) for k, v in features.items()})
+        shard.append(ids, {k: np.asarray(v, dtype=self.dtype) for k, v in features.items()}, frames)
         if shard.n >= self.shard_rows or time.monotonic() - shard.opened >= self.shard_seconds:
             self._commit_shard()
 
     def add_failures(self, failures: Iterable[dict]) -> None:
         self._open_shard().failures.extend(failures)
+
+    def commit_open_shard(self) -> None:
+        """Close and keep the open shard (before other ranks' shards are joined)."""
+        self._commit_shard()
 
     def _commit_shard(self) -> None:
         if self._shard is not None:
@@ -267,59 +318,101 @@ class StoreBuilder:
 
     # -- joining ------------------------------------------------------------------------
     def finish(self, run_record: dict, retried_ids: set[str]) -> dict:
-        """Join the finished store and all shards into a new store that replaces the old
-        one atomically; return the final counts. `retried_ids` are the inputs of this run,
-        whose failures from earlier runs are replaced by this run's outcome."""
+        """Join the finished store and all shards (of every rank) into a new store that
+        replaces the old one atomically; return the final counts. `retried_ids` are the
+        inputs of this run, whose failures from earlier runs are replaced by this run's
+        outcome. Fills in the run record's counts of new items and failures."""
         self._commit_shard()
-        sources = ([self.out] if self.out.exists() and not self.overwrite else []) + self._shards()
-        plan: list[tuple[Path, list[int], list[str]]] = []
+        frames = self.layout == "frames"
+        old = [self.out] if self.out.exists() and not self.overwrite else []
+        plan: list[tuple[Path, _Items, list[int]]] = []  # (source, its items, the item indices taken)
         seen: set[str] = set()
         failures: dict[str, dict] = {}
         old_prov: dict = {}
-        for src in sources:
+        new_items = 0
+        for src in old + self._shards():
             with h5py.File(src, "r") as f:
-                if src == self.out:
-                    old_prov = json.loads(f.attrs["provenance"])
-                    for x in _read_failures(f):
-                        if x["id"] not in retried_ids:
-                            failures[x["id"]] = x
-                else:
-                    for x in _read_failures(f):
+                items = _Items.read(f, frames)
+                for x in _read_failures(f):
+                    if src not in old or x["id"] not in retried_ids:
                         failures[x["id"]] = x
-                ids = _read_ids(f)
-            rows = [i for i, ident in enumerate(ids) if ident not in seen]
-            seen.update(ids[i] for i in rows)
-            plan.append((src, rows, [ids[i] for i in rows]))
+                if src in old:
+                    old_prov = json.loads(f.attrs["provenance"])
+            take = [i for i, ident in enumerate(items.ids) if ident not in seen]
+            seen.update(items.ids[i] for i in take)
+            new_items += 0 if src in old else len(take)
+            plan.append((src, items, take))
         failures = {k: v for k, v in failures.items() if k not in seen}
-        all_ids = [ident for _, _, ids in plan for ident in ids]
+        all_ids = [items.ids[i] for _, items, take in plan for i in take]
+        failure_list = sorted(failures.values(), key=lambda x: x["id"])
+        run_record = {**run_record, "extracted": new_items,
+                      "failed": sum(1 for x in failure_list if x["id"] in retried_ids)}
 
         provenance = dict(self.provenance)
         provenance["runs"] = old_prov.get("runs", []) + [run_record]
         provenance["count"] = len(all_ids)
-        provenance["failed"] = len(failures)
-        failure_list = sorted(failures.values(), key=lambda x: x["id"])
+        provenance["failed"] = len(failure_list)
         with atomic_path(self.out) as tmp:
             with h5py.File(tmp, "w") as f:
                 f.attrs["vl_format"] = STORE_FORMAT
                 f.attrs["schema_version"] = STORE_SCHEMA_VERSION
+                f.attrs["layout"] = self.layout
                 f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
                 f.create_dataset("ids", data=np.array(all_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
                 f.create_dataset("failures", data=json.dumps(failure_list), dtype=h5py.string_dtype("utf-8"))
+                row_lists = [(src, items.rows(take)) for src, items, take in plan]
+                n_rows = sum(len(rows) for _, rows in row_lists)
                 grp = f.create_group("features")
-                n = len(all_ids)
                 for name, shape in self.item_shapes.items():
-                    grp.create_dataset(name, shape=(n, *shape), dtype=self.dtype,
-                                       chunks=(chunk_rows(shape, self.dtype, n), *shape) if n else None)
+                    grp.create_dataset(name, shape=(n_rows, *shape), dtype=self.dtype,
+                                       chunks=(chunk_rows(shape, self.dtype, n_rows), *shape) if n_rows else None)
+                if frames:
+                    lengths = np.concatenate([items.lengths[take] for _, items, take in plan] or [np.zeros(0, np.int64)])
+                    f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+                    f.create_dataset("durations", data=np.concatenate(
+                        [items.durations[take] for _, items, take in plan] or [np.zeros(0)]).astype(np.float64))
+                    f.create_dataset("timestamps", shape=(n_rows,), dtype=np.float64)
                 start = 0
-                for src, rows, _ in plan:
+                for src, rows in row_lists:
                     if rows:
                         with h5py.File(src, "r") as s:
                             for name in self.item_shapes:
                                 _copy_rows(s["features"][name], rows, grp[name], start)
+                            if frames:
+                                _copy_rows(s["timestamps"], rows, f["timestamps"], start)
                     start += len(rows)
         self._sync_sidecar(provenance, failure_list)
         shutil.rmtree(self.parts, ignore_errors=True)
-        return {"count": len(all_ids), "failed": len(failure_list)}
+        return {"count": len(all_ids), "failed": len(failure_list), "extracted": new_items}
+
+
+@dataclass
+class _Items:
+    """The items of one join source (the old store or a shard): ids and where their rows are."""
+
+    ids: list[str]
+    starts: np.ndarray  # first feature row of each item
+    lengths: np.ndarray  # rows of each item (1 for the fixed layout)
+    durations: np.ndarray | None
+
+    @classmethod
+    def read(cls, f: h5py.File, frames: bool) -> "_Items":
+        ids = _read_ids(f)
+        if not frames:
+            return cls(ids, np.arange(len(ids)), np.ones(len(ids), dtype=np.int64), None)
+        if "offsets" in f:  # a finished store
+            offsets = f["offsets"][()]
+            lengths = np.diff(offsets)
+        else:  # a shard
+            lengths = f["lengths"][()]
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+        return cls(ids, offsets[:-1].astype(np.int64), lengths.astype(np.int64), f["durations"][()])
+
+    def rows(self, take: list[int]) -> list[int]:
+        out: list[int] = []
+        for i in take:
+            out.extend(range(int(self.starts[i]), int(self.starts[i] + self.lengths[i])))
+        return out
 
 
 def _copy_rows(src: h5py.Dataset, rows: list[int], dst: h5py.Dataset, start: int) -> None:

@@ -2,12 +2,19 @@
 
 Layout (schema version 1):
 
-    /ids                  (N,) utf-8 strings, the media ids, row i <-> ids[i]
-    /features/<name>      (N, *item_shape) features; <name> is `grid` (N, T, C) and/or
-                          `pooled` (N, D); chunked by item for fast random reads
+    /ids                  (N,) utf-8 strings, the media ids
+    /features/<name>      features; <name> is `grid` (rows, T, C) and/or `pooled` (rows, D);
+                          chunked by item for fast random reads
     /failures             scalar utf-8 JSON: [{"id", "path", "reason"}, ...]
-    attrs: vl_format = "vl.feature_store", schema_version = 1,
+    attrs: vl_format = "vl.feature_store", schema_version = 1, layout,
            provenance = JSON (how the features were made; see `vl.extract`)
+
+Layout `fixed` (images): row i of each feature is ids[i]. Layout `frames` (videos):
+video i owns rows offsets[i]:offsets[i+1] (its sampled frames), with
+
+    /offsets              (N + 1,) int64
+    /timestamps           (rows,) float64, each frame's time in seconds from the video's start
+    /durations            (N,) float64, each video's duration in seconds
 
 A sidecar `<store>.json` repeats the provenance, counts and failures for people and
 tools that do not read HDF5. `vl extract` writes stores; everything else reads them
@@ -88,6 +95,10 @@ class FeatureStore:
             self._provenance: dict = json.loads(f.attrs["provenance"])
             self._failures: list[dict] = json.loads(_read_scalar_string(f["failures"])) if "failures" in f else []
             self._features = {name: (tuple(ds.shape[1:]), ds.dtype) for name, ds in f["features"].items()}
+            self.layout = str(f.attrs.get("layout", "fixed"))
+            if self.layout == "frames":
+                self._offsets = f["offsets"][()].astype(np.int64)
+                self._durations = f["durations"][()].astype(np.float64)
         self._row = {ident: i for i, ident in enumerate(self._ids)}
         assert len(self._row) == len(self._ids), f"duplicate ids in {self.path}"
         # Prefer the grid: it is what the VL models read.
@@ -168,18 +179,70 @@ class FeatureStore:
         return rows
 
     def get(self, media_id: str, feature: str | None = None) -> np.ndarray:
-        """The features of one media id, e.g. (T, C) for `grid`, (D,) for `pooled`."""
+        """The features of one media id: (T, C) for an image's `grid`, (D,) for `pooled`;
+        for a video, one row per sampled frame: (n_frames, D) or (n_frames, T, C)."""
         (row,) = self._rows([media_id])
-        return self._file()["features"][self._feature_name(feature)][row]
+        ds = self._file()["features"][self._feature_name(feature)]
+        if self.layout == "frames":
+            return ds[self._offsets[row]:self._offsets[row + 1]]
+        return ds[row]
 
-    def get_many(self, ids: Sequence[str], feature: str | None = None) -> np.ndarray:
-        """Features of several ids stacked in the order given, shape (len(ids), ...)."""
+    def get_many(self, ids: Sequence[str], feature: str | None = None) -> np.ndarray | list[np.ndarray]:
+        """Features of several ids in the order given: stacked (len(ids), ...) for images;
+        a list of per-video arrays for videos (see `get_padded`)."""
+        if self.layout == "frames":
+            return [self.get(i, feature) for i in ids]
         ds = self._file()["features"][self._feature_name(feature)]
         rows = np.asarray(self._rows(ids), dtype=np.int64)
         if len(rows) == 0:
             return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
         unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing rows
         return ds[unique.tolist()][inverse]
+
+    # -- videos -------------------------------------------------------------------------
+    def _video_row(self, media_id: str) -> int:
+        if self.layout != "frames":
+            raise VLError(f"{self.path} holds images, not videos: it has no frames or timestamps")
+        return self._rows([media_id])[0]
+
+    def num_frames(self, media_id: str) -> int:
+        row = self._video_row(media_id)
+        return int(self._offsets[row + 1] - self._offsets[row])
+
+    def timestamps(self, media_id: str) -> np.ndarray:
+        """Seconds from the video's start of each stored frame, increasing."""
+        row = self._video_row(media_id)
+        return self._file()["timestamps"][self._offsets[row]:self._offsets[row + 1]]
+
+    def duration(self, media_id: str) -> float:
+        return float(self._durations[self._video_row(media_id)])
+
+    def get_span(self, media_id: str, start: float, end: float,
+                 feature: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The frames of a clip [start, end] seconds and their timestamps; a span that falls
+        between two sampled frames gives the frame nearest its middle, never nothing."""
+        feats, times = self.get(media_id, feature), self.timestamps(media_id)
+        inside = np.flatnonzero((times >= start) & (times <= end))
+        if len(inside) == 0:
+            inside = np.array([int(np.argmin(np.abs(times - (start + end) / 2)))])
+        return feats[inside], times[inside]
+
+    def get_padded(self, ids: Sequence[str], max_frames: int | None = None,
+                   feature: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Videos as one zero-padded array (B, T, ...) and a mask (B, T), True on real frames.
+        Videos with more than `max_frames` frames keep that many, spread uniformly."""
+        videos = self.get_many(ids, feature)
+        longest = max((len(v) for v in videos), default=0)
+        t = min(longest, max_frames) if max_frames else longest
+        shape = self.item_shape(feature)
+        out = np.zeros((len(videos), t, *shape), dtype=self.dtype(feature))
+        mask = np.zeros((len(videos), t), dtype=bool)
+        for b, v in enumerate(videos):
+            if len(v) > t:
+                v = v[np.round(np.linspace(0, len(v) - 1, t)).astype(int)]
+            out[b, :len(v)] = v
+            mask[b, :len(v)] = True
+        return out, mask
 
 
 def _read_scalar_string(ds: h5py.Dataset) -> str:

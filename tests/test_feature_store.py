@@ -189,3 +189,55 @@ def test_lock_excludes_other_processes_and_dies_with_its_holder(tmp_path):
         holder.wait()
     with StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32"):  # released by the kill
         pass
+
+
+def _video_batch(rng, names, lengths):
+    from vl.extract.store_builder import FrameInfo
+
+    feats = rng.standard_normal((sum(lengths), 5)).astype(np.float32)
+    times = [t * 1.5 for n in lengths for t in range(n)]
+    return feats, FrameInfo(list(lengths), times, [n * 1.5 + 0.2 for n in lengths])
+
+
+def test_frames_layout_round_trip_across_shards_and_an_extension(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "v.h5"
+    want = {}
+    with StoreBuilder(path, dict(SETTINGS), {"pooled": (5,)}, "float32", layout="frames", shard_rows=2) as b:
+        for names, lengths in ((["v1", "v2"], [3, 1]), (["v3"], [4]), (["v4", "v5"], [2, 5])):
+            feats, info = _video_batch(rng, names, lengths)
+            b.add(names, {"pooled": feats}, info)
+            for name, chunk in zip(names, np.split(feats, np.cumsum(lengths)[:-1])):
+                want[name] = chunk
+        b.add_failures([{"id": "broken", "path": "/x/broken.mp4", "reason": "no video stream"}])
+        b.finish({}, retried_ids=set(want) | {"broken"})
+    with StoreBuilder(path, dict(SETTINGS), {"pooled": (5,)}, "float32", layout="frames") as b:
+        assert b.done_ids == set(want)
+        feats, info = _video_batch(rng, ["v6"], [2])
+        b.add(["v6"], {"pooled": feats}, info)
+        want["v6"] = feats
+        b.finish({}, retried_ids={"v6"})
+
+    store = FeatureStore(path)
+    assert store.layout == "frames" and sorted(store.ids) == sorted(want)
+    for name, feats in want.items():
+        np.testing.assert_array_equal(store.get(name), feats)
+        assert store.num_frames(name) == len(feats)
+        np.testing.assert_array_equal(store.timestamps(name), [1.5 * t for t in range(len(feats))])
+        assert store.duration(name) == pytest.approx(len(feats) * 1.5 + 0.2)
+    assert [len(x) for x in store.get_many(["v3", "v2"])] == [4, 1]
+    assert store.failures[0]["id"] == "broken"
+    assert [r["extracted"] for r in store.provenance["runs"]] == [5, 1]
+
+    feats, times = store.get_span("v5", 1.4, 4.6)  # frames at 1.5, 3.0, 4.5
+    np.testing.assert_array_equal(times, [1.5, 3.0, 4.5])
+    np.testing.assert_array_equal(feats, want["v5"][1:4])
+    _, times = store.get_span("v5", 1.6, 2.0)  # between two frames: the nearest to the middle
+    np.testing.assert_array_equal(times, [1.5])
+
+    padded, mask = store.get_padded(["v2", "v5"], max_frames=3)
+    assert padded.shape == (2, 3, 5) and mask.tolist() == [[True, False, False], [True, True, True]]
+    np.testing.assert_array_equal(padded[1], want["v5"][[0, 2, 4]])
+    with pytest.raises(VLError, match="holds images, not videos"):
+        build(tmp_path / "img.h5")
+        FeatureStore(tmp_path / "img.h5").timestamps("m000")
