@@ -1,6 +1,7 @@
 """`vl extract`: stage 1. Thin click layer; torch is imported inside the command."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -109,7 +110,8 @@ def images(images_dir, list_file, manifest, media_root, id_from, out, model, pre
 
     from vl.extract.decode import DEFAULT_MAX_PIXELS
     from vl.extract.encoder import EncoderSpec
-    from vl.extract.images import ExtractOptions, extract_images
+    from vl.extract.images import extract_images
+    from vl.extract.pipeline import ExtractOptions
 
     if model is None:
         model = model_config.stem if model_config else "RN101"
@@ -127,6 +129,8 @@ def images(images_dir, list_file, manifest, media_root, id_from, out, model, pre
         click.secho(f"\ninterrupted: finished work is kept in {out}.parts; run the same command again to continue.",
                     fg="yellow", err=True)
         sys.exit(130)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports for all ranks
     if not quiet:
         _print_summary(summary)
     if summary.failures:

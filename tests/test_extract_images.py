@@ -236,7 +236,7 @@ def test_bf16_casts_weights_once_with_bit_identical_features(tiny_models, name):
 
 
 def test_default_workers_leave_cpu_cores_to_the_forward_pass():
-    from vl.extract.images import default_workers
+    from vl.extract.pipeline import default_workers
 
     assert default_workers("cpu", cpus=2) == 0
     assert default_workers("cpu", cpus=16) == 4

@@ -158,7 +158,7 @@ def test_rows_added_before_an_error_are_kept_for_the_rerun(tmp_path):
 
 
 def test_a_dead_decoding_worker_becomes_a_clear_error():
-    from vl.extract.images import _guarded
+    from vl.extract.pipeline import guarded as _guarded
 
     def dying():
         yield 1

@@ -1,0 +1,245 @@
+"""What `vl extract images` and `vl extract videos` share: load the encoder, record
+provenance, open the crash-safe store (see `store_builder`), work out what is left to
+do, split it over torchrun ranks, run the media kind's batches, join, and say what
+happened. The media kinds (`images`, `videos`) supply only their decoding and batching."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from vl.extract.decode import DEFAULT_MAX_PIXELS
+from vl.extract.distributed import ranks_from_env
+from vl.extract.encoder import EncoderSpec, LoadedEncoder, load_encoder
+from vl.extract.inputs import MediaInput
+from vl.extract.store_builder import StoreBuilder
+from vl.shared.digests import digest_strings
+from vl.shared.errors import VLError
+from vl.shared.feature_store import STORE_FORMAT
+from vl.shared.version import __version__
+
+STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# Test hook: seconds each worker sleeps per item, so a test can kill a run part-way.
+_TEST_DELAY_ENV = "VL_TEST_DECODE_DELAY_S"
+
+
+def test_delay_s() -> float:
+    return float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
+
+
+DEFAULT_BATCH = {"cuda": 256, "cpu": 8}  # on CPUs, batches beyond ~8 run slower per image
+
+
+def default_workers(device_type: str, cpus: int | None = None) -> int:
+    """Decoding processes. A GPU wants them all (up to 8). On the CPU they take cores from
+    the forward pass, which is the bottleneck: none on small machines (measured fastest on
+    2 cores), a quarter of the cores on larger ones."""
+    cpus = cpus or os.cpu_count() or 1
+    if device_type == "cuda":
+        return max(1, min(8, cpus))
+    return 0 if cpus <= 4 else min(8, cpus // 4)
+
+
+@dataclass
+class ExtractOptions:
+    out: Path
+    batch_size: int = 0  # 0: the device's default (DEFAULT_BATCH)
+    workers: int | None = None  # None: default_workers(device)
+    dtype: str = "float16"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    shard_rows: int = 1024
+    shard_seconds: float = 60.0
+    progress: bool = True
+    retry_failed: bool = False
+
+
+@dataclass
+class ExtractSummary:
+    out: Path
+    inputs: int
+    already_done: int
+    extracted: int
+    failures: list[dict]
+    seconds: float
+    store_count: int
+    discarded_shards: list[str]
+
+    @property
+    def throughput(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+
+def library_versions() -> dict:
+    import h5py
+    import open_clip
+    import PIL
+    import torchvision
+
+    return {"vl": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
+            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version, "pillow": PIL.__version__,
+            "numpy": np.__version__}
+
+
+def file_signature(path: str) -> list[int] | None:
+    """(size, mtime in ns) of a file, or None if it is missing: says whether a failed
+    input changed since it failed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+@dataclass
+class MediaKind:
+    """What differs between images and videos."""
+
+    name: str  # "images" / "videos": the word used in messages
+    layout: str  # the store layout: "fixed" / "frames"
+    # (this rank's pending inputs, encoder, store builder, options) -> failures
+    run_batches: Callable[[list[MediaInput], LoadedEncoder, StoreBuilder, "ExtractOptions"], list[dict]]
+    preprocess: dict = field(default_factory=dict)  # extra settings that decide the features (sampling)
+    versions: dict = field(default_factory=dict)  # extra library versions (PyAV / FFmpeg)
+
+
+def probe_shapes(encoder: LoadedEncoder) -> dict[str, tuple[int, ...]]:
+    """Run one blank image through the model: checks it works and gives the item shapes."""
+    blank = torch.zeros(1, 3, *encoder.image_size)
+    return {name: tuple(t.shape[1:]) for name, t in encoder.encode(blank).items()}
+
+
+def check_options(opts: ExtractOptions) -> None:
+    problems = []
+    if opts.batch_size < 0:
+        problems.append(f"--batch-size must be at least 1 (got {opts.batch_size})")
+    if opts.workers is not None and opts.workers < 0:
+        problems.append(f"--workers must be 0 (decode in the main process) or more (got {opts.workers})")
+    if opts.dtype not in STORE_DTYPES:
+        problems.append(f"--dtype must be one of {', '.join(STORE_DTYPES)} (got {opts.dtype!r})")
+    if opts.max_pixels < 1:
+        problems.append(f"--max-pixels must be positive (got {opts.max_pixels})")
+    if opts.out.exists() and opts.out.is_dir():
+        problems.append(f"--out {opts.out} is a folder; give a file path such as {opts.out}/features.h5")
+    if problems:
+        raise VLError(problems)
+
+
+def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions, kind: MediaKind,
+                   source: dict | None = None) -> ExtractSummary:
+    """Extract features of `inputs` into `opts.out`, skipping ids already there. Under
+    torchrun each rank does its share; rank 0 joins and returns the whole run's summary."""
+    check_options(opts)
+    ranks = ranks_from_env()
+    started = dt.datetime.now(dt.timezone.utc)
+    encoder = load_encoder(dataclasses.replace(spec, device=ranks.device(spec.device)))
+    if not opts.batch_size:
+        opts = dataclasses.replace(opts, batch_size=DEFAULT_BATCH.get(encoder.device.type, 32))
+    if opts.workers is None:
+        opts = dataclasses.replace(opts, workers=default_workers(encoder.device.type))
+    if not ranks.is_main:
+        opts = dataclasses.replace(opts, progress=False)  # one progress bar, rank 0's
+    if encoder.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+    shapes = probe_shapes(encoder)
+    provenance = dict(encoder.provenance)
+    provenance["preprocess"] = {**provenance["preprocess"], **kind.preprocess}
+    provenance["features"] = {**provenance["features"], "dtype": opts.dtype,
+                              "shapes": {k: list(v) for k, v in shapes.items()}}
+    provenance["format"] = STORE_FORMAT
+    provenance["layout"] = kind.layout
+    provenance["versions"] = {**library_versions(), **kind.versions}
+
+    builder = StoreBuilder(opts.out, provenance, shapes, opts.dtype, layout=kind.layout, overwrite=opts.overwrite,
+                           shard_rows=opts.shard_rows, shard_seconds=opts.shard_seconds, rank=ranks.rank)
+    if not ranks.is_main:
+        ranks.barrier()  # rank 0 checks the store and cleans up first
+    with builder:
+        if ranks.is_main:
+            ranks.barrier()
+        done = builder.done_ids
+        pending = [x for x in inputs if x.id not in done]
+        if not opts.retry_failed:  # a failure is final until its file changes
+            unchanged = {x.id for x in pending if x.id in builder.prior_failures
+                         and builder.prior_failures[x.id].get("file") == file_signature(x.path)}
+            pending = [x for x in pending if x.id not in unchanged]
+            earlier_failures = [{**builder.prior_failures[i], "earlier": True} for i in sorted(unchanged)]
+        else:
+            earlier_failures = []
+        mine = ranks.slice(pending)
+        share = f", {len(mine)} on each of {ranks.world_size} ranks" if ranks.world_size > 1 else ""
+        _log(opts, f"{len(inputs)} {kind.name}: {len(inputs) - len(pending)} already done in {opts.out}, "
+                   f"{len(pending)} to extract{share} ({spec.model}, {encoder.device.type}, {spec.precision}, "
+                   f"batch {opts.batch_size}, {opts.workers} workers)")
+        t0 = time.perf_counter()
+        failures: list[dict] = []
+        if mine:
+            with _cores_left_for_forward(encoder.device.type, opts.workers):
+                failures = kind.run_batches(mine, encoder, builder, opts)
+        seconds = time.perf_counter() - t0
+        builder.commit_open_shard()
+        ranks.barrier()  # every rank's shards are complete
+        extracted, store_count = len(mine) - len(failures), len(builder.done_ids)
+        needs_join = bool(pending) or bool(builder.done_in_parts) or not opts.out.exists() or opts.overwrite
+        if ranks.is_main and needs_join:
+            run_record = {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "source": source or {},
+                "inputs": len(inputs),
+                "input_list_digest": digest_strings(f"{x.id}\t{x.path}" for x in inputs),
+                "seconds": round(seconds, 3),
+                "device": str(encoder.device),
+                "world_size": ranks.world_size,
+                "command": " ".join(sys.argv),
+            }
+            final = builder.finish(run_record, retried_ids={x.id for x in pending})
+            store_count = final["count"]
+            if ranks.world_size > 1:  # this run's outcome across all ranks, from the joined store
+                from vl.shared.feature_store import FeatureStore
+
+                joined = FeatureStore(opts.out)
+                failures = [x for x in joined.failures if x["id"] in {p.id for p in pending}]
+                extracted = final["extracted"]
+    return ExtractSummary(opts.out, len(inputs), len(inputs) - len(pending) - len(earlier_failures),
+                          extracted, failures + earlier_failures, seconds, store_count,
+                          builder.discarded_shards)
+
+
+@contextlib.contextmanager
+def _cores_left_for_forward(device_type: str, workers: int):
+    """On the CPU, leave the decoding workers their cores: the forward pass gets the rest."""
+    threads = torch.get_num_threads()
+    if device_type == "cpu" and workers > 0:
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def guarded(loader):
+    """Iterate a DataLoader, turning a dead or stuck worker into a clear error."""
+    try:
+        yield from loader
+    except RuntimeError as e:
+        if "DataLoader" not in str(e):
+            raise
+        raise VLError(f"decoding stopped: {e}. Finished work is kept; run the same command again to "
+                      "continue (with --workers 0 to decode in the main process if it repeats).") from None
+
+
+def _log(opts: ExtractOptions, message: str) -> None:
+    if opts.progress:
+        print(message, file=sys.stderr, flush=True)
