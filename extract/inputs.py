@@ -36,18 +36,23 @@ def media_id(path: Path, root: Path, id_from: str) -> str:
     return rel.as_posix()
 
 
-def find_images(root: str | os.PathLike, id_from: str = "stem") -> list[MediaInput]:
-    """Every image file under `root` (recursively, symlinks followed), in sorted order."""
+def find_media(root: str | os.PathLike, id_from: str = "stem", extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+               flag: str = "--images") -> list[MediaInput]:
+    """Every media file under `root` (recursively, symlinks followed), in sorted order."""
     root = Path(root)
     if not root.is_dir():
-        raise VLError(f"--images {root}: no such folder")
+        raise VLError(f"{flag} {root}: no such folder")
     paths = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
-        paths += [Path(dirpath) / n for n in sorted(filenames) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+        paths += [Path(dirpath) / n for n in sorted(filenames) if n.lower().endswith(extensions) and not n.startswith(".")]
     if not paths:
-        raise VLError(f"--images {root}: no image files found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise VLError(f"{flag} {root}: no media files found (looked for {', '.join(extensions)})")
     return check_unique([MediaInput(media_id(p, root, id_from), str(p)) for p in paths], id_from=id_from)
+
+
+def find_images(root: str | os.PathLike, id_from: str = "stem") -> list[MediaInput]:
+    return find_media(root, id_from, IMAGE_EXTENSIONS, "--images")
 
 
 def read_list(list_file: str | os.PathLike, id_from: str = "stem") -> list[MediaInput]:

@@ -86,7 +86,7 @@ def test_run_goes_on_records_failures_and_strict_fails(tiny_models, tmp_path):
     started = time.monotonic()
     result = run_vl([*common, "--workers", 2, "--dtype", "float32"])  # exit 0, with a warning
     assert time.monotonic() - started < 120  # the bomb is refused from its header, never decoded
-    assert "warning: 5 image(s) failed" in result.stderr
+    assert "warning: 5 input(s) failed" in result.stderr
 
     store = FeatureStore(out)
     assert sorted(store.ids) == sorted([f"img_{i:04d}" for i in range(5)] + list(expected_rgb))
