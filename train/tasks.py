@@ -1,0 +1,347 @@
+"""The eight tasks as text generation: what the encoder reads, what the decoder learns.
+
+Every task is generation with a task prefix (VL-T5 / VL-Adapter). A definition reads
+the manifest fields of docs/manifests.md and says:
+
+- `prefix`: always the first words of the input, for every method (the original used
+  prefixes only in some runs, spelt GQA's "gpa:", and appended the video prefix after
+  600 tokens of subtitles, where truncation could cut it away);
+- `source_parts(example)`: the input after the prefix, as `SourcePart`s; only a part
+  with `may_cut` (subtitles) is ever shortened, so `build_input(example, budget, count)`
+  keeps the prefix, the question and the choices whole, whatever the budget;
+- `targets(example)`: training targets with weights; `expand(examples)` makes the
+  training items (one per caption reference, one per example otherwise);
+- `read_prediction(text, example)`: a generated string back to an answer;
+- `media_kind`, `generation` defaults, and the `metric` key the evaluation looks up.
+
+Multiple choice (TVQA, How2QA) is answered as the choice label: the target is "a2",
+not the choice's text, as in the original.
+
+Pure Python on strings: the tokenizer comes later and passes its own `count`.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Callable, ClassVar, NamedTuple, Sequence
+
+from vl.shared.answers import vqa_soft_scores
+from vl.shared.errors import VLError, collect_or_raise
+
+Count = Callable[[str], int]
+Target = tuple[str, float]
+
+
+def count_words(text: str) -> int:
+    """The default length measure; a tokenizer passes e.g. `lambda s: len(tok(s).input_ids)`."""
+    return len(text.split())
+
+
+class SourcePart(NamedTuple):
+    """A piece of the encoder input. `label` ("subtitles:") is written before the text
+    and goes with it when a cut leaves no text."""
+
+    text: str
+    may_cut: bool = False
+    label: str = ""
+
+
+def compose(parts: Sequence[SourcePart], budget: int | None = None, count: Count = count_words) -> str:
+    """The parts joined by single spaces (whitespace inside them collapsed), with the
+    cuttable parts cut word by word from their end until `count(text) <= budget`.
+
+    The cuttable words are kept in order across parts, so a later cuttable part loses
+    its words first. Parts that may not be cut are never shortened: if they alone
+    exceed the budget the result does too. `count` must not decrease as words are
+    added (true of word and token counts); it is called about log2(cuttable words)
+    times when a cut is needed, once otherwise."""
+    cuttable = sum(len(p.text.split()) for p in parts if p.may_cut)
+
+    def render(keep: int) -> str:  # keep: how many cuttable words stay
+        pieces = []
+        for part in parts:
+            words = part.text.split()
+            if part.may_cut:
+                words, keep = words[:keep], keep - min(keep, len(words))
+            if words:
+                pieces.append(" ".join([part.label, *words] if part.label else words))
+        return " ".join(pieces)
+
+    text = render(cuttable)
+    if budget is None or count(text) <= budget:
+        return text
+    lo, hi = 0, cuttable - 1  # the largest keep in [lo, hi] that fits; 0 if none does
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(render(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return render(lo)
+
+
+def subtitles_in_span(subtitles: Sequence[dict], ts: Sequence[float] | None) -> list[str]:
+    """The texts of the subtitle lines overlapping [start, end] (a line that touches the
+    span counts), in time order; every line when `ts` is None (no known span)."""
+    lines = sorted(subtitles, key=lambda line: line["start"])
+    if ts is not None:
+        start, end = ts
+        lines = [line for line in lines if line["start"] <= end and line["end"] >= start]
+    return [line["text"] for line in lines if line["text"].strip()]
+
+
+def sample_weighted(targets: Sequence[Target], rng: random.Random) -> Target:
+    """One (text, weight), drawn in proportion to the weights; the same rng state gives
+    the same draw."""
+    assert targets and all(w > 0 for _, w in targets), f"nothing to sample from: {targets!r}"
+    x = rng.random() * sum(w for _, w in targets)
+    for target in targets:
+        x -= target[1]
+        if x < 0:
+            return target
+    return targets[-1]  # float rounding left x at 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    max_new_tokens: int
+    num_beams: int = 1
+
+
+@dataclass
+class TrainItem:
+    """One training example: the input parts (prefix first) and what the decoder may be
+    taught. VQA keeps all answers with their soft scores and draws one each time it is
+    seen; a caption item holds one reference; every other item one target of weight 1."""
+
+    example_id: str
+    task: str
+    media: list[str]
+    parts: list[SourcePart]
+    targets: list[Target]
+
+    def text(self, budget: int | None = None, count: Count = count_words) -> str:
+        return compose(self.parts, budget, count)
+
+    def sample_target(self, rng: random.Random) -> Target:
+        return sample_weighted(self.targets, rng)
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Task:
+    """What every task shares; a registered subclass fills in the class attributes."""
+
+    name: ClassVar[str] = ""  # set by register_task
+    prefix: ClassVar[str]
+    media_kind: ClassVar[str]  # "image" or "video"
+    metric: ClassVar[str]  # the key the evaluation stage looks up
+    generation: ClassVar[Generation]
+    inputs: ClassVar[tuple[str, ...]] = ()  # manifest fields the input is made from
+    gold: ClassVar[tuple[str, ...]] = ("answers",)  # training needs at least one of these
+    one_item_per_target: ClassVar[bool] = False  # captions: one training item per reference
+
+    def source_parts(self, example: dict) -> list[SourcePart]:
+        return []
+
+    def targets(self, example: dict) -> list[Target]:
+        raise NotImplementedError
+
+    def read_prediction(self, text: str, example: dict | None = None) -> str:
+        return _clean(text).lower()
+
+    def source_text(self, example: dict) -> str:
+        """The encoder text after the prefix, uncut."""
+        return compose(self.source_parts(example))
+
+    def input_parts(self, example: dict) -> list[SourcePart]:
+        return [SourcePart(self.prefix), *self.source_parts(example)]
+
+    def build_input(self, example: dict, budget: int | None = None, count: Count = count_words) -> str:
+        """Prefix and source within `budget` (as `count` measures it), cutting only subtitles."""
+        return compose(self.input_parts(example), budget, count)
+
+    def sample_target(self, example: dict, rng: random.Random) -> Target:
+        return sample_weighted(self.targets(example), rng)
+
+    def problems(self, example: dict, *, need_gold: bool) -> list[str]:
+        """What keeps `example` from being read (and, with need_gold, trained on)."""
+        where = f"{self.name} example {example.get('id')!r}"
+        found = []
+        if example.get("task") != self.name:
+            found.append(f"{where}: field 'task' is {example.get('task')!r}, not {self.name!r}; "
+                         f"give it to get_task({example.get('task')!r})")
+        found += [f"{where}: missing field '{f}'" for f in self.inputs if f not in example]
+        if need_gold and not any(example.get(f) is not None for f in self.gold):
+            found.append(f"{where}: no gold ({' or '.join(repr(f) for f in self.gold)}) to train on; "
+                         "training needs a split converted with its answers")
+        return found
+
+    def expand(self, examples: Sequence[dict]) -> list[TrainItem]:
+        """Training items, one per example (one per reference for captions). A VQA example
+        whose labels are empty (every answer outside the LXMERT vocabulary) has nothing to
+        learn and is skipped, as its zero score made its loss zero in the original."""
+        collect_or_raise([p for ex in examples for p in self.problems(ex, need_gold=True)],
+                         hint="Check the manifest with `vl data check`, or convert it again with `vl data convert`.")
+        items = []
+        for ex in examples:
+            parts, targets = self.input_parts(ex), self.targets(ex)
+            groups = [[t] for t in targets] if self.one_item_per_target else ([targets] if targets else [])
+            items += [TrainItem(ex["id"], self.name, list(ex["media"]), parts, group) for group in groups]
+        return items
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def wrap(cls: type[Task]) -> type[Task]:
+        assert name not in TASKS, f"task {name} registered twice"
+        cls.name = name
+        TASKS[name] = cls()
+        return cls
+
+    return wrap
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise VLError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+# --- image tasks -------------------------------------------------------------------
+
+_SHORT_ANSWER = Generation(max_new_tokens=10, num_beams=1)
+_CAPTION = Generation(max_new_tokens=40, num_beams=5)
+
+
+@register_task("vqa")
+class VQA(Task):
+    prefix, media_kind, metric, generation = "vqa:", "image", "vqa_accuracy", _SHORT_ANSWER
+    inputs = ("question",)
+    gold = ("labels", "answers")
+
+    def source_parts(self, example: dict) -> list[SourcePart]:
+        return [SourcePart(example["question"])]
+
+    def targets(self, example: dict) -> list[Target]:
+        """Every labelled answer with its soft score (LXMERT / VL-T5): training draws one in
+        proportion to its score and weights its loss by it. `labels` as the manifest has
+        them, else computed from the ten human answers."""
+        labels = example["labels"] if example.get("labels") is not None else vqa_soft_scores(example["answers"])
+        return [(answer, float(score)) for answer, score in labels.items() if score > 0]
+
+
+@register_task("gqa")
+class GQA(Task):
+    prefix, media_kind, metric, generation = "gqa:", "image", "gqa_accuracy", _SHORT_ANSWER
+    inputs = ("question",)
+
+    def source_parts(self, example: dict) -> list[SourcePart]:
+        return [SourcePart(example["question"])]
+
+    def targets(self, example: dict) -> list[Target]:
+        return [(example["answers"][0], 1.0)]
+
+
+@register_task("nlvr2")
+class NLVR2(Task):
+    prefix, media_kind, metric, generation = "nlvr:", "image", "nlvr2_accuracy", _SHORT_ANSWER
+    inputs = ("sentence",)
+
+    def source_parts(self, example: dict) -> list[SourcePart]:
+        return [SourcePart(example["sentence"])]
+
+    def targets(self, example: dict) -> list[Target]:
+        return [(example["answers"][0].lower(), 1.0)]  # "true" / "false"
+
+    def read_prediction(self, text: str, example: dict | None = None) -> str:
+        return _clean(text).lower().strip(" .!")  # "True." -> "true"
+
+
+@register_task("caption")
+class Caption(Task):
+    """COCO: the input is the prefix alone."""
+
+    prefix, media_kind, metric, generation = "caption:", "image", "caption", _CAPTION
+    gold = ("targets",)
+    one_item_per_target = True
+
+    def targets(self, example: dict) -> list[Target]:
+        return [(ref, 1.0) for ref in example["targets"]]
+
+    def read_prediction(self, text: str, example: dict | None = None) -> str:
+        return _clean(text)  # the caption metric's tokenizer lower-cases itself
+
+
+# --- video tasks -------------------------------------------------------------------
+
+
+def _subtitle_part(example: dict) -> list[SourcePart]:
+    text = " ".join(subtitles_in_span(example["subtitles"], example.get("ts")))
+    return [SourcePart(text, may_cut=True, label="subtitles:")] if text.strip() else []
+
+
+class MultipleChoiceQA(Task):
+    """Question, the choices labelled a0..aN, then the subtitles of the question's span.
+    The answer is the choice label ("a2"), which the metric compares with `answer_idx`."""
+
+    media_kind, metric = "video", "mc_accuracy"
+    generation = Generation(max_new_tokens=4, num_beams=1)
+    inputs = ("question", "choices", "subtitles")
+    gold = ("answer_idx",)
+
+    def source_parts(self, example: dict) -> list[SourcePart]:
+        choices = " ".join(f"a{i}: {_clean(c)}" for i, c in enumerate(example["choices"]))
+        return [SourcePart(example["question"]), SourcePart(choices), *_subtitle_part(example)]
+
+    def targets(self, example: dict) -> list[Target]:
+        return [(f"a{example['answer_idx']}", 1.0)]
+
+    def read_prediction(self, text: str, example: dict | None = None) -> str:
+        """ "a2", "A2", "a2: the choice" -> "a2"; the text of a choice of `example` -> its
+        label; anything else comes back cleaned (and scores as wrong)."""
+        clean = _clean(text).lower()
+        label = re.match(r"a\s?(\d+)(?=$|[\s:.,)])", clean)
+        if label:
+            return f"a{label.group(1)}"
+        if example is not None:
+            loose = clean.rstrip(" .")
+            for i, choice in enumerate(example.get("choices", [])):
+                if _clean(choice).lower().rstrip(" .") == loose:
+                    return f"a{i}"
+        return clean
+
+
+@register_task("tvqa")
+class TVQA(MultipleChoiceQA):
+    prefix = "tvqa:"
+
+
+@register_task("how2qa")
+class How2QA(MultipleChoiceQA):
+    prefix = "how2qa:"
+
+
+class VideoCaption(Caption):
+    """The subtitles of the clip's span; one training item per description."""
+
+    media_kind = "video"
+    inputs = ("ts", "subtitles")
+
+    def source_parts(self, example: dict) -> list[SourcePart]:
+        return _subtitle_part(example)
+
+
+@register_task("tvc")
+class TVC(VideoCaption):
+    prefix = "tvc:"
+
+
+@register_task("yc2c")
+class YC2C(VideoCaption):
+    prefix = "yc2c:"
