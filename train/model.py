@@ -1,0 +1,345 @@
+"""VL-T5 / VL-BART: a `transformers` encoder-decoder that reads CLIP features as extra
+encoder tokens (VL-Adapter, Sung et al. CVPR 2022, built on Cho et al.'s VL-T5).
+
+    text ids ──► backbone's own token embedding ─┐
+                                                  ├─► [text, visual] ─► encoder ─► decoder ─► LM head
+    CLIP feats ─► VisualEmbedding ────────────────┘    (inputs_embeds)
+
+The backbone is an unmodified `T5ForConditionalGeneration` or
+`BartForConditionalGeneration`: `VLModel` only builds `inputs_embeds` and the attention
+mask and hands them over, so every later change (PEFT methods) is made from outside too.
+
+Where this differs from the reference code (ylsung/VL_adapter, `modeling_{t5,bart}.py`):
+
+- Position information of visual tokens. The reference added BART's learned positions to
+  the text only and applied T5's relative position bias among text tokens only; doing
+  that here would need a fork of the encoder. Instead the encoder treats the whole
+  sequence alike: BART adds its learned position embedding to every token, visual ones
+  included (visual token j of a row with n real text tokens sits at position n + j), and
+  T5's relative position bias spans text and visual tokens. Both are learned during
+  fine-tuning and cost no parameters. On top, each visual token gets a learned position
+  of its own (its index within its image, or a frame's index within its video), which
+  the reference only had through frozen `<vis_extra_id_k>` word embeddings.
+- Padding. Each row is packed as [its real text tokens, its visual tokens, padding], not
+  [text padded to the batch's longest, visual]: then the position (BART) and relative
+  distances (T5) of every real token depend on that example alone, so an example's output
+  does not change with the batch it is in. Padded text tokens and padded visual tokens
+  (frames beyond a video's length) are masked out of attention; the reference had no mask
+  for padded video frames.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    BartConfig,
+    BartForConditionalGeneration,
+    PreTrainedModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+from vl.shared.errors import VLError
+
+# -- backbones ---------------------------------------------------------------------
+
+# model_type -> (config class, model class); the only backbones VLModel wraps.
+MODEL_CLASSES: dict[str, tuple[type, type[PreTrainedModel]]] = {
+    "t5": (T5Config, T5ForConditionalGeneration),
+    "bart": (BartConfig, BartForConditionalGeneration),
+}
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    """An architecture we can build without the network: a config class's arguments."""
+
+    model_type: Literal["t5", "bart"]
+    config: dict[str, Any]  # keyword arguments of T5Config / BartConfig
+    hub_id: str | None = None  # where its pretrained weights live; None: a test-only shape
+
+
+_T5_COMMON = dict(vocab_size=32128, d_kv=64, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                  dropout_rate=0.1, layer_norm_epsilon=1e-6, feed_forward_proj="relu",
+                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+_BART_COMMON = dict(vocab_size=50265, max_position_embeddings=1024, activation_function="gelu",
+                    dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, scale_embedding=False,
+                    pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+
+# Architecture values of the `config.json` files on the Hugging Face hub
+# (google-t5/t5-small, google-t5/t5-base, facebook/bart-base, facebook/bart-large), the
+# checkpoints the reference's download_backbones.py fetches; generation defaults in those
+# files (num_beams, no_repeat_ngram_size, ...) are left out: decoding is the caller's.
+# Parameter counts of the models these build (tests/test_vl_model.py checks them):
+# t5-small 60,506,624; t5-base 222,903,552; bart-base 139,420,416 (the figure in the
+# reference's trainer_base.py); bart-large 406,291,456.
+BACKBONE_SHAPES: dict[str, BackboneShape] = {
+    "t5-small": BackboneShape("t5", dict(_T5_COMMON, d_model=512, d_ff=2048, num_layers=6, num_heads=8),
+                              "google-t5/t5-small"),
+    "t5-base": BackboneShape("t5", dict(_T5_COMMON, d_model=768, d_ff=3072, num_layers=12, num_heads=12),
+                             "google-t5/t5-base"),
+    "bart-base": BackboneShape("bart", dict(_BART_COMMON, d_model=768, encoder_layers=6, decoder_layers=6,
+                                            encoder_attention_heads=12, decoder_attention_heads=12,
+                                            encoder_ffn_dim=3072, decoder_ffn_dim=3072), "facebook/bart-base"),
+    "bart-large": BackboneShape("bart", dict(_BART_COMMON, d_model=1024, encoder_layers=12, decoder_layers=12,
+                                             encoder_attention_heads=16, decoder_attention_heads=16,
+                                             encoder_ffn_dim=4096, decoder_ffn_dim=4096), "facebook/bart-large"),
+    # For tests: a few thousand parameters, built in milliseconds.
+    "tiny-t5": BackboneShape("t5", dict(_T5_COMMON, vocab_size=128, d_model=32, d_kv=16, d_ff=64,
+                                        num_layers=2, num_heads=2)),
+    "tiny-bart": BackboneShape("bart", dict(_BART_COMMON, vocab_size=128, max_position_embeddings=256, d_model=32,
+                                            encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                                            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+}
+
+INITS = ("pretrained", "random")
+
+
+def build_backbone(name_or_path: str, init: str = "pretrained", vocab_size: int | None = None) -> PreTrainedModel:
+    """A T5 or BART encoder-decoder with its LM head, in eval mode.
+
+    `name_or_path` is a name in BACKBONE_SHAPES, a local directory written by
+    `save_pretrained`, or a hub id ("owner/name"). init="pretrained" loads weights
+    (a built-in name loads its hub checkpoint); init="random" builds the architecture
+    with fresh weights (no download for a built-in name). `vocab_size` sets the number
+    of token embeddings (the tokenizer's length once task tokens are added): in the
+    config for random weights, by `resize_token_embeddings` for loaded ones.
+    """
+    if init not in INITS:
+        raise VLError(f"unknown init '{init}'; choose one of: {', '.join(INITS)}")
+    shape = BACKBONE_SHAPES.get(name_or_path)  # a built-in name wins over a same-named folder
+    local = Path(name_or_path).expanduser()
+    if shape is not None:
+        config_cls, model_cls = MODEL_CLASSES[shape.model_type]
+        if init == "random":
+            config = config_cls(**{**shape.config, **({} if vocab_size is None else {"vocab_size": vocab_size})})
+            return model_cls(config).eval()
+        if shape.hub_id is None:
+            raise VLError(f"backbone '{name_or_path}' is a test-only shape with no pretrained weights; "
+                          "build it with init='random'")
+        source = shape.hub_id
+    elif local.is_dir():
+        source = str(local)
+    elif name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or local.exists():
+        raise VLError(f"backbone directory {name_or_path} not found (or not a directory): "
+                      "give a folder written by `save_pretrained`")
+    elif name_or_path.count("/") == 1:
+        source = name_or_path  # a hub id
+    else:
+        raise VLError(f"unknown backbone '{name_or_path}'; choose one of: {', '.join(BACKBONE_SHAPES)}, "
+                      "or give a local directory written by `save_pretrained` or a hub id such as google-t5/t5-base")
+
+    offline_hint = ("without network access, load a local copy: `save_pretrained` it on a machine that has one "
+                    "and pass that directory")
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise VLError(f"cannot read the backbone config of {source}: {e}", hint=offline_hint) from None
+    if config.model_type not in MODEL_CLASSES:
+        raise VLError(f"{source} is a '{config.model_type}' model; VL models wrap one of: {', '.join(MODEL_CLASSES)}")
+    model_cls = MODEL_CLASSES[config.model_type][1]
+    if init == "random":
+        if vocab_size is not None:
+            config.vocab_size = vocab_size
+        return model_cls(config).eval()
+    try:
+        model = model_cls.from_pretrained(source)
+    except OSError as e:
+        raise VLError(f"cannot load backbone weights from {source}: {e}", hint=offline_hint) from None
+    if vocab_size is not None and vocab_size != model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(vocab_size)
+    return model.eval()
+
+
+# -- visual tokens -------------------------------------------------------------------
+
+def pool_grid(feats: torch.Tensor, size: int) -> torch.Tensor:
+    """Max-pool a square grid of tokens to size x size (the paper: RN101's 7x7 -> 6x6 = 36).
+
+    feats: (B, T, C) with T = side * side tokens in row-major order; returns
+    (B, size * size, C), also row-major.
+    """
+    if feats.dim() != 3:
+        raise ValueError(f"pool_grid wants (batch, tokens, channels); got shape {tuple(feats.shape)}")
+    batch, tokens, channels = feats.shape
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"pool_grid needs a square grid of tokens; {tokens} is not a perfect square "
+                         "(pooled features and video frames are not grids)")
+    if not 1 <= size <= side:
+        raise ValueError(f"pool_grid pools a {side}x{side} grid down to size x size with 1 <= size <= {side}; "
+                         f"got size={size}")
+    grid = feats.transpose(1, 2).reshape(batch, channels, side, side)  # (B, C, side, side)
+    pooled = F.adaptive_max_pool2d(grid, size)  # (B, C, size, size)
+    return pooled.flatten(2).transpose(1, 2)  # (B, size*size, C)
+
+
+def within_image_positions(image_ids: torch.Tensor, max_images: int) -> torch.Tensor:
+    """(B, V) image index of each visual token -> (B, V) its index among its image's tokens
+    (e.g. [0,0,1,1,1] -> [0,1,0,1,2]); tokens of one image need not be contiguous."""
+    one_hot = F.one_hot(image_ids, max_images)  # (B, V, M)
+    return ((one_hot.cumsum(1) - 1) * one_hot).sum(-1)  # (B, V)
+
+
+class VisualEmbedding(nn.Module):
+    """CLIP features -> encoder tokens: Norm(Linear(feats)) + image order + visual position.
+
+    The norm is T5's RMS norm for T5 and nn.LayerNorm for BART, as in the reference.
+    The two embeddings start small (std 0.02, BART's init_std) next to the unit-scale
+    normalised features, so a fresh model first sees the features nearly as projected.
+    """
+
+    def __init__(self, feat_dim: int, d_model: int, max_visual_tokens: int, max_images: int = 2,
+                 norm: Literal["layer", "rms"] = "layer", eps: float = 1e-5):
+        super().__init__()
+        self.feat_dim, self.max_visual_tokens, self.max_images = feat_dim, max_visual_tokens, max_images
+        self.proj = nn.Linear(feat_dim, d_model)
+        self.norm = T5LayerNorm(d_model, eps=eps) if norm == "rms" else nn.LayerNorm(d_model, eps=eps)
+        self.image_order = nn.Embedding(max_images, d_model)  # which image (NLVR2's left / right)
+        self.position = nn.Embedding(max_visual_tokens, d_model)  # grid index in an image, frame index in a video
+        nn.init.normal_(self.image_order.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=0.02)
+
+    def forward(self, feats: torch.Tensor, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """feats (B, V, feat_dim); image_ids (B, V) long in [0, max_images), None: all 0.
+        Returns (B, V, d_model)."""
+        if feats.dim() != 3 or feats.shape[-1] != self.feat_dim:
+            raise ValueError(f"visual features must be (batch, tokens, {self.feat_dim}); got {tuple(feats.shape)} "
+                             "(was the model built for another CLIP encoder's feature size?)")
+        batch, tokens, _ = feats.shape
+        if image_ids is None:
+            image_ids = torch.zeros(batch, tokens, dtype=torch.long, device=feats.device)
+        else:
+            if image_ids.shape != (batch, tokens):
+                raise ValueError(f"image_ids must be (batch, tokens) = {(batch, tokens)}; got {tuple(image_ids.shape)}")
+            if bool(((image_ids < 0) | (image_ids >= self.max_images)).any()):
+                raise ValueError(f"image_ids must lie in [0, {self.max_images}); got values "
+                                 f"{image_ids.min().item()}..{image_ids.max().item()}")
+        positions = within_image_positions(image_ids, self.max_images)  # (B, V)
+        # Positions are < V, so only a long sequence needs the (synchronising) check.
+        if tokens > self.max_visual_tokens and int(positions.max()) >= self.max_visual_tokens:
+            raise ValueError(f"an image or video has {int(positions.max()) + 1} visual tokens (padding included) but "
+                             f"the model has positions for {self.max_visual_tokens}: pool the grid (pool_grid), cap "
+                             "the frames, or build the model with a larger max_visual_tokens")
+        x = self.norm(self.proj(feats.to(self.proj.weight.dtype)))  # (B, V, d)
+        return x + self.image_order(image_ids) + self.position(positions)  # (B, V, d)
+
+
+# -- the model -------------------------------------------------------------------------
+
+class VLModel(nn.Module):
+    """A T5/BART encoder-decoder whose encoder reads [text tokens, visual tokens].
+
+    Attributes: `backbone` (the unmodified transformers model), `visual_embedding`,
+    `config` (the backbone's config).
+    """
+
+    def __init__(self, backbone: PreTrainedModel, feat_dim: int, max_visual_tokens: int = 64, max_images: int = 2):
+        super().__init__()
+        model_type = getattr(backbone.config, "model_type", None)
+        if model_type not in MODEL_CLASSES or not backbone.config.is_encoder_decoder:
+            raise VLError(f"VLModel wraps a T5 or BART encoder-decoder; got a '{model_type}' model")
+        self.backbone = backbone
+        self.config = backbone.config
+        d_model = self.config.d_model
+        if model_type == "t5":
+            norm, eps = "rms", self.config.layer_norm_epsilon
+        else:
+            norm, eps = "layer", 1e-5  # nn.LayerNorm's default, as BART's own layer norms
+        self.visual_embedding = VisualEmbedding(feat_dim, d_model, max_visual_tokens, max_images, norm, eps)
+        # BART multiplies token embeddings by sqrt(d_model) when config.scale_embedding
+        # (False for bart-base/large). Current transformers does it inside the embedding
+        # module (it has `embed_scale`); older versions did it in the encoder, on the
+        # input_ids path only, which inputs_embeds skips: then we scale here.
+        scales_itself = hasattr(backbone.get_input_embeddings(), "embed_scale")
+        self.text_embed_scale = (math.sqrt(d_model) if getattr(self.config, "scale_embedding", False)
+                                 and not scales_itself else 1.0)
+
+    def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
+                       visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's `inputs_embeds` (B, L + V, d) and attention mask (B, L + V).
+
+        input_ids, attention_mask: (B, L) right-padded text; visual_feats: (B, V, feat_dim);
+        visual_mask: (B, V), true/1 on real tokens; image_ids: (B, V) or None. Each row
+        comes out as [its real text, its visual tokens, padding] (see the module docstring).
+        """
+        batch, text_len = input_ids.shape
+        vis_len = visual_feats.shape[1]
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+        if visual_feats.shape[0] != batch or visual_mask.shape != (batch, vis_len):
+            raise ValueError(f"visual_feats {tuple(visual_feats.shape)} and visual_mask {tuple(visual_mask.shape)} must "
+                             f"be (batch={batch}, tokens, ...) and (batch, tokens)")
+        text_mask = attention_mask.long()
+        if bool((text_mask[:, 1:] > text_mask[:, :-1]).any()):
+            raise ValueError("text must be right-padded (attention_mask 1...1 0...0): tokenize with padding_side='right'")
+        max_pos = getattr(self.config, "max_position_embeddings", None)  # BART's learned positions; T5 has none
+        if self.config.model_type == "bart" and text_len + vis_len > max_pos:
+            raise ValueError(f"{text_len} text + {vis_len} visual tokens exceed BART's {max_pos} positions: "
+                             "truncate the text or use fewer visual tokens")
+
+        text = self.backbone.get_input_embeddings()(input_ids) * self.text_embed_scale  # (B, L, d)
+        visual = self.visual_embedding(visual_feats, image_ids).to(text.dtype)  # (B, V, d)
+        embeds = torch.cat([text, visual], dim=1)  # (B, L + V, d)
+        mask = torch.cat([text_mask, visual_mask.long()], dim=1)  # (B, L + V)
+
+        # Pack each row: text token i < n goes to i, visual token j to n + j, text padding
+        # to the end (n = the row's real text length). `order` is the inverse permutation.
+        n = text_mask.sum(1, keepdim=True)  # (B, 1)
+        i = torch.arange(text_len, device=n.device).expand(batch, -1)  # (B, L)
+        j = torch.arange(vis_len, device=n.device).expand(batch, -1)  # (B, V)
+        dest = torch.cat([torch.where(i < n, i, i + vis_len), n + j], dim=1)  # (B, L + V)
+        order = dest.argsort(dim=1)  # (B, L + V): which source token lands at each place
+        embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
+        mask = mask.gather(1, order)
+        return embeds, mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
+                visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None) -> Seq2SeqLMOutput:
+        """Teacher-forced pass. labels (B, T) with -100 where ignored give `.loss` (token-mean
+        cross-entropy) and the decoder input (labels shifted right); or give
+        decoder_input_ids to score. Returns the backbone's output: `.loss`, `.logits` (B, T, vocab)."""
+        if labels is None and decoder_input_ids is None:
+            raise ValueError("VLModel.forward needs labels (training) or decoder_input_ids (scoring)")
+        embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
+        return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                             decoder_input_ids=decoder_input_ids)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
+                 visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None, **generate_kwargs: Any
+                 ) -> torch.LongTensor:
+        """Decode answers: (B, T_out) token ids starting with the decoder start token.
+        generate_kwargs go to the backbone's `generate` (max_new_tokens, num_beams, ...).
+        The encoder runs once here; beam search reuses its output for every beam."""
+        embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
+        encoded = self.backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+        hidden = encoded.last_hidden_state if hasattr(encoded, "last_hidden_state") else encoded[0]
+        return self.backbone.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                      attention_mask=mask, **generate_kwargs)
+
+
+def build_vl_model(backbone: str, feat_dim: int, init: str = "pretrained", max_visual_tokens: int = 64,
+                   vocab_size: int | None = None) -> VLModel:
+    """`build_backbone(backbone, init, vocab_size)` wrapped with a fresh visual embedding
+    for `feat_dim`-wide features (RN101 grid 2048, ViT-B/32 pooled 512, ...)."""
+    return VLModel(build_backbone(backbone, init=init, vocab_size=vocab_size), feat_dim,
+                   max_visual_tokens=max_visual_tokens)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights (T5/BART's shared embedding and
+    LM head) count once."""
+    params = list(model.parameters())  # nn.Module.parameters() yields a shared tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
