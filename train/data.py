@@ -1,0 +1,432 @@
+"""Training data: a task's examples with their cached CLIP features, batched one task at a time.
+
+- `DataSettings`: how features and text are cut to size (typed config, `check()`ed).
+- `TaskData`: one task and split: its manifest examples, the task definition, the
+  feature store, the settings. `check_media` finds media missing from the store before
+  anything is loaded (an error naming the fix, or `--skip-missing`).
+- `TaskDataset`: `task.expand(examples)` as items: source text within the token budget
+  (only subtitles are ever cut), a target and its loss weight, visual tokens (V, D).
+- `MultiTaskDataset`: several `TaskDataset`s addressed by `ItemKey(task, index, epoch)`.
+- `MultiTaskSampler`: a `batch_sampler` whose every batch comes from one task; the order
+  is drawn from (seed, epoch) alone, so every rank builds the same plan and takes its share.
+- `Collator` / `collate`: right-padded text, zero-padded visual tokens with masks, labels
+  with -100 on padding, per-item weights.
+
+As in the original (reference section 3.6), one batch holds one task, and an epoch in
+the default `proportional` mode is one pass over every task's items, so tasks come up
+in proportion to their size. Unlike the original, at every global step all ranks work
+on the same task (each on its own batch), the item order is reproducible from the seed
+for any number of DataLoader workers, and VQA's sampled answer depends only on
+(seed, epoch, item), not on which worker drew it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.feature_store import FeatureStore, sidecar_path
+from vl.shared.manifest import DatasetManifest
+from vl.train.model import pool_grid
+from vl.train.tasks import Task, TrainItem, get_task
+
+log = logging.getLogger(__name__)
+
+SAMPLING = ("proportional", "temperature")
+
+
+@dataclass
+class DataSettings:
+    """How one task's features and text are cut to size."""
+
+    visual_pool: int | None = None  # max-pool an image grid to N x N tokens (paper: 7x7 -> 6); None keeps it
+    feature: str | None = None  # the store's feature to read; None: grid for images, pooled for videos
+    max_frames: int = 64  # video: frames of the clip, subsampled uniformly to at most this many
+    max_text_tokens: int | None = 600  # encoder text budget (special tokens included); only subtitles are cut
+    max_target_tokens: int | None = None  # None: the task's generation.max_new_tokens (VQA 10, captions 40)
+
+    def check(self) -> list[str]:
+        problems = []
+        for name in ("visual_pool", "max_frames", "max_text_tokens", "max_target_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be >= 1 (got {value})")
+        return problems
+
+
+class ItemKey(NamedTuple):
+    """What the sampler yields for one item; the epoch travels with it so an item's random
+    choices do not depend on a dataset attribute that persistent workers would not see change."""
+
+    task: str
+    index: int
+    epoch: int = 0
+
+
+# -- one task's data ------------------------------------------------------------------------
+
+class TaskData:
+    """One task and split: its examples, the task definition, the feature store, the settings.
+
+    Construction checks everything cheap (the store holds this task's media kind, the
+    feature exists and fits the settings, the split has examples) and raises one VLError
+    listing every problem. `check_media` then compares the examples' media with the store.
+    """
+
+    def __init__(self, task: str | Task, split: str, manifest: DatasetManifest | str | os.PathLike,
+                 store: FeatureStore | str | os.PathLike, settings: DataSettings | None = None):
+        self.task = get_task(task) if isinstance(task, str) else task
+        self.split = split
+        self.manifest = manifest if isinstance(manifest, DatasetManifest) else DatasetManifest.read(manifest)
+        self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+        self.settings = settings or DataSettings()
+        self.examples: list[dict] = [ex for ex in self.manifest.examples
+                                     if ex["task"] == self.task.name and ex["split"] == split]
+        self.media_checked = False
+        video = self.task.media_kind == "video"
+        # The feature read: as set, else the grid for images and one vector a frame for videos.
+        self.feature = self.settings.feature or (
+            "pooled" if video and "pooled" in self.store.features else self.store.default_feature)
+        problems = [f"data settings: {p}" for p in self.settings.check()]
+        if not self.examples:
+            has = ", ".join(sorted(self.manifest.counts())) or "nothing"
+            problems.append(f"task {self.task.name!r} split {split!r} has no examples in manifest "
+                            f"{self.manifest.path} (it holds: {has}); name a task/split it has, or convert that split")
+        problems += self._feature_problems()
+        collect_or_raise(problems)
+
+    @property
+    def name(self) -> str:
+        return f"{self.task.name}/{self.split}"
+
+    def _feature_problems(self) -> list[str]:
+        video = self.task.media_kind == "video"
+        if video != (self.store.layout == "frames"):
+            holds = "videos (frames layout)" if self.store.layout == "frames" else "images"
+            return [f"{self.name} reads {self.task.media_kind}s but feature store {self.store.path} holds {holds}; "
+                    f"give it a store made by `vl extract {self.task.media_kind}s`"]
+        if self.feature not in self.store.features:
+            return [f"feature store {self.store.path} has no '{self.feature}' features (it has: "
+                    f"{', '.join(self.store.features)}); set data feature to one of them"]
+        shape = self.store.item_shape(self.feature)
+        where = f"{self.name}: feature '{self.feature}' of {self.store.path} is {shape}"
+        if video:
+            if len(shape) != 1:
+                return [f"{where} per frame; video tasks read one vector per frame: extract with `--layer pooled`"]
+            return []
+        if len(shape) == 1:
+            if self.settings.visual_pool is not None:
+                return [f"{where}, one vector an image, not a grid: visual_pool={self.settings.visual_pool} "
+                        "cannot pool it; unset visual_pool or read the 'grid' feature"]
+            return []
+        if len(shape) != 2:
+            return [f"{where}; image features must be (tokens, channels) or (channels,)"]
+        pool = self.settings.visual_pool
+        side = math.isqrt(shape[0])
+        if pool is not None and (side * side != shape[0] or pool > side):
+            grid = f"a {side}x{side} grid" if side * side == shape[0] else f"{shape[0]} tokens, not a square grid"
+            return [f"{where} ({grid}): cannot pool it to {pool}x{pool}; set visual_pool to at most {side} "
+                    "or None"]
+        return []
+
+    @property
+    def feat_dim(self) -> int:
+        return int(self.store.item_shape(self.feature)[-1])
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Visual tokens of one image (after pooling) or the most frames of one video."""
+        if self.task.media_kind == "video":
+            return self.settings.max_frames
+        shape = self.store.item_shape(self.feature)
+        if len(shape) == 1:
+            return 1
+        return self.settings.visual_pool ** 2 if self.settings.visual_pool else int(shape[0])
+
+    @property
+    def max_target_tokens(self) -> int:
+        return self.settings.max_target_tokens or self.task.generation.max_new_tokens
+
+    def check_media(self, skip_missing: bool = False) -> int:
+        """Compare the examples' media ids with the store; returns how many examples were dropped.
+
+        Missing ids are an error naming how many, a few of them, the store, the manifest and
+        the fix; with skip_missing the examples using them are dropped with a warning."""
+        missing = [m for m in dict.fromkeys(m for ex in self.examples for m in ex["media"]) if m not in self.store]
+        if not missing:
+            self.media_checked = True
+            return 0
+        gone = set(missing)
+        keep = [ex for ex in self.examples if not gone.intersection(ex["media"])]
+        dropped = len(self.examples) - len(keep)
+        failed = {x.get("id") for x in self.store.failures} & gone
+        why = (f" ({len(failed)} of them failed extraction: see {sidecar_path(self.store.path)})" if failed else "")
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        what = (f"{len(missing)} media ids used by {dropped} of the {len(self.examples)} {self.name} examples of "
+                f"manifest {self.manifest.path} are not in feature store {self.store.path}{why}: {shown}")
+        if not skip_missing:
+            raise VLError(what, hint=f"Extract them with `vl extract {self.task.media_kind}s --manifest "
+                                     f"{self.manifest.path} --out {self.store.path} ...` (the same settings as the "
+                                     f"store), or pass --skip-missing to train without those {dropped} examples.")
+        if not keep:
+            raise VLError(f"{self.name}: no examples left: every one of the {len(self.examples)} examples of manifest "
+                          f"{self.manifest.path} uses media missing from feature store {self.store.path}",
+                          hint=f"Extract them with `vl extract {self.task.media_kind}s --manifest {self.manifest.path} "
+                               f"--out {self.store.path} ...`, or check that this is the right store.")
+        log.warning("%s: skipping %d of %d examples: %s", self.name, dropped, len(self.examples), what)
+        self.examples, self.media_checked = keep, True
+        return dropped
+
+
+# -- one task's items -----------------------------------------------------------------------
+
+class TaskDataset(Dataset):
+    """`task.expand(examples)` as model inputs. `dataset[i]` uses the epoch set by
+    `set_epoch`; `item(i, epoch)` names it (what `MultiTaskDataset` does)."""
+
+    def __init__(self, data: TaskData, tokenizer: Any, seed: int = 0):
+        if not data.media_checked:
+            data.check_media(skip_missing=False)
+        self.data, self.tokenizer, self.seed, self.epoch = data, tokenizer, seed, 0
+        self.task_name = data.task.name
+        self.items: list[TrainItem] = data.task.expand(data.examples)
+        if not self.items:
+            raise VLError(f"{data.name}: none of its {len(data.examples)} examples has a target to train on "
+                          f"(manifest {data.manifest.path})")
+        self._ts = {ex["id"]: ex.get("ts") for ex in data.examples}  # video clip spans, seconds
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])  # special tokens included: the encoder's length
+
+    def source(self, index: int) -> str:
+        return self.items[index].text(self.data.settings.max_text_tokens, self.count_tokens)
+
+    def target(self, index: int, epoch: int) -> tuple[str, float]:
+        """The target and its loss weight. VQA draws one answer in proportion to its soft score,
+        from an rng seeded by (seed, task, epoch, index): the same draw whichever worker asks."""
+        item = self.items[index]
+        if len(item.targets) == 1:
+            return item.targets[0]
+        # A str seed goes through sha512: stable across processes and PYTHONHASHSEED.
+        return item.sample_target(random.Random(f"{self.seed}/{self.task_name}/{epoch}/{index}"))
+
+    def visual(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual tokens (V, D) float32 and their image ids (V,) long."""
+        item, store, feature = self.items[index], self.data.store, self.data.feature
+        if self.data.task.media_kind == "video":
+            (video,) = item.media
+            ts = self._ts.get(item.example_id)
+            if ts is None:
+                frames = store.get(video, feature)  # (n, D): the whole video
+            else:
+                frames, _ = store.get_span(video, float(ts[0]), float(ts[1]), feature)  # (n, D) inside ts
+            if len(frames) > self.data.settings.max_frames:  # uniform subsample, first and last kept
+                frames = frames[np.round(np.linspace(0, len(frames) - 1, self.data.settings.max_frames)).astype(int)]
+            feats = torch.from_numpy(np.asarray(frames, dtype=np.float32))  # (V, D)
+            return feats, torch.zeros(len(feats), dtype=torch.long)
+        per_image = []
+        for media_id in item.media:  # one image; NLVR2 two, left then right
+            x = torch.from_numpy(np.asarray(store.get(media_id, feature), dtype=np.float32))
+            if x.dim() == 1:
+                x = x[None]  # (1, D): a pooled vector is one token
+            elif self.data.settings.visual_pool:
+                x = pool_grid(x[None], self.data.settings.visual_pool)[0]  # (T, C) -> (N*N, C)
+            per_image.append(x)
+        feats = torch.cat(per_image)  # (sum of tokens, D)
+        image_ids = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, x in enumerate(per_image)])
+        return feats, image_ids
+
+    def item(self, index: int, epoch: int) -> dict[str, Any]:
+        target, weight = self.target(index, epoch)
+        feats, image_ids = self.visual(index)
+        return {"task": self.task_name, "id": self.items[index].example_id, "source": self.source(index),
+                "target": target, "weight": float(weight), "visual_feats": feats, "image_ids": image_ids}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index, self.epoch)
+
+
+class MultiTaskDataset(Dataset):
+    """Several tasks' datasets; `dataset[ItemKey(task, index, epoch)]` is that task's item
+    (a plain (task, index) uses the task dataset's own epoch)."""
+
+    def __init__(self, datasets: Mapping[str, TaskDataset]):
+        if not datasets:
+            raise VLError("no tasks to train on: name at least one task")
+        self.datasets = dict(datasets)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(ds) for name, ds in self.datasets.items()}
+
+    def __len__(self) -> int:
+        return sum(self.sizes.values())
+
+    def __getitem__(self, key: Sequence) -> dict[str, Any]:
+        task, index, *epoch = key
+        ds = self.datasets[task]
+        return ds.item(index, epoch[0] if epoch else ds.epoch)
+
+    def collator(self, tokenizer: Any) -> "Collator":
+        """A collate function that cuts each task's targets to its own limit."""
+        return Collator(tokenizer, {name: ds.data.max_target_tokens for name, ds in self.datasets.items()})
+
+
+# -- batching -------------------------------------------------------------------------------
+
+def collate(batch: Sequence[dict[str, Any]], tokenizer: Any,
+            max_target_tokens: int | None = None) -> dict[str, Any]:
+    """Items of one task -> tensors for `VLModel.forward` (plus `weights`, `task`, `ids`)."""
+    tasks = {x["task"] for x in batch}
+    if len(tasks) != 1:
+        raise VLError(f"a batch mixes tasks {sorted(tasks)}: batch with MultiTaskSampler (one task per batch)")
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        raise VLError("the tokenizer pads on the left; VLModel needs right-padded text: "
+                      "set tokenizer.padding_side = 'right'")
+    src = tokenizer([x["source"] for x in batch], padding=True, return_tensors="pt")  # (B, T_text)
+    tgt = tokenizer([x["target"] for x in batch], padding=True, truncation=max_target_tokens is not None,
+                    max_length=max_target_tokens, return_tensors="pt")  # (B, T_target)
+    labels = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, -100)  # (B, T_target)
+    longest = max(len(x["visual_feats"]) for x in batch)
+    dim = batch[0]["visual_feats"].shape[-1]
+    feats = torch.zeros(len(batch), longest, dim, dtype=torch.float32)  # (B, V_max, D)
+    mask = torch.zeros(len(batch), longest, dtype=torch.bool)  # (B, V_max), True on real tokens
+    image_ids = torch.zeros(len(batch), longest, dtype=torch.long)  # (B, V_max)
+    for b, x in enumerate(batch):
+        v = len(x["visual_feats"])
+        feats[b, :v], mask[b, :v], image_ids[b, :v] = x["visual_feats"], True, x["image_ids"]
+    return {"input_ids": src["input_ids"], "attention_mask": src["attention_mask"], "visual_feats": feats,
+            "visual_mask": mask, "image_ids": image_ids, "labels": labels,
+            "weights": torch.tensor([x["weight"] for x in batch], dtype=torch.float32),  # (B,)
+            "task": tasks.pop(), "ids": [x["id"] for x in batch]}
+
+
+class Collator:
+    """`collate` with its tokenizer and target limits bound: a picklable DataLoader collate_fn.
+    max_target_tokens: one limit, or one per task name."""
+
+    def __init__(self, tokenizer: Any, max_target_tokens: int | Mapping[str, int] | None = None):
+        self.tokenizer, self.max_target_tokens = tokenizer, max_target_tokens
+
+    def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        limit = self.max_target_tokens
+        if isinstance(limit, Mapping):
+            limit = limit.get(batch[0]["task"])
+        return collate(batch, self.tokenizer, limit)
+
+
+class MultiTaskSampler:
+    """Batches of `ItemKey`s, each batch from one task, for `DataLoader(batch_sampler=...)`.
+
+    An epoch is planned from (seed, epoch) alone, so every rank plans the same one: the
+    plan is a shuffled list of global steps; a step is `world_size` batches of one task,
+    and rank r takes batch r of every step. All ranks thus train the same task at each
+    step (as in the original) and run the same number of steps (DDP needs that).
+
+    - `proportional` (the paper): each task's items, shuffled, cut into steps of
+      world_size x batch_size; an epoch is one pass over every task's items, so tasks come
+      up in proportion to their size. A task's last, partial step is shared out as
+      world_size smaller batches (sizes differing by at most one); when it has fewer items
+      than ranks those items are dropped for this epoch, i.e. fewer than world_size items
+      per task per epoch, a different few each epoch. With one rank nothing is dropped.
+    - `temperature`: task t gets a share p_t ∝ n_t^(1/T) of the epoch's items; an epoch
+      holds as many items as one pass over all tasks (N = Σ n_t), in full batches:
+      k_t = max(1, round(N p_t / (world_size b_t))) steps. A task's items are drawn in
+      reshuffled passes (small tasks repeat, large ones are partly seen). T = 1 gives the
+      proportional shares; T -> inf equal shares of items.
+
+    `shuffle=False` (validation): items in order, tasks one after another.
+    """
+
+    def __init__(self, sizes: Mapping[str, int], batch_size: int | Mapping[str, int], *,
+                 sampling: Literal["proportional", "temperature"] = "proportional", temperature: float = 1.0,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        batch_sizes = dict(batch_size) if isinstance(batch_size, Mapping) else {t: batch_size for t in sizes}
+        problems = []
+        if not sizes:
+            problems.append("no tasks to sample from")
+        problems += [f"task {t!r} has no items to train on" for t, n in sizes.items() if n < 1]
+        problems += [f"no batch size for task {t!r}; give one for each of: {', '.join(sizes)}"
+                     for t in sizes if t not in batch_sizes]
+        problems += [f"batch size of task {t!r} must be >= 1 (got {b})" for t, b in batch_sizes.items()
+                     if t in sizes and b < 1]
+        if sampling not in SAMPLING:
+            problems.append(f"unknown sampling {sampling!r}; choose one of: {', '.join(SAMPLING)}")
+        if not temperature > 0:
+            problems.append(f"temperature must be > 0 (got {temperature})")
+        if not 0 <= rank < world_size:
+            problems.append(f"rank {rank} is outside [0, world_size={world_size})")
+        collect_or_raise(problems)
+        self.sizes = {t: int(sizes[t]) for t in sorted(sizes)}  # sorted: the plan must not depend on dict order
+        self.batch_sizes = {t: int(batch_sizes[t]) for t in self.sizes}
+        self.sampling, self.temperature, self.seed = sampling, float(temperature), seed
+        self.rank, self.world_size, self.shuffle, self.epoch = rank, world_size, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def steps_per_task(self) -> dict[str, int]:
+        """Global steps of each task in one epoch (each rank runs their sum)."""
+        w = self.world_size
+        if self.sampling == "proportional":
+            return {t: n // (w * self.batch_sizes[t]) + (n % (w * self.batch_sizes[t]) >= w)
+                    for t, n in self.sizes.items()}
+        total = sum(self.sizes.values())
+        return {t: max(1, round(total * p / (w * self.batch_sizes[t]))) for t, p in self.shares().items()}
+
+    def shares(self) -> dict[str, float]:
+        """The share of an epoch's items each task is meant to get."""
+        power = 1.0 if self.sampling == "proportional" else 1.0 / self.temperature
+        weights = {t: n ** power for t, n in self.sizes.items()}
+        return {t: v / sum(weights.values()) for t, v in weights.items()}
+
+    def plan(self) -> list[list[list[ItemKey]]]:
+        """The epoch's global steps, each a list of world_size batches of one task."""
+        # A str seed (sha512 inside random) keeps (seed, epoch) pairs apart: seed + epoch would
+        # give seed 1's epoch 0 the order of seed 0's epoch 1, correlating multi-seed runs.
+        rng = random.Random(f"vl.multitask/{self.seed}/{self.epoch}")
+        w, steps = self.world_size, []
+        for task, n_steps in self.steps_per_task().items():
+            n, b = self.sizes[task], self.batch_sizes[task]
+            if self.sampling == "proportional":
+                order = list(range(n))
+                if self.shuffle:
+                    rng.shuffle(order)
+            else:
+                order = []
+                while len(order) < n_steps * w * b:  # reshuffled passes over the task
+                    one_pass = list(range(n))
+                    if self.shuffle:
+                        rng.shuffle(one_pass)
+                    order += one_pass
+                order = order[:n_steps * w * b]
+            keys = [ItemKey(task, i, self.epoch) for i in order]
+            for s in range(n_steps):
+                chunk = keys[s * w * b:(s + 1) * w * b]
+                # w batches of the step, as equal as can be (all b but in a task's last step)
+                cuts = [r * (len(chunk) // w) + min(r, len(chunk) % w) for r in range(w + 1)]
+                steps.append([chunk[cuts[r]:cuts[r + 1]] for r in range(w)])
+        if self.shuffle:
+            rng.shuffle(steps)
+        return steps
+
+    def __iter__(self) -> Iterator[list[ItemKey]]:
+        for step in self.plan():
+            yield step[self.rank]
+
+    def __len__(self) -> int:
+        return sum(self.steps_per_task().values())
