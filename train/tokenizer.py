@@ -1,0 +1,245 @@
+"""Tokenizers for VL-T5 / VL-BART: the backbone's own, or one trained on the manifests.
+
+    tok = load_tokenizer("google-t5/t5-base")                  # the real one (hub id or local folder)
+    tok = train_tokenizer(manifest_texts(manifests), 2000, "t5", out_dir)   # offline: tests, the demo
+    item.text(budget=600, count=token_counter(tok))            # cut subtitles by tokens, not words
+
+A trained tokenizer copies the conventions of the real ones, so the rest of the code
+cannot tell them apart:
+
+- "t5": a Unigram model (SentencePiece style: NFKC, "▁" marks a word start) with
+  <pad> 0, </s> 1, <unk> 2; `tok(text)` appends </s>, as T5's tokenizer does.
+- "bart": a byte-level BPE (GPT-2 style, so no text is ever unknown) with <s> 0,
+  <pad> 1, </s> 2, <unk> 3 and <mask> last; `tok(text)` gives <s> ... </s>, as BART's.
+
+No visual word tokens. The reference (VL-T5's VLT5Tokenizer / VLBartTokenizer) added 100
+`<vis_extra_id_i>` tokens to T5 and 200 special tokens (`<extra_id_i>` and
+`<vis_extra_id_i>`) to BART. We add none: the visual features enter the encoder as
+embeddings through `inputs_embeds` (vl.train.model), never as word ids, so the
+vocabulary and the embedding matrix stay the backbone's own. A trained T5-style
+tokenizer has no `<extra_id_i>` sentinels either: nothing here does span-corruption
+pretraining.
+
+Determinism. The BPE trainer is deterministic. The Unigram trainer of `tokenizers` is
+not quite: it sums its EM statistics over words in hash-map order (scores then differ
+run to run by 1e-14 to 1e-11) and orders pieces of equal score, and the characters it has to
+keep, by hash order too. `_canonical_unigram` therefore orders the pieces by (score,
+piece), gives those kept characters their scores in character order, and rounds every
+score to 1e-5 (a likelihood change of 0.001%), so the same texts give the same
+tokenizer.json bytes (a score landing within 1e-11 of a rounding boundary could still
+flip; we have not seen it).
+"""
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.manifest import DatasetManifest
+from vl.train.tasks import TASKS, Count
+
+Kind = Literal["t5", "bart"]
+KINDS = ("t5", "bart")
+
+# Special tokens in id order, as the real tokenizers number them (BART's <mask> comes last, after the merges).
+T5_SPECIALS = ("<pad>", "</s>", "<unk>")
+BART_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+BART_MASK = "<mask>"
+MODEL_MAX_LENGTH = {"t5": 512, "bart": 1024}  # the real tokenizers' model_max_length
+
+# Every printable ASCII character is in a trained T5-style vocabulary, seen in the texts or
+# not, so an ASCII question at evaluation time never meets <unk> (T5's own vocabulary has them all).
+ASCII_ALPHABET = sorted(set(string.printable) - set(string.whitespace))
+_UNIGRAM_PENALTY_STEP = 1e-4  # tokenizers' Unigram trainer: a kept character's score is min + k * this
+_SCORE_DECIMALS = 5
+
+LOCAL_OR_TRAIN_HINT = ("Without network access, pass a local directory: `save_pretrained` the tokenizer on a machine "
+                       "that has one, or train one on your manifests with `vl.train.tokenizer.train_tokenizer` "
+                       "and pass the directory it was saved to.")
+NO_TEXTS = "no (non-blank) texts to train a tokenizer on; give it e.g. manifest_texts(manifests) of non-empty manifests"
+LOCAL_DIR_HINT = ("Give a folder written by `save_pretrained` or by `train_tokenizer(..., out_dir=...)` "
+                  "(it holds tokenizer.json and tokenizer_config.json).")
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in a local directory (by `save_pretrained` or `train_tokenizer`)
+    or published under a hub id ("google-t5/t5-base"), through `AutoTokenizer`."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        source, hint = str(local), LOCAL_DIR_HINT
+    elif name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or local.exists():
+        raise VLError(f"tokenizer directory {name_or_path} not found (or not a directory): give a folder written by "
+                      "`save_pretrained` or `train_tokenizer`, or a hub id such as google-t5/t5-base")
+    else:
+        source, hint = name_or_path, LOCAL_OR_TRAIN_HINT  # a hub id
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise VLError(f"cannot load the tokenizer of {source}: {e}", hint=hint) from None
+    if not isinstance(tok, PreTrainedTokenizerFast):
+        raise VLError(f"{source} gave a slow {type(tok).__name__}; VL models need a fast tokenizer (a tokenizer.json)",
+                      hint=hint)
+    return tok
+
+
+def token_counter(tok: PreTrainedTokenizerFast) -> Count:
+    """`count` for `TrainItem.text(budget, count)` / `Task.build_input`: the number of
+    tokens of a text without special tokens (no </s>, no <s>)."""
+    backend = tok.backend_tokenizer  # the same encoding as tok(text), without the Python layer
+
+    def count(text: str) -> int:
+        return len(backend.encode(text, add_special_tokens=False).ids)
+
+    return count
+
+
+def manifest_texts(manifests: Iterable[DatasetManifest]) -> Iterator[str]:
+    """Every text a model reads or writes for these manifests: each example's whole
+    encoder input (task prefix, question, choices "a0: ..", subtitles; uncut) and each of
+    its training targets (answers, choice labels "a2", captions). Examples without gold
+    (test splits) give their input only."""
+    for manifest in manifests:
+        problems = []
+        for ex in manifest.examples:
+            if ex["task"] in TASKS:
+                problems += TASKS[ex["task"]].problems(ex, need_gold=False)
+            else:
+                problems.append(f"example {ex['id']!r}: unknown task {ex['task']!r}; "
+                                f"tasks are: {', '.join(sorted(TASKS))}")
+        collect_or_raise([f"{manifest.path}: {p}" for p in problems],
+                         hint="Check the manifest with `vl data check`, or convert it again with `vl data convert`.")
+        for ex in manifest.examples:
+            task = TASKS[ex["task"]]
+            yield task.build_input(ex)
+            if any(ex.get(f) is not None for f in task.gold):
+                yield from (text for text, _weight in task.targets(ex))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: Kind,
+                    out_dir: Path | None = None) -> PreTrainedTokenizerFast:
+    """A T5-style (Unigram) or BART-style (byte-level BPE) tokenizer trained on `texts`,
+    of at most `vocab_size` entries special tokens included (the Unigram trainer often
+    stops short of it on a small corpus). Same texts, same tokenizer. Saved with
+    `save_pretrained(out_dir)` when `out_dir` is given; `load_tokenizer(out_dir)` reads
+    it back."""
+    if kind not in KINDS:
+        raise VLError(f"unknown tokenizer kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    minimum = _minimum_vocab_size(kind)
+    if vocab_size < minimum:
+        holds = (f"3 special tokens, the {len(ASCII_ALPHABET)} printable ASCII characters, '▁' and one piece more"
+                 if kind == "t5" else "the 256 byte symbols, 4 special tokens and <mask>")
+        raise VLError(f"vocab_size {vocab_size} is too small for a {kind}-style tokenizer: "
+                      f"it needs at least {minimum} ({holds})")
+    seen = _TextStats()
+    train = _train_t5 if kind == "t5" else _train_bart
+    backend = train(seen.watch(texts), vocab_size, seen)
+    if seen.count == 0:
+        raise VLError(NO_TEXTS)
+    specials = (dict(pad_token="<pad>", eos_token="</s>", unk_token="<unk>") if kind == "t5" else
+                dict(bos_token="<s>", pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                     mask_token=AddedToken(BART_MASK, lstrip=True, special=True)))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=MODEL_MAX_LENGTH[kind], **specials)
+    assert len(tok) <= vocab_size, f"trained {len(tok)} entries for vocab_size {vocab_size}"
+    if out_dir is not None:
+        tok.save_pretrained(str(out_dir))
+    return tok
+
+
+def _minimum_vocab_size(kind: Kind) -> int:
+    """Before seeing the texts: T5-style keeps its specials, the ASCII characters, "▁" and
+    needs one piece more (the Unigram trainer's rule); BART-style its 256 bytes and specials."""
+    if kind == "t5":
+        return len(T5_SPECIALS) + len(ASCII_ALPHABET) + 1 + 1
+    return 256 + len(BART_SPECIALS) + 1  # + <mask>
+
+
+class _TextStats:
+    """Counts the non-blank texts and collects their characters as training streams them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.chars: set[str] = set()
+
+    def watch(self, texts: Iterable[str]) -> Iterator[str]:
+        for text in texts:
+            self.count += bool(text.strip())
+            self.chars.update(text)
+            yield text
+
+
+def _t5_pipeline(tk: Tokenizer) -> Tokenizer:
+    """T5's text handling: NFKC, runs of spaces as one, words split on whitespace and
+    marked with a leading "▁", which the decoder turns back into spaces."""
+    tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return tk
+
+
+def _train_t5(texts: Iterator[str], vocab_size: int, seen: _TextStats) -> Tokenizer:
+    tk = _t5_pipeline(Tokenizer(models.Unigram()))
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(T5_SPECIALS), unk_token="<unk>",
+                                      initial_alphabet=ASCII_ALPHABET, show_progress=False)
+    try:
+        tk.train_from_iterator(texts, trainer)
+    except Exception as e:
+        if type(e) is not Exception:  # raised by `texts` (a VLError from manifest_texts, say), not by the trainer
+            raise
+        # The Rust trainer raises a bare Exception when the characters do not fit.
+        raise VLError(f"cannot train a t5-style tokenizer of vocab_size {vocab_size}: {e}",
+                      hint=f"Pass at least {_t5_minimum(tk, seen.chars)}.") from None
+    if seen.count == 0:
+        raise VLError(NO_TEXTS)
+    vocab = json.loads(tk.to_str())["model"]["vocab"]  # [[piece, score], ...], specials first
+    if len(vocab) > vocab_size:  # the trainer keeps every character even past vocab_size
+        raise VLError(f"vocab_size {vocab_size} is too small for these texts: their characters alone need "
+                      f"{len(vocab)} entries; pass at least {_t5_minimum(tk, seen.chars)}")
+    final = _t5_pipeline(Tokenizer(models.Unigram(_canonical_unigram(vocab), unk_id=T5_SPECIALS.index("<unk>"))))
+    final.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in T5_SPECIALS])
+    final.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                         special_tokens=[("</s>", T5_SPECIALS.index("</s>"))])
+    return final
+
+
+def _t5_minimum(tk: Tokenizer, chars: set[str]) -> int:
+    """The smallest vocab_size the Unigram trainer accepts for these characters: the
+    special tokens, every character it must keep ("▁" included), and one piece more."""
+    normalized = {c for ch in chars for c in tk.normalizer.normalize_str(ch) if not c.isspace()}
+    return len(T5_SPECIALS) + len(normalized | set(ASCII_ALPHABET) | {"▁"}) + 1
+
+
+def _canonical_unigram(vocab: list[list]) -> list[tuple[str, float]]:
+    """The trained pieces in an order and with scores that do not depend on hash order
+    (see the module docstring): specials first, then by descending score, ties by piece."""
+    specials = [(piece, 0.0) for piece in T5_SPECIALS]
+    pieces = {piece: score for piece, score in vocab if piece not in T5_SPECIALS}
+    # Characters the trainer had to keep without a score of their own got lowest + k * step,
+    # k counted in hash order; give them the same scores in character order instead.
+    lowest = min(pieces.values())
+    steps = {piece: (score - lowest) / _UNIGRAM_PENALTY_STEP for piece, score in pieces.items() if len(piece) == 1}
+    kept = sorted(piece for piece, k in steps.items() if abs(k - round(k)) < 1e-5 and round(k) < len(steps))
+    pieces.update({piece: lowest + k * _UNIGRAM_PENALTY_STEP for k, piece in enumerate(kept)})
+    ordered = sorted(((piece, round(score, _SCORE_DECIMALS)) for piece, score in pieces.items()),
+                     key=lambda ps: (-ps[1], ps[0]))
+    return specials + ordered
+
+
+def _train_bart(texts: Iterator[str], vocab_size: int, seen: _TextStats) -> Tokenizer:
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1,  # room for <mask>, added last as in BART
+                                  special_tokens=list(BART_SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer)
+    tk.post_processor = processors.RobertaProcessing(("</s>", BART_SPECIALS.index("</s>")),
+                                                     ("<s>", BART_SPECIALS.index("<s>")),
+                                                     trim_offsets=True, add_prefix_space=False)
+    tk.add_special_tokens([AddedToken(BART_MASK, lstrip=True, special=True)])
+    return tk
