@@ -34,13 +34,13 @@ from vl.shared.atomic import atomic_path, commit, write_json_atomic
 from vl.shared.errors import VLError
 from vl.shared.feature_store import (
     STORE_FORMAT,
+    store_settings,
     STORE_SCHEMA_VERSION,
     parts_dir,
     settings_differences,
     sidecar_path,
 )
 
-SETTINGS_KEYS = ("encoder", "preprocess", "features")  # what must match for reuse
 NOT_COMPARED = {"encoder.weights.path"}  # a moved checkpoint file is the same weights (sha256 decides)
 CHUNK_BYTES = 256 * 1024
 COPY_ROWS = 256
@@ -49,8 +49,7 @@ LAYOUTS = ("fixed", "frames")
 
 
 def reuse_problems(have: dict, want: dict, where: str) -> list[str]:
-    diffs = [d for d in settings_differences({k: have.get(k) for k in SETTINGS_KEYS},
-                                             {k: want.get(k) for k in SETTINGS_KEYS}) if d[0] not in NOT_COMPARED]
+    diffs = [d for d in settings_differences(store_settings(have), store_settings(want)) if d[0] not in NOT_COMPARED]
     return [f"{where}: {path} is {a!r}, this run asks for {b!r}" for path, a, b in diffs]
 
 
@@ -251,7 +250,7 @@ class StoreBuilder:
                 shutil.rmtree(self.parts)
         self.parts.mkdir(parents=True, exist_ok=True)
         if not settings_file.is_file():
-            write_json_atomic(settings_file, {k: self.provenance[k] for k in SETTINGS_KEYS})
+            write_json_atomic(settings_file, store_settings(self.provenance))
         for tmp in self.parts.glob(f".{self._shard_prefix()}*.tmp-*"):  # shards open when a run was killed
             tmp.unlink()
         for shard in self._shards():

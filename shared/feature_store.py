@@ -35,6 +35,13 @@ from vl.shared.errors import VLError
 
 STORE_FORMAT = "vl.feature_store"
 STORE_SCHEMA_VERSION = 1
+# The provenance sections that decide whether two stores hold the same features; the
+# rest (versions, runs, counts) describe how and when they were made.
+SETTINGS_KEYS = ("encoder", "preprocess", "features")
+
+
+def store_settings(provenance: dict) -> dict:
+    return {k: provenance.get(k) for k in SETTINGS_KEYS}
 
 
 def sidecar_path(store_path: str | os.PathLike) -> Path:

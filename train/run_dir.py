@@ -1,0 +1,428 @@
+"""The run directory: what a training run leaves behind, and how it is read back.
+
+    <run>/run.json                         resolved config, input digests, budget, versions, git
+    <run>/metrics.jsonl                    one JSON record per line, appended as training goes
+    <run>/checkpoints/<name>/model.safetensors   the trainable tensors only
+    <run>/checkpoints/<name>/state.pt      optimizer, scheduler, RNG states and the caller's `extra`
+    <run>/checkpoints/<name>/meta.json     step, trainable names and count, sha256 of model.safetensors
+
+A checkpoint is built in a hidden `checkpoints/.<name>.tmp-PID/` folder and renamed into
+place only when complete, so a kill never leaves a visible half checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from vl.shared.atomic import atomic_path, fsync_path, write_json_atomic
+from vl.shared.digests import sha256_file
+from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.feature_store import FeatureStore, settings_differences, store_settings
+from vl.shared.manifest import meta_path_for
+from vl.shared.version import __version__
+from vl.train.model import count_parameters
+
+RUN_JSON = "run.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+CHECKPOINT_KIND, RUN_KIND, SCHEMA_VERSION = "vl.checkpoint", "vl.run", 1
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Exactly the parameters with requires_grad, by name (a tied parameter appears once,
+    under its first name): the method declared them trainable, nothing here guesses."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _checkpoint_name(name: str) -> str:
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
+        raise VLError(f"checkpoint name {name!r} must be a plain folder name (e.g. 'last', 'best', 'step-1000')")
+    return name
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        # plain ints, so state.pt loads with weights_only=True (no pickled numpy arrays)
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np_state = dict(state["numpy"])
+    np_state["state"] = {"key": np.asarray(np_state["state"]["key"], dtype=np.uint32), "pos": np_state["state"]["pos"]}
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # resumed on another number of GPUs: restore what lines up
+            for i, s in enumerate(cuda[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
+
+
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """`extra` must load with torch.load(weights_only=True): containers, numbers, strings, tensors."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(k, f"{where} key")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"checkpoint {where} is a {type(value).__name__}; keep `extra` to dicts, lists, "
+                        "numbers, strings and tensors (convert numpy values with .tolist())")
+
+
+def save_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None, scheduler: Any = None,
+                    extra: dict | None = None) -> Path:
+    """Write `checkpoints/<name>/` (model.safetensors, state.pt, meta.json) and return it.
+
+    The folder is assembled under a hidden temporary name and renamed into place only
+    when every file is written; an older checkpoint of the same name is replaced, and is
+    kept if anything fails. `extra` (step, epoch, sampler state, best metric, ...) comes
+    back from `load_checkpoint`.
+    """
+    from safetensors.torch import save_file
+
+    name = _checkpoint_name(name)
+    extra = dict(extra or {})
+    _check_plain(extra, "extra")
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    old = root / f".{name}.old-{os.getpid()}"
+    for leftover in (tmp, old):  # from an earlier failed save of this same process id
+        shutil.rmtree(leftover, ignore_errors=True)
+    # Copies on the CPU: safetensors refuses tensors that share memory, and the file is device-free.
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in trainable_state(model).items()}
+    try:
+        tmp.mkdir()
+        with atomic_path(tmp / MODEL_FILE) as t:
+            save_file(tensors, str(t), metadata={"format": "pt", "kind": CHECKPOINT_KIND})
+        state = {
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": _rng_state(),
+            "extra": extra,
+        }
+        with atomic_path(tmp / STATE_FILE) as t:
+            torch.save(state, t)
+        write_json_atomic(tmp / META_FILE, {
+            "kind": CHECKPOINT_KIND, "schema_version": SCHEMA_VERSION, "step": extra.get("step"),
+            "trainable_names": sorted(tensors), "trainable_tensors": len(tensors),
+            "trainable_parameters": sum(t.numel() for t in tensors.values()),
+            "model_sha256": sha256_file(tmp / MODEL_FILE),
+        })
+        # Swap: the old checkpoint steps aside, the new one moves in, the old one goes.
+        if final.exists():
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old.exists() and not final.exists():
+                os.replace(old, final)
+            raise
+        with contextlib.suppress(OSError):
+            fsync_path(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _find_checkpoint(run_dir: str | os.PathLike, name: str) -> Path:
+    root = Path(run_dir) / CHECKPOINTS
+    folder = root / _checkpoint_name(name)
+    if folder.is_dir():
+        return folder
+    stranded = sorted(root.glob(f".{name}.old-*")) if root.is_dir() else []
+    if stranded:
+        raise VLError(f"checkpoint {folder} not found, but a save that was killed while replacing it left the "
+                      f"previous one at {stranded[-1]}: rename that folder to {folder} to use it")
+    have = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    raise VLError(f"checkpoint {folder} not found; this run has: {', '.join(have) or 'no checkpoints'}")
+
+
+def load_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                    restore_rng: bool = True) -> dict:
+    """Load `checkpoints/<name>/` into `model` (and the optimizer, scheduler, RNGs); return `extra`.
+
+    Strict: every saved tensor must be a trainable parameter of `model` with the same
+    shape, and every trainable parameter must be in the checkpoint; otherwise nothing is
+    loaded and one VLError lists the names.
+    """
+    from safetensors.torch import load_file
+
+    folder = _find_checkpoint(run_dir, name)
+    missing_files = [f for f in (MODEL_FILE, STATE_FILE, META_FILE) if not (folder / f).is_file()]
+    collect_or_raise([f"{folder} has no {f}" for f in missing_files],
+                     hint="the checkpoint was not written by vl's save_checkpoint; save it again")
+    meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    if sha256_file(folder / MODEL_FILE) != meta.get("model_sha256"):
+        raise VLError(f"{folder / MODEL_FILE} does not match the sha256 in its meta.json: the file changed or is "
+                      "damaged; use another checkpoint")
+    saved = load_file(str(folder / MODEL_FILE), device="cpu")
+    trainable = trainable_state(model)
+    every = dict(model.named_parameters(remove_duplicate=False))
+    problems = []
+    for key in sorted(set(saved) - set(trainable)):
+        if key not in every:
+            why = "not a parameter of this model"
+        else:
+            why = "frozen in this model" if not every[key].requires_grad else "another name of a tied parameter here"
+        problems.append(f"unexpected key {key} in the checkpoint: {why}")
+    for key in sorted(set(trainable) - set(saved)):
+        problems.append(f"missing key {key}: trainable in this model but not in the checkpoint")
+    for key in sorted(set(saved) & set(trainable)):
+        if tuple(saved[key].shape) != tuple(trainable[key].shape):
+            problems.append(f"{key} has shape {tuple(saved[key].shape)} in the checkpoint, "
+                            f"{tuple(trainable[key].shape)} in this model")
+    collect_or_raise(problems, limit=40, hint=(
+        f"{folder} was saved from a model with another trainable set: build the model with the same "
+        "backbone and PEFT method settings as the run that saved it (see its run.json)"))
+
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        for key, param in trainable.items():
+            param.copy_(saved[key])
+    if optimizer is not None:
+        if state["optimizer"] is None:
+            raise VLError(f"{folder} holds no optimizer state (it was saved without an optimizer)")
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        if state["scheduler"] is None:
+            raise VLError(f"{folder} holds no scheduler state (it was saved without a scheduler)")
+        scheduler.load_state_dict(state["scheduler"])
+    if restore_rng:
+        _set_rng_state(state["rng"])
+    return state["extra"]
+
+
+# -- run.json ---------------------------------------------------------------------------
+
+def _git_state(where: Path) -> tuple[str | None, bool | None]:
+    """(HEAD revision, working tree has changes) of the checkout holding `where`; (None, None)
+    when it is not in one or git is missing. Never raises."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    rev = git("rev-parse", "HEAD")
+    if rev is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return rev.strip(), (None if status is None else bool(status.strip()))
+
+
+def library_versions() -> dict[str, str]:
+    import transformers
+
+    return {"vl": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+@dataclasses.dataclass
+class RunManifest:
+    """What `run.json` records: enough to tell what a run was made from and to repeat it."""
+
+    config: dict
+    manifests: dict[str, dict]  # path -> {"sha256"; "meta_sha256" of its *.meta.json, if any}
+    feature_stores: dict[str, dict]  # path -> {"sha256", "settings": {encoder, preprocess, features}}
+    budget: dict  # {"trainable", "total", "percent"}
+    versions: dict[str, str]
+    git_revision: str | None
+    git_dirty: bool | None
+    created: str
+    kind: str = RUN_KIND
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def collect(cls, config: Any, model: nn.Module, manifests: Iterable[str | os.PathLike] = (),
+                stores: Iterable[str | os.PathLike | FeatureStore] = ()) -> "RunManifest":
+        """Gather everything: digests the files (a large store takes seconds per GB to hash)."""
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            from vl.shared.config import config_to_dict
+
+            config = config_to_dict(config)
+        config = json.loads(json.dumps(config))  # a JSON-able copy; fails here, not half-way through writing
+        manifest_paths = [Path(p) for p in manifests]
+        store_objs = [s if isinstance(s, FeatureStore) else FeatureStore(s) for s in stores]
+        problems = [f"manifest {p} not found" for p in manifest_paths if not p.is_file()]
+        collect_or_raise(problems, hint="check the manifest paths in the config")
+        manifest_info = {}
+        for p in manifest_paths:
+            info = {"sha256": sha256_file(p)}
+            meta = meta_path_for(p)
+            if meta.is_file():
+                info["meta_sha256"] = sha256_file(meta)
+            manifest_info[str(p)] = info
+        store_info = {str(s.path): {"sha256": sha256_file(s.path), "settings": store_settings(s.provenance)}
+                      for s in store_objs}
+        trainable, total = count_parameters(model)
+        revision, dirty = _git_state(Path(__file__).resolve().parent)
+        return cls(
+            config=config, manifests=manifest_info, feature_stores=store_info,
+            budget={"trainable": trainable, "total": total,
+                    "percent": round(100.0 * trainable / total, 4) if total else 0.0},
+            versions=library_versions(), git_revision=revision, git_dirty=dirty,
+            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def write(self, run_dir: str | os.PathLike) -> Path:
+        path = Path(run_dir) / RUN_JSON
+        write_json_atomic(path, self.to_dict())
+        return path
+
+
+def write_run_json(run_dir: str | os.PathLike, config: Any, model: nn.Module,
+                   manifests: Iterable[str | os.PathLike] = (),
+                   stores: Iterable[str | os.PathLike | FeatureStore] = ()) -> RunManifest:
+    """Collect a RunManifest and write it to `<run_dir>/run.json` atomically."""
+    manifest = RunManifest.collect(config, model, manifests, stores)
+    manifest.write(run_dir)
+    return manifest
+
+
+def read_run_json(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        raise VLError(f"{path} not found: {run_dir} is not a vl run directory (or its run has not started)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- the feature store a config asks for ---------------------------------------------------
+
+def _prune_to(have: Any, want: Any) -> Any:
+    """`have` restricted to the keys `want` names, so a partial `want` compares only what it says."""
+    if isinstance(want, dict):
+        have = have if isinstance(have, dict) else {}
+        return {k: _prune_to(have.get(k), v) for k, v in want.items()}
+    return have
+
+
+def check_store_matches(store: FeatureStore, expected: dict) -> None:
+    """Raise one VLError naming every provenance field of `store` that differs from the
+    partial settings tree `expected` (e.g. {"encoder": {"model": "RN101"}})."""
+    want = json.loads(json.dumps(expected))  # tuples -> lists, as the provenance JSON has them
+    diffs = settings_differences(_prune_to(store.provenance, want), want)
+    problems = [f"{store.path}: {path} is {'not recorded' if have is None else repr(have)}, "
+                f"the config asks for {w!r}" for path, have, w in diffs]
+    kind = "videos" if store.layout == "frames" else "images"
+    collect_or_raise(problems, hint=(
+        f"re-extract the features with the settings the config names (`vl extract {kind} ... --out <new store>`) "
+        "or change the config to match the store"))
+
+
+# -- metrics.jsonl --------------------------------------------------------------------------
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # tensors and numpy values
+        return value.tolist()
+    raise TypeError(f"metrics value {value!r} ({type(value).__name__}) is not JSON-able")
+
+
+def _parse_record(line: bytes | str) -> dict | None:
+    try:
+        value = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _repair_tail(path: Path) -> None:
+    """A kill can leave the last line without its newline: end it if it is a whole record,
+    cut it if it is a partial one, so the next record starts on its own line."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos, tail = end, b""
+        while pos > 0:  # back to the last newline (records are short; this reads one block)
+            step = min(pos, 1 << 16)
+            pos -= step
+            f.seek(pos)
+            tail = f.read(step) + tail
+            nl = tail.rfind(b"\n")
+            if nl >= 0:
+                pos, tail = pos + nl + 1, tail[nl + 1:]
+                break
+        if _parse_record(tail) is not None:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(pos)
+
+
+def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
+    """Append `record` as one JSON line to `<run_dir>/metrics.jsonl` and flush it."""
+    line = json.dumps(record, sort_keys=True, default=_json_default, ensure_ascii=False) + "\n"
+    path = Path(run_dir) / METRICS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _repair_tail(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Every record of `<run_dir>/metrics.jsonl`; a last line cut short by a kill is skipped,
+    a damaged line elsewhere is an error."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    partial = lines.pop()  # "" when the file ends with a newline; else a cut-short record
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise VLError(f"{path} line {i} is not JSON ({e}); the file was edited or damaged") from None
+    last = _parse_record(partial) if partial.strip() else None
+    if last is not None:
+        records.append(last)  # complete but for the newline
+    return records
