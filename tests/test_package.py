@@ -37,7 +37,7 @@ def test_vl_help_version_and_stage_groups():
         assert "Usage: vl" in run_vl([group, "--help"]).stdout
 
 
-@pytest.mark.parametrize("command", [["train"], ["evaluate", "--run", "x"]])
+@pytest.mark.parametrize("command", [["evaluate", "--run", "x"]])
 def test_placeholders_say_not_yet_available_and_fail(command):
     result = run_vl(command, expect=1)
     assert "not yet available" in result.stderr

@@ -1,8 +1,74 @@
-"""`vl train`: placeholder until the stage-2 issue lands."""
-from vl.shared.cli import not_yet_available
+"""`vl train`: one run of VL-T5 / VL-BART on cached CLIP features, from a YAML config.
 
-train = not_yet_available(
-    "train",
-    "Train a parameter-efficient variant of VL-T5 / VL-BART on cached features.",
-    "stage 2 is tracked in issue 5",
-)
+Thin on purpose: it reads the config (vl.shared.config), prints it resolved, and calls
+vl.train.loop.train. torch is imported inside the command, so `vl --help` stays instant.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+EXAMPLE = """\b
+Example (the demo world: `vl data demo`, convert.sh, `vl extract images`):
+  cat > vqa_gqa.yaml <<EOF
+  run_dir: runs/vqa-gqa
+  epochs: 5
+  tasks:
+    - {name: vqa, train_manifest: manifests/vqa2_train.jsonl, store: features/coco.h5, batch_size: 32}
+    - {name: gqa, train_manifest: manifests/gqa_train.jsonl, store: features/coco.h5, batch_size: 32,
+       val_manifest: manifests/gqa_val.jsonl}
+  EOF
+  vl train -c vqa_gqa.yaml --set optim.lr=3e-4 --set epochs=10
+  vl train --resume runs/vqa-gqa          # after a kill: continues after the last finished epoch
+
+\b
+The run dir gets config.json (the resolved config), run.json (inputs, digests, versions,
+parameter budget), metrics.jsonl (one line an epoch), eval/epoch_N.json (predictions)
+and checkpoints/{last,best}/ (the trainable tensors, optimizer and RNG states).
+Every setting, with its default: `vl train --print-config`."""
+
+
+@click.command("train", epilog=EXAMPLE, context_settings={"max_content_width": 100})
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML file of settings; the defaults fill in the rest.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one setting by its dotted key (repeatable), e.g. --set optim.lr=3e-4.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its last finished epoch (with its saved config.json; "
+                   "--set still applies).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
+def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path | None, print_config: bool) -> None:
+    """Train VL-T5 / VL-BART on one or more tasks at once (stage 2).
+
+    Settings come from the built-in defaults, then the YAML file (-c), then each --set.
+    The resolved config is printed first. Paths in the config are relative to the
+    current folder.
+    """
+    from vl.shared.config import dump_config, load_config
+    from vl.shared.errors import VLError
+    from vl.train.config import TrainConfig
+
+    if resume_dir is not None:
+        if config_path is not None:
+            raise VLError("give either -c CONFIG (a new run) or --resume RUN_DIR (its saved config.json), not both")
+        saved = resume_dir / "config.json"
+        if not saved.is_file():
+            raise VLError(f"{saved} not found: {resume_dir} is not a vl run directory (or it never started)")
+        cfg = load_config(TrainConfig, saved, [f"run_dir={resume_dir}", *overrides])
+    elif config_path is None and not overrides:
+        if print_config:  # every setting with its default (tasks still to fill in)
+            click.echo(dump_config(TrainConfig()))
+            return
+        raise click.UsageError("give a config file (-c run.yaml) or a run to continue (--resume RUN_DIR); "
+                               "see `vl train --help` for an example")
+    else:
+        cfg = load_config(TrainConfig, config_path, list(overrides))
+    click.echo(dump_config(cfg))
+    if print_config:
+        return
+
+    from vl.train.loop import train as run_training
+
+    run_dir = run_training(cfg, resume=resume_dir is not None)
+    click.echo(f"done: {run_dir} (metrics in {run_dir / 'metrics.jsonl'})")

@@ -1,0 +1,222 @@
+"""`vl train` end to end on the demo world: VQA + GQA at once with a tiny random T5,
+overfitting, resume after a kill, config errors, NaN stops."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from conftest import TINY_RN
+from vl.data_manifests.demo import write_demo_world
+from vl.data_manifests.registry import ConvertRequest, convert_dataset
+from vl.shared.cli import cli
+from vl.shared.config import load_config
+from vl.shared.errors import VLError
+from vl.train import loop
+from vl.train.config import TrainConfig
+from vl.train.run_dir import read_metrics
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is much faster than a contended pool (and as deterministic)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """The demo world with VQA and GQA train manifests and one grid feature store of their images."""
+    root = tmp_path_factory.mktemp("world")
+    write_demo_world(root, images=12, videos=6)
+    # as the world's convert.sh runs them: from its root, with relative paths
+    requests = {
+        "vqa2": ConvertRequest(split="train", questions=Path("annotations/vqa2/v2_OpenEnded_mscoco_train2014_questions.json"),
+                               annotations=Path("annotations/vqa2/v2_mscoco_train2014_annotations.json"),
+                               images=Path("images")),
+        "gqa": ConvertRequest(split="train", questions=Path("annotations/gqa/train_balanced_questions.json"),
+                              images=Path("images")),
+    }
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for name, req in requests.items():
+            convert_dataset(name, req, Path(f"manifests/{name}_train.jsonl"))
+    finally:
+        os.chdir(cwd)
+    lines = (root / "manifests/gqa_train.jsonl").read_text().splitlines()
+    (root / "manifests/gqa8.jsonl").write_text("\n".join(lines[:8]) + "\n")
+    model_cfg = root / "tiny-rn.json"
+    model_cfg.write_text(json.dumps(TINY_RN))
+    for name in requests:  # both use the same COCO images; the second run finds them done
+        result = CliRunner().invoke(cli, ["extract", "images", "--manifest", str(root / f"manifests/{name}_train.jsonl"),
+                                          "--out", str(root / "features/coco.h5"), "--model-config", str(model_cfg),
+                                          "--pretrained", "none", "--layer", "grid", "--workers", "0"], prog_name="vl")
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def write_config(world: Path, run_dir: Path, **top) -> Path:
+    m, store = world / "manifests", str(world / "features/coco.h5")
+    cfg = {
+        "run_dir": str(run_dir), "epochs": 2, "seed": 3, "backbone": "tiny-t5", "init": "random",
+        "tokenizer_vocab_size": 400, "optim": {"lr": 1e-3, "warmup_ratio": 0.1},
+        "tasks": [  # validation on the train split: a placeholder metric on a tiny world
+            {"name": "vqa", "train_manifest": str(m / "vqa2_train.jsonl"), "store": store, "batch_size": 8,
+             "val_manifest": str(m / "vqa2_train.jsonl"), "val_split": "train"},
+            {"name": "gqa", "train_manifest": str(m / "gqa_train.jsonl"), "store": store, "batch_size": 8,
+             "val_manifest": str(m / "gqa_train.jsonl"), "val_split": "train"},
+        ],
+        **top,
+    }
+    path = run_dir.parent / f"{run_dir.name}.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+def vl_train(*args: str):
+    return CliRunner().invoke(cli, ["train", *args], prog_name="vl")
+
+
+def trainable_tensors(run_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / name / "model.safetensors"))
+
+
+def test_vqa_and_gqa_at_once_through_the_cli(world, tmp_path):
+    run = tmp_path / "run"
+    result = vl_train("-c", str(write_config(world, run)), "--set", "optim.lr=2e-3")
+    assert result.exit_code == 0, result.output
+    assert "lr: 0.002" in result.output and "backbone: tiny-t5" in result.output  # the resolved config, printed
+    assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 2e-3
+    run_json = json.loads((run / "run.json").read_text())
+    assert run_json["budget"]["percent"] == 100.0 and len(run_json["manifests"]) == 2
+    records = read_metrics(run)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["step"] == 2 * records[0]["step"] > 0  # 36 vqa + 25 gqa items, batch 8: 5 + 4 steps an epoch
+    for r in records:
+        assert {"train_loss", "vqa_train_loss", "gqa_train_loss", "vqa_exact_match", "gqa_exact_match",
+                "mean_exact_match", "lr", "samples_per_s"} <= set(r)
+    assert records[1]["train_loss"] < records[0]["train_loss"]
+    evals = json.loads((run / "eval/epoch_2.json").read_text())
+    assert len(evals["predictions"]["vqa"]) == 36 and len(evals["predictions"]["gqa"]) == 25
+    assert (run / "eval/epoch_1.json").is_file() and (run / "checkpoints/best/model.safetensors").is_file()
+    # only trainable tensors, each once (T5 ties the LM head to the shared embedding)
+    saved = trainable_tensors(run)
+    meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+    assert sorted(saved) == meta["trainable_names"] and meta["trainable_parameters"] == run_json["budget"]["trainable"]
+    assert any(k.startswith("visual_embedding.") for k in saved) and (run / "tokenizer/tokenizer.json").is_file()
+    # a fresh start into a used run dir is refused, naming --resume
+    again = vl_train("-c", str(write_config(world, run)))
+    assert again.exit_code == 1 and f"vl train --resume {run}" in again.output
+
+
+def test_full_fine_tuning_overfits_eight_examples(world, tmp_path):
+    run = tmp_path / "overfit"
+    m, store = world / "manifests", str(world / "features/coco.h5")
+    cfg = load_config(TrainConfig, write_config(world, run), [
+        f"tasks=[{{name: gqa, train_manifest: {m / 'gqa8.jsonl'}, store: {store}, batch_size: 8}}]",
+        "epochs=120", "optim.lr=1e-2", "optim.warmup_ratio=0"])
+    start = time.perf_counter()
+    loop.train(cfg)
+    records = read_metrics(run)
+    assert len(records) == 120 and records[-1]["step"] == 120  # one step an epoch
+    assert records[0]["train_loss"] > 3.0 and records[-1]["train_loss"] < 0.5, records[-1]
+    assert time.perf_counter() - start < 30
+
+
+def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(world, tmp_path, monkeypatch):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert vl_train("-c", str(write_config(world, whole))).exit_code == 0
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run_dir, name, *args, **kwargs):  # killed right after the first epoch's checkpoint
+        out = real_save(run_dir, name, *args, **kwargs)
+        if name == "last":
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(load_config(TrainConfig, write_config(world, killed)))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert [r["epoch"] for r in read_metrics(killed)] == [1]
+
+    result = vl_train("--resume", str(killed))
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and [r["epoch"] for r in read_metrics(killed)] == [1, 2]
+    a, b = trainable_tensors(whole), trainable_tensors(killed)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert read_metrics(killed)[1]["train_loss"] == pytest.approx(read_metrics(whole)[1]["train_loss"], abs=1e-6)
+
+
+def test_gradient_accumulation_takes_one_optimizer_step_per_group(world, tmp_path):
+    run = tmp_path / "accum"
+    cfg = load_config(TrainConfig, write_config(world, run), ["optim.grad_accum=2", "epochs=1"])
+    cfg.tasks[0].val_manifest = None  # validate gqa only
+    loop.train(cfg)
+    (record,) = read_metrics(run)
+    assert record["step"] == 5  # 9 micro-batches (5 vqa + 4 gqa): 4 pairs and the last one alone
+    assert "vqa_exact_match" not in record and record["gqa_exact_match"] >= 0
+
+
+def test_unknown_config_key_names_the_closest(world, tmp_path):
+    result = vl_train("-c", str(write_config(world, tmp_path / "r")), "--set", "optim.weight_decy=0.1")
+    assert result.exit_code == 1
+    assert "optim.weight_decy: no such setting; did you mean optim.weight_decay?" in result.output
+    result = vl_train("-c", str(write_config(world, tmp_path / "r", epoch=3)))
+    assert result.exit_code == 1 and "did you mean epochs?" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_files_are_named_before_anything_is_built(world, tmp_path):
+    cfg = load_config(TrainConfig, write_config(world, tmp_path / "r"),
+                      ["tasks=[{name: vqa, train_manifest: nope.jsonl, store: nope.h5}]"])
+    with pytest.raises(VLError) as e:
+        loop.train(cfg)
+    assert "train_manifest nope.jsonl not found" in str(e.value) and "store nope.h5 not found" in str(e.value)
+
+
+def test_nan_loss_stops_naming_step_and_task_and_keeps_last(world, tmp_path):
+    run = tmp_path / "nan"
+    result = vl_train("-c", str(write_config(world, run)), "--set", "optim.lr=1e30", "--set", "optim.grad_clip=null",
+                      "--set", "optim.warmup_ratio=0")
+    assert result.exit_code == 1
+    assert re.search(r"loss is (nan|inf|-inf) at step \d+ \(epoch 1\) on a batch of task (vqa|gqa)", result.output)
+    assert (run / "checkpoints/last/model.safetensors").is_file()
+    resumed = vl_train("--resume", str(run))
+    assert resumed.exit_code == 1 and "start a new run" in resumed.output
+
+
+def test_weight_decay_by_module_type_not_by_name():
+    from vl.train.model import build_vl_model
+
+    model = build_vl_model("tiny-t5", 16, init="random", max_visual_tokens=4)
+    cfg = TrainConfig()
+    loop.set_trainable(model, cfg, [])
+    decayed, plain = (g["params"] for g in loop.build_optimizer(model, cfg).param_groups)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in plain} >= {"visual_embedding.proj.bias", "visual_embedding.norm.weight"}
+    assert all("norm" in names[id(p)] or names[id(p)].endswith("bias") for p in plain)
+    assert {names[id(p)] for p in decayed} >= {"visual_embedding.proj.weight", "backbone.shared.weight"}
+    assert len(decayed) + len(plain) == len(list(model.parameters()))
+
+
+def test_weighted_loss_is_each_examples_token_mean_times_its_weight():
+    logits = torch.randn(2, 3, 5)
+    labels = torch.tensor([[1, 2, -100], [3, -100, -100]])
+    per = [torch.nn.functional.cross_entropy(logits[0, :2], labels[0, :2]),
+           torch.nn.functional.cross_entropy(logits[1, :1], labels[1, :1])]
+    got = loop.weighted_sequence_loss(logits, labels, torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(got, (0.5 * per[0] + per[1]) / 2)

@@ -1,0 +1,128 @@
+"""The typed settings of one training run (`vl train -c run.yaml --set optim.lr=3e-4`).
+
+Each dataclass owns one part; `TrainConfig` nests them. Defaults live here, a YAML file
+and `--set` overrides change them (vl.shared.config), and every `check()` is cheap: no
+file reads, no torch. Missing files and mismatched stores are found by the loop's own
+checks, all before the model is built.
+
+A minimal config:
+
+    run_dir: runs/vqa-gqa
+    tasks:
+      - {name: vqa, train_manifest: manifests/vqa2_train.jsonl, store: features/coco_rn101.h5}
+      - {name: gqa, train_manifest: manifests/gqa_train.jsonl, store: features/coco_rn101.h5}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from vl.train.data import SAMPLING, DataSettings
+
+METHODS = ("full",)  # PEFT methods come later; each registers itself in vl.train.loop.METHOD_APPLIERS
+PRECISIONS = ("fp32", "bf16", "fp16")
+METRIC_SUFFIX = "exact_match"  # the placeholder validation metric (see vl.train.loop.validate)
+
+
+@dataclass
+class TaskSpec:
+    """One task trained in the run: where its examples and features are."""
+
+    name: str  # a registered task: vqa, gqa, nlvr2, caption, tvqa, how2qa, tvc, yc2c
+    train_manifest: Path
+    store: Path  # the feature store made by `vl extract images|videos` for these manifests
+    val_manifest: Path | None = None  # None: no validation for this task
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 32
+
+    def check(self) -> list[str]:
+        return [] if self.batch_size >= 1 else [f"batch_size must be >= 1 (got {self.batch_size})"]
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then linear decay to 0 over the whole run."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # on Linear and Embedding weights only; never biases or norms
+    warmup_ratio: float = 0.05  # a share of the run's optimizer steps
+    grad_clip: float | None = 5.0  # max global grad norm; None: no clipping
+    grad_accum: int = 1  # micro-batches per optimizer step
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0 (got {self.lr})")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            problems.append(f"grad_clip must be > 0 or null (got {self.grad_clip})")
+        if self.grad_accum < 1:
+            problems.append(f"grad_accum must be >= 1 (got {self.grad_accum})")
+        if not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must lie in [0, 1) (got {list(self.betas)})")
+        return problems
+
+
+@dataclass
+class TrainConfig:
+    """A whole run. `vl train -c this.yaml` reads it; the resolved copy is saved as
+    `<run_dir>/config.json` and `vl train --resume <run_dir>` reads that back."""
+
+    run_dir: Path = Path("runs/vl")
+    tasks: list[TaskSpec] = field(default_factory=list)
+    backbone: str = "tiny-t5"  # t5-small, t5-base, bart-base, bart-large, tiny-t5/tiny-bart (tests), or a folder
+    init: Literal["pretrained", "random"] = "random"
+    tokenizer: str | None = None  # a folder or hub id; None: train one on the train manifests (saved in run_dir)
+    tokenizer_vocab_size: int = 1000  # when training one
+    method: Literal["full"] = "full"  # what trains; PEFT methods come in a later issue
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sampling: Literal["proportional", "temperature"] = "proportional"
+    temperature: float = 1.0  # sampling=temperature: task shares ∝ size^(1/T)
+    epochs: int = 20
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast on the GPU
+    device: str = "auto"  # auto: cuda when available, else cpu
+    workers: int = 0  # DataLoader worker processes
+    skip_missing: bool = False  # drop examples whose media are not in the store (else an error)
+    val_every: int = 1  # validate every N epochs (and after the last)
+    val_batch_size: int = 64
+    best_metric: str = "mean_exact_match"  # mean_exact_match or <task>_exact_match; higher is better
+
+    def metric_names(self) -> list[str]:
+        return [f"mean_{METRIC_SUFFIX}"] + [f"{t.name}_{METRIC_SUFFIX}" for t in self.tasks]
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.tasks:
+            problems.append("tasks is empty: name at least one task (name, train_manifest, store)")
+        names = [t.name for t in self.tasks]
+        problems += [f"task {n!r} is listed twice" for n in sorted(set(names)) if names.count(n) > 1]
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1 (got {self.epochs})")
+        if self.val_every < 1:
+            problems.append(f"val_every must be >= 1 (got {self.val_every})")
+        if self.val_batch_size < 1:
+            problems.append(f"val_batch_size must be >= 1 (got {self.val_batch_size})")
+        if self.workers < 0:
+            problems.append(f"workers must be >= 0 (got {self.workers})")
+        if not self.temperature > 0:
+            problems.append(f"temperature must be > 0 (got {self.temperature})")
+        if self.sampling not in SAMPLING:
+            problems.append(f"sampling must be one of {', '.join(SAMPLING)}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if self.init == "pretrained" and self.tokenizer is None:
+            problems.append("init=pretrained needs the backbone's own tokenizer: set tokenizer "
+                            "(a hub id such as google-t5/t5-base, or a folder)")
+        if self.tasks and any(t.val_manifest for t in self.tasks) and self.best_metric not in self.metric_names():
+            problems.append(f"best_metric {self.best_metric!r} is not a validation metric of this run; "
+                            f"choose one of: {', '.join(self.metric_names())}")
+        return problems

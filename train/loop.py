@@ -1,0 +1,391 @@
+"""The training loop: `train(cfg)` runs one `TrainConfig` from start to the last epoch.
+
+One explicit loop, readable top to bottom (nanoGPT's train.py, minGPT's trainer):
+
+    checks (cheap) -> tokenizer -> datasets -> model -> freeze all, apply method, unfreeze
+    -> AdamW + warmup/linear decay -> [resume] -> epochs:
+         steps: forward, per-example weighted loss, NaN check, backward, clip, accumulate, step
+         validate -> metrics.jsonl -> checkpoints `last` (and `best` when it improved)
+
+The loop never asks which method trains: a method only answers "which parameters"
+(`METHOD_APPLIERS`), and the checkpoints hold exactly those.
+
+Reproducibility: the batch order comes from (seed, epoch) alone (MultiTaskSampler) and
+every checkpoint holds the optimizer, scheduler and RNG states, so on the CPU in fp32 a
+run killed after epoch k and resumed with `train(cfg, resume=True)` ends with the same
+weights as an uninterrupted one.
+
+Single process for now; `rank` / `world_size` already reach the sampler so DDP under
+torchrun only has to wrap the model and reduce the metrics.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vl.shared.atomic import write_json_atomic
+from vl.shared.config import save_config
+from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.feature_store import FeatureStore
+from vl.shared.manifest import DatasetManifest
+from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
+from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, collate
+from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model, count_parameters
+from vl.train.run_dir import (
+    RUN_JSON,
+    append_metrics,
+    load_checkpoint,
+    save_checkpoint,
+    write_run_json,
+)
+from vl.train.tokenizer import load_tokenizer, manifest_texts, train_tokenizer
+
+CONFIG_FILE = "config.json"
+TOKENIZER_DIR = "tokenizer"
+EVAL_DIR = "eval"
+
+
+# -- what trains: freeze all, apply the method, unfreeze exactly what it names -------------
+
+# method name -> apply(model, cfg, tasks) -> names of the parameters it makes trainable.
+# A PEFT method adds its own entry (and may add modules to the model while applying).
+METHOD_APPLIERS: dict[str, Callable[[VLModel, TrainConfig, list[str]], list[str]]] = {}
+
+
+def register_method(name: str) -> Callable:
+    def wrap(fn: Callable) -> Callable:
+        assert name not in METHOD_APPLIERS, f"method {name} registered twice"
+        METHOD_APPLIERS[name] = fn
+        return fn
+    return wrap
+
+
+@register_method("full")
+def apply_full(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[str]:
+    """Full fine-tuning: every parameter trains."""
+    return [name for name, _ in model.named_parameters()]
+
+
+def set_trainable(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[str]:
+    if cfg.method not in METHOD_APPLIERS:
+        raise VLError(f"unknown method {cfg.method!r}; choose one of: {', '.join(sorted(METHOD_APPLIERS))}")
+    model.requires_grad_(False)
+    names = METHOD_APPLIERS[cfg.method](model, cfg, tasks)  # may add modules: look parameters up after
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    assert not unknown, f"method {cfg.method} named parameters the model does not have: {unknown[:5]}"
+    for name in names:
+        params[name].requires_grad_(True)
+    return sorted(names)
+
+
+# -- optimizer and schedule --------------------------------------------------------------
+
+DECAYED_MODULES = (nn.Linear, nn.Embedding)  # their `weight` decays; biases, norms (LayerNorm, T5LayerNorm), all else do not
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; weight decay chosen by module type."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for attr, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:  # a tied weight is listed once
+                continue
+            seen.add(id(p))
+            is_decayed = isinstance(module, DECAYED_MODULES) and attr == "weight"
+            (decay if is_decayed else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                             eps=cfg.optim.eps)
+
+
+def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The lr factor at optimizer step s: 0 -> 1 over the warmup, then 1 -> 0 at the end."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+# -- the loss ------------------------------------------------------------------------------
+
+def weighted_sequence_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """mean_b(weight_b * mean over b's target tokens of the cross-entropy), as VL-T5's VQA loss:
+    each example's own token mean, so a VQA answer's soft score scales exactly its example.
+    logits (B, T, V), labels (B, T) with -100 ignored, weights (B,)."""
+    token_loss = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                 reduction="none")  # (B, T)
+    counted = (labels != -100).float()  # (B, T)
+    per_example = (token_loss * counted).sum(1) / counted.sum(1).clamp(min=1)  # (B,)
+    return (per_example * weights).mean()
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "visual_feats", "visual_mask", "image_ids")
+
+
+# -- validation ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, device: torch.device,
+             batch_size: int, autocast: Any) -> tuple[dict[str, float], dict[str, list[dict]]]:
+    """A placeholder metric until the evaluation stage's official ones are wired in:
+    `<task>_exact_match` = the share of validation examples whose prediction (after the
+    task's `read_prediction`) equals one of its gold targets; `mean_exact_match` their mean.
+    Decoding uses each task's generation defaults (greedy for short answers, beams for captions)."""
+    model.eval()
+    metrics, predictions = {}, {}
+    for name, ds in val_sets.items():
+        task = ds.data.task
+        examples = {ex["id"]: ex for ex in ds.data.examples}
+        firsts = list({item.example_id: i for i, item in reversed(list(enumerate(ds.items)))}.values())
+        firsts.sort()  # one item per example (captions have one per reference), in manifest order
+        rows = []
+        for start in range(0, len(firsts), batch_size):
+            batch = collate([ds.item(i, 0) for i in firsts[start:start + batch_size]], tokenizer)
+            batch = to_device(batch, device)
+            with autocast():
+                out = model.generate(**{k: batch[k] for k in MODEL_INPUTS},
+                                     max_new_tokens=task.generation.max_new_tokens,
+                                     num_beams=task.generation.num_beams)
+            for example_id, text in zip(batch["ids"], tokenizer.batch_decode(out, skip_special_tokens=True)):
+                ex = examples[example_id]
+                pred = task.read_prediction(text, ex)
+                gold = sorted({task.read_prediction(t, ex) for t, _w in task.targets(ex)})
+                rows.append({"id": example_id, "prediction": pred, "gold": gold, "correct": pred in gold})
+        metrics[f"{name}_{METRIC_SUFFIX}"] = sum(r["correct"] for r in rows) / max(1, len(rows))
+        predictions[name] = rows
+    if metrics:
+        metrics[f"mean_{METRIC_SUFFIX}"] = sum(metrics.values()) / len(metrics)
+    model.train()
+    return metrics, predictions
+
+
+# -- setup helpers ---------------------------------------------------------------------------
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise VLError(f"device {cfg.device} asked for, but torch sees no GPU: set device=cpu (or auto)")
+    return torch.device(cfg.device)
+
+
+def check_files(cfg: TrainConfig) -> None:
+    """Every manifest and store the config names exists: one error listing all that do not."""
+    problems = []
+    for t in cfg.tasks:
+        for what, path in (("train_manifest", t.train_manifest), ("val_manifest", t.val_manifest),
+                           ("store", t.store)):
+            if path is not None and not Path(path).is_file():
+                fix = "run `vl extract images|videos --manifest ... --out` to make it" if what == "store" else (
+                    "run `vl data convert ...` to make it")
+                problems.append(f"task {t.name}: {what} {path} not found; {fix}")
+    collect_or_raise(problems)
+
+
+def tokenizer_kind(backbone: str) -> str:
+    shape = BACKBONE_SHAPES.get(backbone)
+    if shape is not None:
+        return shape.model_type
+    raise VLError(f"cannot tell which tokenizer style backbone {backbone!r} uses; set tokenizer to its tokenizer "
+                  "(a folder or hub id)")
+
+
+def task_data(cfg: TrainConfig, split_of: Callable[[TaskSpec], tuple[str, Path | None]],
+              stores: dict[Path, FeatureStore]) -> dict[str, TaskData]:
+    """Each task's TaskData for one side (train or val); all problems in one error."""
+    out, problems = {}, []
+    for t in cfg.tasks:
+        split, manifest = split_of(t)
+        if manifest is None:
+            continue
+        try:
+            data = TaskData(t.name, split, manifest, stores.setdefault(Path(t.store), FeatureStore(t.store)),
+                            cfg.data)
+            data.check_media(skip_missing=cfg.skip_missing)
+            out[t.name] = data
+        except VLError as e:
+            problems += e.problems + ([e.hint] if e.hint else [])
+    collect_or_raise(problems)
+    return out
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int = 1) -> Path:
+    """Run `cfg` (or continue the run in cfg.run_dir after its last finished epoch); returns the run dir."""
+    run_dir = Path(cfg.run_dir)
+    # 1. Cheap checks first: files exist, the run dir is fresh (or resumable), the device works.
+    check_files(cfg)
+    if resume:
+        if not (run_dir / "checkpoints" / "last").is_dir():
+            raise VLError(f"nothing to resume in {run_dir}: it has no checkpoints/last (start it without --resume)")
+    elif (run_dir / RUN_JSON).exists() or (run_dir / "checkpoints").exists():
+        raise VLError(f"run dir {run_dir} already holds a run: continue it with `vl train --resume {run_dir}`, "
+                      "or set run_dir to a new folder")
+    device = pick_device(cfg)
+    if cfg.precision != "fp32" and device.type != "cuda":
+        raise VLError(f"precision {cfg.precision} needs a GPU (autocast); on the CPU use precision=fp32")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    set_seed(cfg.seed)  # CPU kernels are deterministic; the batch order comes from (seed, epoch) alone
+
+    # 2. Data: stores and manifests are read (and media checked) before the tokenizer or model.
+    stores: dict[Path, FeatureStore] = {}
+    train_data = task_data(cfg, lambda t: (t.train_split, t.train_manifest), stores)
+    val_data = task_data(cfg, lambda t: (t.val_split, t.val_manifest), stores)
+    feat_dims = {d.feat_dim for d in [*train_data.values(), *val_data.values()]}
+    if len(feat_dims) != 1:
+        raise VLError(f"the tasks' feature stores hold features of different widths ({sorted(feat_dims)}); one model "
+                      "reads one CLIP encoder's features: extract every task's media with the same encoder")
+    (feat_dim,) = feat_dims
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
+    tok_dir = run_dir / TOKENIZER_DIR
+    if cfg.tokenizer is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    elif resume or tok_dir.is_dir():
+        tokenizer = load_tokenizer(str(tok_dir))
+    else:
+        manifests = [DatasetManifest.read(p) for p in dict.fromkeys(t.train_manifest for t in cfg.tasks)]
+        tokenizer = train_tokenizer(manifest_texts(manifests), cfg.tokenizer_vocab_size,
+                                    tokenizer_kind(cfg.backbone), out_dir=tok_dir)
+    tokenizer.padding_side = "right"
+    train_sets = {name: TaskDataset(d, tokenizer, seed=cfg.seed) for name, d in train_data.items()}
+    val_sets = {name: TaskDataset(d, tokenizer, seed=cfg.seed) for name, d in val_data.items()}
+    dataset = MultiTaskDataset(train_sets)
+    sampler = MultiTaskSampler(dataset.sizes, {t.name: t.batch_size for t in cfg.tasks}, sampling=cfg.sampling,
+                               temperature=cfg.temperature, seed=cfg.seed, rank=rank, world_size=world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collator(tokenizer),
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
+
+    # 4. Model: feature width from the stores, positions for the longest image / video.
+    max_visual = max(d.tokens_per_image for d in [*train_data.values(), *val_data.values()])
+    model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, max_visual_tokens=max_visual,
+                           vocab_size=len(tokenizer))
+    trainable_names = set_trainable(model, cfg, list(train_sets))
+    model.to(device).train()
+    trainable, total = count_parameters(model)
+    print(f"method {cfg.method}: {len(trainable_names)} tensors train, {trainable:,} of {total:,} parameters "
+          f"({100.0 * trainable / total:.2f}%)", flush=True)
+
+    # 5. Optimizer and schedule over the whole run's optimizer steps.
+    accum = cfg.optim.grad_accum
+    steps_per_epoch = math.ceil(len(sampler) / accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_linear(total_steps, int(cfg.optim.warmup_ratio * total_steps)))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    # 6. Start or resume.
+    start_epoch, step, best = 0, 0, None
+    if resume:
+        extra = load_checkpoint(run_dir, "last", model, optimizer, scheduler, restore_rng=True)
+        if extra.get("stopped"):
+            raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "
+                          "(e.g. with a lower optim.lr)")
+        start_epoch, step, best = extra["epoch"] + 1, extra["step"], extra.get("best")
+        print(f"resuming {run_dir} after epoch {extra['epoch']} (step {step})", flush=True)
+    else:
+        save_config(cfg, run_dir / CONFIG_FILE)
+        write_run_json(run_dir, cfg, model, manifests=dict.fromkeys(
+            p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
+            stores=list(stores.values()))
+
+    def extra_state(epoch: int, stopped: str | None = None) -> dict:
+        return {"epoch": epoch, "step": step, "best": best, "best_metric": cfg.best_metric,
+                "sampler": {"seed": cfg.seed, "epoch": epoch}, "stopped": stopped}
+
+    # 7. Epochs.
+    from tqdm.auto import tqdm
+
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        t0, seen, loss_sum, micro = time.perf_counter(), 0, 0.0, 0
+        task_loss: dict[str, list[float]] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), disable=rank != 0,
+                   dynamic_ncols=True)
+        for batch in bar:
+            batch = to_device(batch, device)
+            with autocast():
+                decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+                out = model(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids)
+            loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
+            if not torch.isfinite(loss):
+                what = (f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}) on a batch of task "
+                        f"{batch['task']} (examples {', '.join(map(str, batch['ids'][:3]))})")
+                save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch, stopped=what))
+                raise VLError(f"{what}; stopped, the weights before this step are in {run_dir}/checkpoints/last",
+                              hint="Lower optim.lr, set optim.grad_clip, or use precision=fp32/bf16 instead of fp16.")
+            # An optimizer step averages its micro-batches; the epoch's last step takes what is left.
+            group = min(accum, len(sampler) - (micro // accum) * accum)
+            scaler.scale(loss / group).backward()
+            micro += 1
+            if micro % accum == 0 or micro == len(sampler):
+                if cfg.optim.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                   cfg.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+            n = len(batch["ids"])
+            seen += n
+            loss_sum += loss.item() * n
+            task_loss.setdefault(batch["task"], []).append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}", task=batch["task"],
+                            samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, seen),
+                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
+                  "samples_per_s": round(seen / max(seconds, 1e-9), 2),
+                  **{f"{t}_train_loss": sum(v) / len(v) for t, v in sorted(task_loss.items())}}
+
+        # Validation every val_every epochs and after the last; the best checkpoint by best_metric.
+        improved = False
+        if val_sets and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            metrics, predictions = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
+            write_json_atomic(run_dir / EVAL_DIR / f"epoch_{epoch + 1}.json",
+                              {"epoch": epoch + 1, "step": step, "metrics": metrics, "predictions": predictions})
+            record.update(metrics)
+            value = metrics.get(cfg.best_metric)
+            if value is not None and (best is None or value > best):
+                best, improved = value, True
+        append_metrics(run_dir, record)
+        print(json.dumps(record, sort_keys=True), flush=True)
+        save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch))
+        if improved:
+            save_checkpoint(run_dir, "best", model, None, None, extra_state(epoch))
+    return run_dir
