@@ -219,10 +219,13 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
 
 @contextlib.contextmanager
 def _cores_left_for_forward(device_type: str, workers: int):
-    """On the CPU, leave the decoding workers their cores: the forward pass gets the rest."""
+    """On the CPU, leave the decoding workers their cores when the forward pass keeps at
+    least two: on 2 cores, one thread for the forward halved its speed (docs/benchmarks.md)
+    while decoding needs a few percent of a core."""
     threads = torch.get_num_threads()
-    if device_type == "cpu" and workers > 0:
-        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
+    left = (os.cpu_count() or 1) - workers
+    if device_type == "cpu" and workers > 0 and left >= 2:
+        torch.set_num_threads(min(threads, left))
     try:
         yield
     finally:

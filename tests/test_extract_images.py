@@ -243,3 +243,19 @@ def test_default_workers_leave_cpu_cores_to_the_forward_pass():
     assert default_workers("cpu", cpus=64) == 8
     assert default_workers("cuda", cpus=16) == 8
     assert default_workers("cuda", cpus=2) == 2
+
+
+def test_vit_attention_runs_on_contiguous_inputs_with_the_same_result(tiny_models):
+    import open_clip
+
+    from vl.extract.encoder import ClipImageFeatures, contiguous_attention
+
+    torch.manual_seed(0)
+    visual = open_clip.create_model("tiny-vit", pretrained=str(tiny_models["tiny-vit"]["checkpoint"])).visual.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = ClipImageFeatures(visual, "both", None)(x)
+        assert contiguous_attention(visual) == 2  # one per transformer block
+        after = ClipImageFeatures(visual, "both", None)(x)
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=1e-5, atol=1e-6)
