@@ -92,8 +92,8 @@ def _model_options(default_model: str, default_layer: str, unit: str):
                      help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
                      help="Compute precision (autocast). fp16 is for GPUs; on CPUs with AVX512-BF16/AMX, bf16 is "
-                          "about 2x faster for ResNets (but about 3x slower for ViTs at present, see "
-                          "docs/benchmarks.md). Part of the provenance: a store keeps one precision."),
+                          "2-3.5x faster than fp32 (docs/benchmarks.md). Part of the provenance: a store keeps "
+                          "one precision."),
         click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
                      help="How features are stored (float16 halves the disk size)."),
         click.option("--max-pixels", type=click.IntRange(min=1), default=None,
