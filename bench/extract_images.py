@@ -29,14 +29,14 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from cli_run import cpu_model, load_average, run_extract
 
 TARGETS = {"a/b": 0.85, "a/c": 2.5, "growth_pct": 10.0}
 
@@ -82,49 +82,16 @@ def make_images(root: Path, n: int, seed: int) -> list[str]:
 
 
 # -- (a) the CLI, with the peak RSS of its process tree ---------------------------------------
-def tree_pids(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                pids += tree_pids(int(child))
-    return pids
-
-
-def rss_mib(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def bench_cli(images_dir: Path, out: Path, args) -> dict:
-    for p in (out, out.with_name(out.name + ".json"), out.with_name(f".{out.name}.lock")):
-        p.unlink(missing_ok=True)
-    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
-    cmd = [sys.executable, "-m", "vl.shared.cli", "extract", "images", "--images", str(images_dir),
-           "--out", str(out), "--model", args.model, "--pretrained", args.pretrained, "--seed", str(args.seed),
-           "--layer", "grid", "--pool", "6", "--precision", args.precision, "--batch-size", str(args.batch_size),
-           "--device", args.device, "--quiet"]
+    cmd = ["extract", "images", "--images", str(images_dir), "--model", args.model, "--pretrained", args.pretrained,
+           "--seed", str(args.seed), "--layer", "grid", "--pool", "6", "--precision", args.precision,
+           "--batch-size", str(args.batch_size), "--device", args.device, "--quiet"]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
-    peak = 0.0
-    with tempfile.TemporaryFile() as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            peak = max(peak, sum(rss_mib(p) for p in tree_pids(proc.pid)))
-            time.sleep(0.05)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            log.seek(0)
-            sys.exit(f"`{shlex.join(cmd)}` failed ({proc.returncode}):\n{log.read().decode(errors='replace')}")
-    run = json.loads(out.with_name(out.name + ".json").read_text())["provenance"]["runs"][-1]
-    if run["failed"] or run["extracted"] != run["inputs"]:
-        sys.exit(f"`{shlex.join(cmd)}` extracted {run['extracted']} of {run['inputs']} images")
+    run = run_extract(cmd, out)
     return {"items_per_s": run["extracted"] / run["seconds"], "extracted": run["extracted"],
-            "loop_s": run["seconds"], "wall_s": wall, "peak_rss_mib": peak, "command": shlex.join(cmd)}
+            "loop_s": run["seconds"], "wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"],
+            "command": run["command"]}
 
 
 # -- (b) the forward alone --------------------------------------------------------------------
@@ -186,10 +153,8 @@ def bench_reference(paths: list[str], transform, out_dir: Path, args, bf16: bool
 def machine() -> str:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    text = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, "
-            f"load average {os.getloadavg()[0]:.2f} at start")
+    text = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{load_average()}")
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
@@ -254,10 +219,9 @@ def main() -> None:
 
     r = {"a": best("a", lambda: bench_cli(dir_n, stores / f"a_{args.n}.h5", args)),
          "a_4n": best("a, 4N", lambda: bench_cli(dir_4n, stores / f"a_{4 * args.n}.h5", args))}
-    enc = load_vl_encoder(args)
-    r["b"] = best("b", lambda: bench_forward(paths, enc, args))
-    transform = enc.transform
-    del enc
+    encoder = load_vl_encoder(args)
+    r["b"] = best("b", lambda: bench_forward(paths, encoder, args))
+    transform = encoder.transform
     r["c"] = best("c", lambda: bench_reference(paths, transform, args.out_dir / "ref_fp32", args, bf16=False))
     r["c_bf16"] = best("c-bf16", lambda: bench_reference(paths, transform, args.out_dir / "ref_bf16", args, bf16=True))
     print(f"(a) ran: {r['a']['command']}\n")

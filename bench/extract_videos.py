@@ -25,21 +25,20 @@ On a shared machine, --repeat 3 keeps the fastest of three runs of each measurem
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from cli_run import cpu_model, load_average, run_extract
 
 TARGETS = {"ratio": 0.8}
 VALUE_FPS = 2 / 3  # the CLI's default: one frame every 1.5 s, as VALUE
@@ -121,56 +120,23 @@ def make_videos(root: Path, n: int, seed: int) -> list[str]:
 
 
 # -- (pipeline) the CLI, with the peak RSS of its process tree ---------------------------------
-def tree_pids(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                pids += tree_pids(int(child))
-    return pids
-
-
-def rss_mib(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def bench_cli(videos_dir: Path, out: Path, args, workers: int | None) -> dict:
     from vl.shared.feature_store import FeatureStore
 
-    for p in (out, out.with_name(out.name + ".json"), out.with_name(f".{out.name}.lock")):
-        p.unlink(missing_ok=True)
-    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
-    cmd = [sys.executable, "-m", "vl.shared.cli", "extract", "videos", "--videos", str(videos_dir),
-           "--out", str(out), "--model", args.model, "--pretrained", args.pretrained, "--seed", str(args.seed),
-           "--fps", f"{args.fps:g}", "--max-frames", str(args.max_frames), "--layer", args.layer,
-           "--precision", args.precision, "--batch-size", str(args.batch_size), "--device", args.device, "--quiet"]
+    cmd = ["extract", "videos", "--videos", str(videos_dir), "--model", args.model, "--pretrained", args.pretrained,
+           "--seed", str(args.seed), "--fps", f"{args.fps:g}", "--max-frames", str(args.max_frames),
+           "--layer", args.layer, "--precision", args.precision, "--batch-size", str(args.batch_size),
+           "--device", args.device, "--quiet"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
-    peak = 0.0
-    with tempfile.TemporaryFile() as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            peak = max(peak, sum(rss_mib(p) for p in tree_pids(proc.pid)))
-            time.sleep(0.05)
-        wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            log.seek(0)
-            sys.exit(f"`{shlex.join(cmd)}` failed ({proc.returncode}):\n{log.read().decode(errors='replace')}")
-    run = json.loads(out.with_name(out.name + ".json").read_text())["provenance"]["runs"][-1]
-    if run["failed"] or run["extracted"] != run["inputs"]:
-        sys.exit(f"`{shlex.join(cmd)}` extracted {run['extracted']} of {run['inputs']} videos")
+    run = run_extract(cmd, out)
     with FeatureStore(out) as store:
         frames = sum(store.num_frames(i) for i in store.ids)
     return {"frames_per_s": frames / run["seconds"], "frames": frames, "videos": run["extracted"],
-            "loop_s": run["seconds"], "wall_s": wall, "peak_rss_mib": peak, "command": shlex.join(cmd)}
+            "loop_s": run["seconds"], "wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"],
+            "command": run["command"]}
 
 
-# -- (decode) the data side alone -------------------------------------------------------------
 def load_vl_encoder(args):
     from vl.extract.encoder import EncoderSpec, load_encoder
 
@@ -252,12 +218,10 @@ def machine() -> str:
     import av
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
     codec = ".".join(map(str, av.library_versions.get("libavcodec", ())))
-    text = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    text = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"PyAV {av.__version__}, FFmpeg {getattr(av, 'ffmpeg_version_info', '?')} (libavcodec {codec}), "
-            f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start")
+            f"Python {platform.python_version()}, {load_average()}")
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
@@ -381,7 +345,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     r["model"] = best("model", lambda: bench_model(tensors, enc, args, threads))
     # What _cores_left_for_forward leaves the forward on the CPU with workers (the pipeline's own rule).
-    left = sorted({max(1, min(threads, (os.cpu_count() or 1) - w)) for w in explicit if w > 0} - {threads}
+    cpus = os.cpu_count() or 1
+    left = sorted({min(threads, cpus - w) for w in explicit if w > 0 and cpus - w >= 2} - {threads}
                   if device_type == "cpu" else set())
     r["model_threads"] = {t: best(f"model, {t} threads", lambda: bench_model(tensors, enc, args, t)) for t in left}
     print(f"(pipeline) ran: {r['pipeline']['default']['command']}\n")

@@ -1,0 +1,66 @@
+"""What the benchmark scripts share: running `vl ...` as a subprocess while sampling the
+peak resident memory of its whole process tree, and describing the machine."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def tree_pids(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                pids += tree_pids(int(child))
+    return pids
+
+
+def rss_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run_extract(args: list[str], out: Path) -> dict:
+    """Run `vl extract ... --out OUT` on a fresh store; return its run record (from the
+    sidecar) with the process wall time, the peak RSS of the process tree (CLI plus any
+    DataLoader workers, sampled every 50 ms) and the command. Exits on any failure."""
+    for p in (out, out.with_name(out.name + ".json"), out.with_name(f".{out.name}.lock")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+    cmd = [sys.executable, "-m", "vl.shared.cli", *args, "--out", str(out)]
+    peak = 0.0
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            peak = max(peak, sum(rss_mib(p) for p in tree_pids(proc.pid)))
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            log.seek(0)
+            sys.exit(f"`{shlex.join(cmd)}` failed ({proc.returncode}):\n{log.read().decode(errors='replace')}")
+    run = json.loads(out.with_name(out.name + ".json").read_text())["provenance"]["runs"][-1]
+    if run["failed"] or run["extracted"] != run["inputs"]:
+        sys.exit(f"`{shlex.join(cmd)}` extracted {run['extracted']} of {run['inputs']} inputs")
+    return {**run, "wall_s": wall, "peak_rss_mib": peak, "command": shlex.join(cmd)}
+
+
+def cpu_model() -> str:
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor() or "unknown CPU")
+
+
+def load_average() -> str:
+    return f"load average {os.getloadavg()[0]:.2f} at start"
