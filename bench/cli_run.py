@@ -64,3 +64,9 @@ def cpu_model() -> str:
 
 def load_average() -> str:
     return f"load average {os.getloadavg()[0]:.2f} at start"
+
+
+def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
+    lines = ["| measurement | value | notes / target | result |", "|---|---|---|---|"]
+    lines += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
+    return "\n".join(lines)

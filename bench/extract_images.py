@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cli_run import cpu_model, load_average, run_extract
+from cli_run import cpu_model, load_average, markdown_table, run_extract
 
 TARGETS = {"a/b": 0.85, "a/c": 2.5, "growth_pct": 10.0}
 
@@ -180,9 +180,7 @@ def report(r: dict, args) -> str:
         ("(d) memory growth N -> 4N", f"{r['ratios']['growth_pct']:+.1f} %", f"<= {TARGETS['growth_pct']:.0f} %",
          verdict(r["ratios"]["growth_pct"] <= TARGETS["growth_pct"])),
     ]
-    lines = ["| measurement | value | notes / target | result |", "|---|---|---|---|"]
-    lines += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
-    return "\n".join(lines)
+    return markdown_table(rows)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cli_run import cpu_model, load_average, run_extract
+from cli_run import cpu_model, load_average, markdown_table, run_extract
 
 TARGETS = {"ratio": 0.8}
 VALUE_FPS = 2 / 3  # the CLI's default: one frame every 1.5 s, as VALUE
@@ -279,9 +279,7 @@ def report(r: dict, args) -> str:
         else:
             rows.append((name, f"{ratio:.3f}", f"no workers: no target (to the serial bound: "
                          f"{r['ratios'][key]['pipeline/serial']:.3f})", "n/a"))
-    lines = ["| measurement | value | notes / target | result |", "|---|---|---|---|"]
-    lines += [f"| {name} | {v} | {t} | {ok} |" for name, v, t, ok in rows]
-    return "\n".join(lines)
+    return markdown_table(rows)
 
 
 def main() -> None:

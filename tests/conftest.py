@@ -76,6 +76,17 @@ def write_photos(folder: Path, n: int, start_seed: int = 0, ext: str = ".jpg") -
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny matrices: one thread is much faster than a contended pool (and as deterministic)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def photos(tmp_path) -> Path:
     folder = tmp_path / "images"
     write_photos(folder, 10)

@@ -29,12 +29,7 @@ from vl.train.run_dir import (
 TRAINABLE_NORM = "backbone.encoder.final_layer_norm.weight"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed: int = 0, norm: str = TRAINABLE_NORM):
