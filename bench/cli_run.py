@@ -70,3 +70,19 @@ def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
     lines = ["| measurement | value | notes / target | result |", "|---|---|---|---|"]
     lines += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]
     return "\n".join(lines)
+
+
+def best_of(name: str, measure, repeat: int, rate: str, unit: str) -> dict:
+    """Run `measure` `repeat` times, one at a time, and keep the fastest by `rate`."""
+    print(f"running ({name}) ...", file=sys.stderr, flush=True)
+    runs = [measure() for _ in range(repeat)]
+    print("  " + ", ".join(f"{x[rate]:.2f}" for x in runs) + f" {unit}", file=sys.stderr, flush=True)
+    return max(runs, key=lambda x: x[rate])
+
+
+def write_results(path: Path, command: str, machine: str, args, results: dict) -> None:
+    """The numbers of one benchmark run as JSON (for docs/benchmarks.md and comparisons)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    path.write_text(json.dumps({"command": command, "machine": machine, "settings": settings,
+                                "results": results}, indent=2))

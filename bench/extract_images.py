@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cli_run import cpu_model, load_average, markdown_table, run_extract
+from cli_run import cpu_model, load_average, best_of, markdown_table, run_extract, write_results
 
 TARGETS = {"a/b": 0.85, "a/c": 2.5, "growth_pct": 10.0}
 
@@ -209,11 +208,8 @@ def main() -> None:
     make_images(dir_4n, 4 * args.n, args.seed)
     stores = args.out_dir / "stores"
 
-    def best(name: str, measure) -> dict:  # one measurement at a time, nothing runs concurrently
-        print(f"running ({name}) ...", file=sys.stderr, flush=True)
-        runs = [measure() for _ in range(args.repeat)]
-        print("  " + ", ".join(f"{x['items_per_s']:.2f}" for x in runs) + " items/s", file=sys.stderr, flush=True)
-        return max(runs, key=lambda x: x["items_per_s"])
+    def best(name: str, measure) -> dict:
+        return best_of(name, measure, args.repeat, "items_per_s", "items/s")
 
     r = {"a": best("a", lambda: bench_cli(dir_n, stores / f"a_{args.n}.h5", args)),
          "a_4n": best("a, 4N", lambda: bench_cli(dir_4n, stores / f"a_{4 * args.n}.h5", args))}
@@ -225,9 +221,7 @@ def main() -> None:
     print(f"(a) ran: {r['a']['command']}\n")
     print(report(r, args))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "machine": machine(), "settings": vars(args) | {
-            "out_dir": str(args.out_dir), "json": str(args.json)}, "results": r}, indent=2))
+        write_results(args.json, command, machine(), args, r)
 
 
 if __name__ == "__main__":

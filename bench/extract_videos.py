@@ -25,7 +25,6 @@ On a shared machine, --repeat 3 keeps the fastest of three runs of each measurem
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cli_run import cpu_model, load_average, markdown_table, run_extract
+from cli_run import cpu_model, load_average, best_of, markdown_table, run_extract, write_results
 
 TARGETS = {"ratio": 0.8}
 VALUE_FPS = 2 / 3  # the CLI's default: one frame every 1.5 s, as VALUE
@@ -316,11 +315,8 @@ def main() -> None:
     paths = make_videos(videos_dir, args.n, args.seed)
     stores = args.out_dir / "stores"
 
-    def best(name: str, measure) -> dict:  # one measurement at a time, nothing runs concurrently
-        print(f"running ({name}) ...", file=sys.stderr, flush=True)
-        runs = [measure() for _ in range(args.repeat)]
-        print("  " + ", ".join(f"{x['frames_per_s']:.2f}" for x in runs) + " frames/s", file=sys.stderr, flush=True)
-        return max(runs, key=lambda x: x["frames_per_s"])
+    def best(name: str, measure) -> dict:
+        return best_of(name, measure, args.repeat, "frames_per_s", "frames/s")
 
     r: dict = {"pipeline": {}}
     for w in [None, *explicit]:
@@ -350,9 +346,7 @@ def main() -> None:
     print(f"(pipeline) ran: {r['pipeline']['default']['command']}\n")
     print(report(r, args))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": command, "machine": machine(), "settings": vars(args) | {
-            "out_dir": str(args.out_dir), "json": str(args.json)}, "results": r}, indent=2))
+        write_results(args.json, command, machine(), args, r)
 
 
 if __name__ == "__main__":
