@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vl.extract.decode import DEFAULT_MAX_PIXELS
-from vl.extract.distributed import ranks_from_env
+from vl.shared.distributed import ranks_from_env
 from vl.extract.encoder import EncoderSpec, LoadedEncoder, load_encoder
 from vl.extract.inputs import MediaInput
 from vl.extract.store_builder import StoreBuilder

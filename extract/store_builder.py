@@ -13,7 +13,7 @@ and a rerun with other settings is refused, naming each field that differs.
 Two layouts: `fixed` (images: one item_shape row per id) and `frames` (videos: a
 variable number of frame rows per id, with each frame's timestamp and each video's
 duration). Under torchrun every rank writes its own shards (`shard-r{rank}-*`) and
-holds its own lock; rank 0 joins once all ranks are done (see `vl.extract.distributed`).
+holds its own lock; rank 0 joins once all ranks are done (see `vl.shared.distributed`).
 """
 from __future__ import annotations
 

@@ -112,6 +112,7 @@ class FeatureStore:
         self.default_feature = "grid" if "grid" in self._features else sorted(self._features)[0]
         self._h5: h5py.File | None = None
         self._h5_pid: int | None = None
+        self._memory: dict[str, np.ndarray] = {}  # feature name (and "timestamps") -> all rows, see hold_in_memory
 
     # -- lazy, per-process file handle (DataLoader workers each get their own) --------
     def _file(self) -> h5py.File:
@@ -167,6 +168,37 @@ class FeatureStore:
     def failures(self) -> list[dict]:
         return [dict(x) for x in self._failures]
 
+    # -- held in memory ---------------------------------------------------------------
+    def bytes_of(self, feature: str | None = None) -> int:
+        """The size of one feature's array for every stored item (uncompressed)."""
+        shape, dtype = self._features[self._feature_name(feature)]
+        rows = int(self._offsets[-1]) if self.layout == "frames" else len(self._ids)
+        return rows * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+    def hold_in_memory(self, feature: str | None = None, max_fraction: float = 0.5) -> int:
+        """Read one feature of every item (and, for videos, the timestamps) into memory, so
+        later reads touch no file; returns the bytes held. DataLoader workers forked after
+        this share the arrays. Refuses (VLError) when they would take more than
+        `max_fraction` of the memory available now."""
+        name = self._feature_name(feature)
+        if name in self._memory:
+            return 0
+        need = self.bytes_of(name)
+        available = available_memory_bytes()
+        if available is not None and need > max_fraction * available:
+            raise VLError(f"feature '{name}' of {self.path} takes {need / 2**30:.1f} GiB, more than "
+                          f"{max_fraction:.0%} of the {available / 2**30:.1f} GiB of memory available: it does not fit",
+                          hint="Train without features_in_memory (the store is read by the DataLoader workers).")
+        f = self._file()
+        self._memory[name] = f["features"][name][()]
+        if self.layout == "frames" and "timestamps" not in self._memory:
+            self._memory["timestamps"] = f["timestamps"][()]
+        return need
+
+    def _dataset(self, feature: str | None):
+        name = self._feature_name(feature)
+        return self._memory[name] if name in self._memory else self._file()["features"][name]
+
     # -- reading --------------------------------------------------------------------
     def _feature_name(self, feature: str | None) -> str:
         name = feature or self.default_feature
@@ -189,7 +221,7 @@ class FeatureStore:
         """The features of one media id: (T, C) for an image's `grid`, (D,) for `pooled`;
         for a video, one row per sampled frame: (n_frames, D) or (n_frames, T, C)."""
         (row,) = self._rows([media_id])
-        ds = self._file()["features"][self._feature_name(feature)]
+        ds = self._dataset(feature)
         if self.layout == "frames":
             return ds[self._offsets[row]:self._offsets[row + 1]]
         return ds[row]
@@ -199,10 +231,12 @@ class FeatureStore:
         a list of per-video arrays for videos (see `get_padded`)."""
         if self.layout == "frames":
             return [self.get(i, feature) for i in ids]
-        ds = self._file()["features"][self._feature_name(feature)]
+        ds = self._dataset(feature)
         rows = np.asarray(self._rows(ids), dtype=np.int64)
         if len(rows) == 0:
             return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+        if isinstance(ds, np.ndarray):
+            return ds[rows]
         unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing rows
         return ds[unique.tolist()][inverse]
 
@@ -219,7 +253,10 @@ class FeatureStore:
     def timestamps(self, media_id: str) -> np.ndarray:
         """Seconds from the video's start of each stored frame, increasing."""
         row = self._video_row(media_id)
-        return self._file()["timestamps"][self._offsets[row]:self._offsets[row + 1]]
+        times = self._memory.get("timestamps")
+        if times is None:
+            times = self._file()["timestamps"]
+        return times[self._offsets[row]:self._offsets[row + 1]]
 
     def duration(self, media_id: str) -> float:
         return float(self._durations[self._video_row(media_id)])
@@ -250,6 +287,17 @@ class FeatureStore:
             out[b, :len(v)] = v
             mask[b, :len(v)] = True
         return out, mask
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _read_scalar_string(ds: h5py.Dataset) -> str:

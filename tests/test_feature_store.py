@@ -241,3 +241,33 @@ def test_frames_layout_round_trip_across_shards_and_an_extension(tmp_path):
     with pytest.raises(VLError, match="holds images, not videos"):
         build(tmp_path / "img.h5")
         FeatureStore(tmp_path / "img.h5").timestamps("m000")
+
+
+def test_held_in_memory_reads_equal_file_reads_and_touch_no_file(tmp_path, monkeypatch):
+    from vl.shared import feature_store
+
+    ids, grid, pooled = build(tmp_path / "s.h5")
+    store = FeatureStore(tmp_path / "s.h5")
+    assert store.bytes_of("grid") == grid.nbytes and store.bytes_of("pooled") == pooled.nbytes
+    assert store.hold_in_memory("pooled") == pooled.nbytes
+    monkeypatch.setattr(store, "_file", lambda: pytest.fail("a held feature was read from the file"))
+    np.testing.assert_array_equal(store.get("m007", "pooled"), pooled[7])
+    np.testing.assert_array_equal(store.get_many(["m019", "m002", "m002"], "pooled"), pooled[[19, 2, 2]])
+    monkeypatch.undo()
+
+    rng = np.random.default_rng(1)
+    with StoreBuilder(tmp_path / "v.h5", dict(SETTINGS), {"pooled": (5,)}, "float32", layout="frames") as b:
+        feats, info = _video_batch(rng, ["v1", "v2"], [3, 4])
+        b.add(["v1", "v2"], {"pooled": feats}, info)
+        b.finish({}, retried_ids={"v1", "v2"})
+    video = FeatureStore(tmp_path / "v.h5")
+    want = video.get_span("v2", 1.4, 4.6)
+    video.hold_in_memory()
+    monkeypatch.setattr(video, "_file", lambda: pytest.fail("a held video was read from the file"))
+    for have, expected in zip(video.get_span("v2", 1.4, 4.6), want):
+        np.testing.assert_array_equal(have, expected)
+
+    small = FeatureStore(tmp_path / "s.h5")  # refused, naming the size, when it would not fit
+    monkeypatch.setattr(feature_store, "available_memory_bytes", lambda: grid.nbytes)
+    with pytest.raises(VLError, match="more than 50% of the .* available: it does not fit"):
+        small.hold_in_memory("grid")

@@ -59,16 +59,16 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
-def write_config(world: Path, run_dir: Path, **top) -> Path:
+def write_config(world: Path, run_dir: Path, batch_size: int = 8, **top) -> Path:
     m, store = world / "manifests", str(world / "features/coco.h5")
     cfg = {
         "run_dir": str(run_dir), "epochs": 2, "seed": 3, "backbone": "tiny-t5", "init": "random",
         "tokenizer_vocab_size": 400, "optim": {"lr": 1e-3, "warmup_ratio": 0.1},
         "tasks": [  # validation on the train split: a placeholder metric on a tiny world
-            {"name": "vqa", "train_manifest": str(m / "vqa2_train.jsonl"), "store": store, "batch_size": 8,
-             "val_manifest": str(m / "vqa2_train.jsonl"), "val_split": "train"},
-            {"name": "gqa", "train_manifest": str(m / "gqa_train.jsonl"), "store": store, "batch_size": 8,
-             "val_manifest": str(m / "gqa_train.jsonl"), "val_split": "train"},
+            {"name": "vqa", "train_manifest": str(m / "vqa2_train.jsonl"), "store": store,
+             "batch_size": batch_size, "val_manifest": str(m / "vqa2_train.jsonl"), "val_split": "train"},
+            {"name": "gqa", "train_manifest": str(m / "gqa_train.jsonl"), "store": store,
+             "batch_size": batch_size, "val_manifest": str(m / "gqa_train.jsonl"), "val_split": "train"},
         ],
         **top,
     }
@@ -214,3 +214,42 @@ def test_weighted_loss_is_each_examples_token_mean_times_its_weight():
            torch.nn.functional.cross_entropy(logits[1, :1], labels[1, :1])]
     got = loop.weighted_sequence_loss(logits, labels, torch.tensor([0.5, 1.0]))
     torch.testing.assert_close(got, (0.5 * per[0] + per[1]) / 2)
+
+
+def test_two_process_ddp_reaches_the_loss_curve_of_one_process(world, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo) with batch 5 per rank == one process with batch 10:
+    the same global batches, so the same losses and weights (dropout off: ranks draw their own masks).
+    GQA's 25 items end with a step of 5, split 3 + 2 across ranks: the loss scaling must hold."""
+    from test_extract_distributed import torchrun
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["dropout=0.0", "epochs=2", "val_every=2", "optim.grad_clip=1.0", "device=cpu"]
+    assert vl_train("-c", str(write_config(world, one, batch_size=10)),
+                    *sum((["--set", x] for x in common), [])).exit_code == 0
+    args = ["train", "-c", write_config(world, two, batch_size=5), *sum((["--set", x] for x in common), [])]
+    proc = torchrun(args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (out[-2000:], err[-3000:])
+    assert "torchrun: 2 ranks (gloo)" in out
+    a, b = read_metrics(one), read_metrics(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "vqa_train_loss", "gqa_train_loss"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), key
+    wa, wb = trainable_tensors(one), trainable_tensors(two)
+    assert sorted(wa) == sorted(wb)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert b[-1]["mean_exact_match"] == pytest.approx(a[-1]["mean_exact_match"])
+
+
+def test_features_in_memory_train_the_same_weights(world, tmp_path):
+    disk, memory = tmp_path / "disk", tmp_path / "memory"
+    assert vl_train("-c", str(write_config(world, disk)), "--set", "epochs=1").exit_code == 0
+    result = vl_train("-c", str(write_config(world, memory)), "--set", "epochs=1", "--features-in-memory",
+                      "--set", "workers=1")
+    assert result.exit_code == 0, result.output
+    assert "features in memory:" in result.output
+    a, b = trainable_tensors(disk), trainable_tensors(memory)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)

@@ -37,17 +37,31 @@ Every setting, with its default: `vl train --print-config`."""
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Continue the run in this folder from its last finished epoch (with its saved config.json; "
                    "--set still applies).")
+@click.option("--features-in-memory", is_flag=True,
+              help="Read the training features into memory once (refused when they would not fit); "
+                   "same as --set features_in_memory=true.")
+@click.option("--skip-missing", is_flag=True,
+              help="Train without the examples whose media are missing from the feature store (a warning says "
+                   "how many) instead of stopping; same as --set skip_missing=true.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
-def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path | None, print_config: bool) -> None:
+def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path | None, features_in_memory: bool,
+          skip_missing: bool, print_config: bool) -> None:
     """Train VL-T5 / VL-BART on one or more tasks at once (stage 2).
 
     Settings come from the built-in defaults, then the YAML file (-c), then each --set.
     The resolved config is printed first. Paths in the config are relative to the
     current folder.
+
+    On several GPUs or machines, start the same command under torchrun (DDP: every
+    rank takes its share of each step's batches; `batch_size` is per rank):
+    `torchrun --nproc-per-node 4 -m vl.shared.cli train -c run.yaml`.
     """
     from vl.shared.config import dump_config, load_config
     from vl.shared.errors import VLError
     from vl.train.config import TrainConfig
+
+    overrides = (*overrides, *(["features_in_memory=true"] if features_in_memory else []),
+                 *(["skip_missing=true"] if skip_missing else []))
 
     if resume_dir is not None:
         if config_path is not None:
@@ -64,11 +78,24 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
                                "see `vl train --help` for an example")
     else:
         cfg = load_config(TrainConfig, config_path, list(overrides))
-    click.echo(dump_config(cfg))
     if print_config:
+        click.echo(dump_config(cfg))
         return
 
+    import torch
+
+    from vl.shared import distributed
     from vl.train.loop import train as run_training
 
-    run_dir = run_training(cfg, resume=resume_dir is not None)
-    click.echo(f"done: {run_dir} (metrics in {run_dir / 'metrics.jsonl'})")
+    backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+    ranks = distributed.ranks_from_env(backend)
+    try:
+        if ranks.is_main:
+            click.echo(dump_config(cfg))
+            if ranks.world_size > 1:
+                click.echo(f"torchrun: {ranks.world_size} ranks ({backend})")
+        run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks)
+    finally:
+        distributed.close()
+    if ranks.is_main:
+        click.echo(f"done: {run_dir} (metrics in {run_dir / 'metrics.jsonl'})")

@@ -90,8 +90,10 @@ class TrainConfig:
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast on the GPU
     device: str = "auto"  # auto: cuda when available, else cpu
-    workers: int = 0  # DataLoader worker processes
+    workers: int = 0  # DataLoader worker processes (each reads the stores itself)
+    features_in_memory: bool = False  # read the train tasks' features into memory once (if they fit)
     skip_missing: bool = False  # drop examples whose media are not in the store (else an error)
+    dropout: float | None = None  # every dropout of the backbone; None keeps its config's (0.1 for T5/BART)
     val_every: int = 1  # validate every N epochs (and after the last)
     val_batch_size: int = 64
     best_metric: str = "mean_exact_match"  # mean_exact_match or <task>_exact_match; higher is better
@@ -113,6 +115,8 @@ class TrainConfig:
             problems.append(f"val_batch_size must be >= 1 (got {self.val_batch_size})")
         if self.workers < 0:
             problems.append(f"workers must be >= 0 (got {self.workers})")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1) or null (got {self.dropout})")
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0 (got {self.temperature})")
         if self.sampling not in SAMPLING:

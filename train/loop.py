@@ -15,11 +15,15 @@ every checkpoint holds the optimizer, scheduler and RNG states, so on the CPU in
 run killed after epoch k and resumed with `train(cfg, resume=True)` ends with the same
 weights as an uninterrupted one.
 
-Single process for now; `rank` / `world_size` already reach the sampler so DDP under
-torchrun only has to wrap the model and reduce the metrics.
+Under `torchrun` (`Ranks` from vl.shared.distributed) the model is wrapped in DDP: every
+rank builds the same plan of global steps (MultiTaskSampler) and takes its share of each
+step's batch; the loss is scaled so that DDP's gradient mean equals the gradient of the
+whole global batch's mean loss, whatever the split; rank 0 alone validates, writes the run
+dir and checkpoints while the others wait at a barrier. One process needs no launcher.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -35,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
+from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore
 from vl.shared.manifest import DatasetManifest
@@ -160,7 +165,7 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
             batch = collate([ds.item(i, 0) for i in firsts[start:start + batch_size]], tokenizer)
             batch = to_device(batch, device)
             with autocast():
-                out = model.generate(**{k: batch[k] for k in MODEL_INPUTS},
+                out = model.generate(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"],
                                      max_new_tokens=task.generation.max_new_tokens,
                                      num_beams=task.generation.num_beams)
             for example_id, text in zip(batch["ids"], tokenizer.batch_decode(out, skip_special_tokens=True)):
@@ -178,12 +183,26 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
 
 # -- setup helpers ---------------------------------------------------------------------------
 
-def pick_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(cfg: TrainConfig, ranks: Ranks = Ranks()) -> torch.device:
+    """cfg.device; `auto` is the GPU when there is one. Under torchrun each rank takes
+    cuda:LOCAL_RANK unless the config names a GPU index."""
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise VLError(f"device {cfg.device} asked for, but torch sees no GPU: set device=cpu (or auto)")
-    return torch.device(cfg.device)
+    if cfg.device == "auto":
+        return torch.device(ranks.device("cuda") if torch.cuda.is_available() else "cpu")
+    return torch.device(ranks.device(cfg.device))
+
+
+def global_batch(loss: torch.Tensor, n: int, ranks: Ranks) -> tuple[float, int]:
+    """(mean loss over the step's whole global batch, its size): one all-reduce of
+    [loss * n, n] across ranks; this rank's own values in one process."""
+    if ranks.world_size == 1:
+        return loss.item(), n
+    import torch.distributed as dist
+
+    both = torch.stack([loss.detach().float() * n, torch.tensor(float(n), device=loss.device)])
+    dist.all_reduce(both)
+    return (both[0] / both[1]).item(), int(both[1].item())
 
 
 def check_files(cfg: TrainConfig) -> None:
@@ -234,9 +253,11 @@ def set_seed(seed: int) -> None:
 
 # -- the loop --------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int = 1) -> Path:
-    """Run `cfg` (or continue the run in cfg.run_dir after its last finished epoch); returns the run dir."""
+def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Path:
+    """Run `cfg` (or continue the run in cfg.run_dir after its last finished epoch); returns the run dir.
+    `ranks`: this process's place under torchrun (its process group already joined)."""
     run_dir = Path(cfg.run_dir)
+    main = ranks.is_main
     # 1. Cheap checks first: files exist, the run dir is fresh (or resumable), the device works.
     check_files(cfg)
     if resume:
@@ -245,7 +266,7 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
     elif (run_dir / RUN_JSON).exists() or (run_dir / "checkpoints").exists():
         raise VLError(f"run dir {run_dir} already holds a run: continue it with `vl train --resume {run_dir}`, "
                       "or set run_dir to a new folder")
-    device = pick_device(cfg)
+    device = pick_device(cfg, ranks)
     if cfg.precision != "fp32" and device.type != "cuda":
         raise VLError(f"precision {cfg.precision} needs a GPU (autocast); on the CPU use precision=fp32")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -264,7 +285,13 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
         raise VLError(f"the tasks' feature stores hold features of different widths ({sorted(feat_dims)}); one model "
                       "reads one CLIP encoder's features: extract every task's media with the same encoder")
     (feat_dim,) = feat_dims
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.features_in_memory:  # before the DataLoader forks its workers, which then share the arrays
+        held = {(d.store.path, d.feature): d.store.hold_in_memory(d.feature) for d in train_data.values()}
+        if main:
+            print(f"features in memory: {sum(held.values()) / 2**20:.1f} MiB from {len(held)} store(s)", flush=True)
+    ranks.barrier()  # every rank has checked the run dir before rank 0 writes into it
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
     tok_dir = run_dir / TOKENIZER_DIR
@@ -272,16 +299,21 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
         tokenizer = load_tokenizer(cfg.tokenizer)
     elif resume or tok_dir.is_dir():
         tokenizer = load_tokenizer(str(tok_dir))
-    else:
-        manifests = [DatasetManifest.read(p) for p in dict.fromkeys(t.train_manifest for t in cfg.tasks)]
-        tokenizer = train_tokenizer(manifest_texts(manifests), cfg.tokenizer_vocab_size,
-                                    tokenizer_kind(cfg.backbone), out_dir=tok_dir)
+    else:  # rank 0 trains it; the others load what it saved
+        if main:
+            manifests = [DatasetManifest.read(p) for p in dict.fromkeys(t.train_manifest for t in cfg.tasks)]
+            tokenizer = train_tokenizer(manifest_texts(manifests), cfg.tokenizer_vocab_size,
+                                        tokenizer_kind(cfg.backbone), out_dir=tok_dir)
+        ranks.barrier()
+        if not main:
+            tokenizer = load_tokenizer(str(tok_dir))
     tokenizer.padding_side = "right"
     train_sets = {name: TaskDataset(d, tokenizer, seed=cfg.seed) for name, d in train_data.items()}
     val_sets = {name: TaskDataset(d, tokenizer, seed=cfg.seed) for name, d in val_data.items()}
     dataset = MultiTaskDataset(train_sets)
     sampler = MultiTaskSampler(dataset.sizes, {t.name: t.batch_size for t in cfg.tasks}, sampling=cfg.sampling,
-                               temperature=cfg.temperature, seed=cfg.seed, rank=rank, world_size=world_size)
+                               temperature=cfg.temperature, seed=cfg.seed, rank=ranks.rank,
+                               world_size=ranks.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collator(tokenizer),
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
@@ -289,12 +321,20 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
     # 4. Model: feature width from the stores, positions for the longest image / video.
     max_visual = max(d.tokens_per_image for d in [*train_data.values(), *val_data.values()])
     model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, max_visual_tokens=max_visual,
-                           vocab_size=len(tokenizer))
+                           vocab_size=len(tokenizer), dropout=cfg.dropout)
     trainable_names = set_trainable(model, cfg, list(train_sets))
     model.to(device).train()
     trainable, total = count_parameters(model)
-    print(f"method {cfg.method}: {len(trainable_names)} tensors train, {trainable:,} of {total:,} parameters "
-          f"({100.0 * trainable / total:.2f}%)", flush=True)
+    if main:
+        print(f"method {cfg.method}: {len(trainable_names)} tensors train, {trainable:,} of {total:,} parameters "
+              f"({100.0 * trainable / total:.2f}%)", flush=True)
+    net: nn.Module = model  # what the steps call: the model, or DDP around it
+    if ranks.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Per-task modules leave the other tasks' parameters without gradients at a step.
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=cfg.method != "full")
 
     # 5. Optimizer and schedule over the whole run's optimizer steps.
     accum = cfg.optim.grad_accum
@@ -314,7 +354,7 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
                           "(e.g. with a lower optim.lr)")
         start_epoch, step, best = extra["epoch"] + 1, extra["step"], extra.get("best")
         print(f"resuming {run_dir} after epoch {extra['epoch']} (step {step})", flush=True)
-    else:
+    elif main:
         save_config(cfg, run_dir / CONFIG_FILE)
         write_run_json(run_dir, cfg, model, manifests=dict.fromkeys(
             p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
@@ -332,25 +372,38 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
         model.train()
         t0, seen, loss_sum, micro = time.perf_counter(), 0, 0.0, 0
         task_loss: dict[str, list[float]] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), disable=rank != 0,
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), disable=not main,
                    dynamic_ncols=True)
         for batch in bar:
             batch = to_device(batch, device)
-            with autocast():
-                decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-                out = model(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids)
-            loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
-            if not torch.isfinite(loss):
-                what = (f"loss is {loss.item()} at step {step + 1} (epoch {epoch + 1}) on a batch of task "
-                        f"{batch['task']} (examples {', '.join(map(str, batch['ids'][:3]))})")
-                save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch, stopped=what))
-                raise VLError(f"{what}; stopped, the weights before this step are in {run_dir}/checkpoints/last",
-                              hint="Lower optim.lr, set optim.grad_clip, or use precision=fp32/bf16 instead of fp16.")
+            n = len(batch["ids"])
             # An optimizer step averages its micro-batches; the epoch's last step takes what is left.
             group = min(accum, len(sampler) - (micro // accum) * accum)
-            scaler.scale(loss / group).backward()
+            boundary = (micro + 1) % accum == 0 or micro + 1 == len(sampler)
+            # Between optimizer steps DDP need not reduce gradients: they accumulate locally.
+            sync = contextlib.nullcontext() if boundary or net is model else net.no_sync()
+            with sync:
+                with autocast():
+                    decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+                    out = net(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids,
+                              task=batch["task"])
+                loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
+                step_loss, step_n = global_batch(loss, n, ranks)  # the same on every rank
+                if not math.isfinite(step_loss):
+                    what = (f"loss is {step_loss} at step {step + 1} (epoch {epoch + 1}) on a batch of task "
+                            f"{batch['task']} (examples {', '.join(map(str, batch['ids'][:3]))})")
+                    if main:
+                        save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch, stopped=what))
+                    raise VLError(f"{what}; stopped, the weights before this step are in {run_dir}/checkpoints/last",
+                                  hint="Lower optim.lr, set optim.grad_clip, or use precision=fp32/bf16 instead of "
+                                       "fp16.")
+                # DDP averages gradients over ranks: scaling by n * world / global n makes that
+                # average the gradient of the global batch's mean loss, even when ranks got
+                # batches of different sizes (a task's last step).
+                share = n * ranks.world_size / step_n
+                scaler.scale(loss * share / group).backward()
             micro += 1
-            if micro % accum == 0 or micro == len(sampler):
+            if boundary:
                 if cfg.optim.grad_clip is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
@@ -360,11 +413,10 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
-            n = len(batch["ids"])
-            seen += n
-            loss_sum += loss.item() * n
-            task_loss.setdefault(batch["task"], []).append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}", task=batch["task"],
+            seen += step_n
+            loss_sum += step_loss * step_n
+            task_loss.setdefault(batch["task"], []).append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.4f}", task=batch["task"],
                             samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
         bar.close()
         seconds = time.perf_counter() - t0
@@ -375,6 +427,9 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
 
         # Validation every val_every epochs and after the last; the best checkpoint by best_metric.
         improved = False
+        if not main:  # rank 0 validates and writes; the others wait for it
+            ranks.barrier()
+            continue
         if val_sets and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             metrics, predictions = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
             write_json_atomic(run_dir / EVAL_DIR / f"epoch_{epoch + 1}.json",
@@ -388,4 +443,5 @@ def train(cfg: TrainConfig, resume: bool = False, rank: int = 0, world_size: int
         save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch))
         if improved:
             save_checkpoint(run_dir, "best", model, None, None, extra_state(epoch))
+        ranks.barrier()
     return run_dir

@@ -104,7 +104,17 @@ BACKBONE_SHAPES: dict[str, BackboneShape] = {
 INITS = ("pretrained", "random")
 
 
-def build_backbone(name_or_path: str, init: str = "pretrained", vocab_size: int | None = None) -> PreTrainedModel:
+def dropout_settings(model_type: str, p: float | None) -> dict[str, float]:
+    """Config keys that set every dropout of a T5 or BART model to p ({} for None: keep the model's)."""
+    if p is None:
+        return {}
+    if model_type == "t5":
+        return {"dropout_rate": p}
+    return {"dropout": p, "attention_dropout": p, "activation_dropout": p}
+
+
+def build_backbone(name_or_path: str, init: str = "pretrained", vocab_size: int | None = None,
+                   dropout: float | None = None) -> PreTrainedModel:
     """A T5 or BART encoder-decoder with its LM head, in eval mode.
 
     `name_or_path` is a name in BACKBONE_SHAPES, a local directory written by
@@ -112,7 +122,8 @@ def build_backbone(name_or_path: str, init: str = "pretrained", vocab_size: int 
     (a built-in name loads its hub checkpoint); init="random" builds the architecture
     with fresh weights (no download for a built-in name). `vocab_size` sets the number
     of token embeddings (the tokenizer's length once task tokens are added): in the
-    config for random weights, by `resize_token_embeddings` for loaded ones.
+    config for random weights, by `resize_token_embeddings` for loaded ones. `dropout`
+    sets every dropout probability of the model (None keeps its config's).
     """
     if init not in INITS:
         raise VLError(f"unknown init '{init}'; choose one of: {', '.join(INITS)}")
@@ -121,7 +132,8 @@ def build_backbone(name_or_path: str, init: str = "pretrained", vocab_size: int 
     if shape is not None:
         config_cls, model_cls = MODEL_CLASSES[shape.model_type]
         if init == "random":
-            config = config_cls(**{**shape.config, **({} if vocab_size is None else {"vocab_size": vocab_size})})
+            config = config_cls(**{**shape.config, **({} if vocab_size is None else {"vocab_size": vocab_size}),
+                                   **dropout_settings(shape.model_type, dropout)})
             return model_cls(config).eval()
         if shape.hub_id is None:
             raise VLError(f"backbone '{name_or_path}' is a test-only shape with no pretrained weights; "
@@ -147,12 +159,15 @@ def build_backbone(name_or_path: str, init: str = "pretrained", vocab_size: int 
     if config.model_type not in MODEL_CLASSES:
         raise VLError(f"{source} is a '{config.model_type}' model; VL models wrap one of: {', '.join(MODEL_CLASSES)}")
     model_cls = MODEL_CLASSES[config.model_type][1]
+    overrides = dropout_settings(config.model_type, dropout)
     if init == "random":
         if vocab_size is not None:
             config.vocab_size = vocab_size
+        for key, value in overrides.items():
+            setattr(config, key, value)
         return model_cls(config).eval()
     try:
-        model = model_cls.from_pretrained(source)
+        model = model_cls.from_pretrained(source, **overrides)
     except OSError as e:
         raise VLError(f"cannot load backbone weights from {source}: {e}", hint=offline_hint) from None
     if vocab_size is not None and vocab_size != model.get_input_embeddings().num_embeddings:
@@ -236,6 +251,21 @@ class VisualEmbedding(nn.Module):
 
 # -- the model -------------------------------------------------------------------------
 
+class TaskState:
+    """Which task the batch in flight belongs to. `VLModel.forward/generate(task=...)` set it;
+    per-task PEFT modules (one adapter, LoRA or prompt per task) hold a reference to the
+    model's one TaskState and read `current()` in their forward. Batches hold one task."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+
+    def current(self) -> str:
+        if self.name is None:
+            raise RuntimeError("this model has per-task modules: call it with task=<task name> "
+                               "(VLModel.forward / generate)")
+        return self.name
+
+
 class VLModel(nn.Module):
     """A T5/BART encoder-decoder whose encoder reads [text tokens, visual tokens].
 
@@ -263,6 +293,10 @@ class VLModel(nn.Module):
         scales_itself = hasattr(backbone.get_input_embeddings(), "embed_scale")
         self.text_embed_scale = (math.sqrt(d_model) if getattr(self.config, "scale_embedding", False)
                                  and not scales_itself else 1.0)
+        self.task_state = TaskState()
+        # A module called as encoder_prompt(batch_size) -> (B, P, d_model) prompt vectors that
+        # `encoder_inputs` puts before every row (prompt tuning, vl.train.peft.prompt); None: no prompt.
+        self.encoder_prompt: nn.Module | None = None
 
     def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
                        visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None
@@ -302,27 +336,34 @@ class VLModel(nn.Module):
         order = dest.argsort(dim=1)  # (B, L + V): which source token lands at each place
         embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
         mask = mask.gather(1, order)
+        if self.encoder_prompt is not None:  # [prompt, text, visual, padding]
+            prompt = self.encoder_prompt(batch).to(embeds.dtype)  # (B, P, d)
+            embeds = torch.cat([prompt, embeds], dim=1)
+            mask = torch.cat([mask.new_ones(batch, prompt.shape[1]), mask], dim=1)
         return embeds, mask
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
                 visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                decoder_input_ids: torch.Tensor | None = None) -> Seq2SeqLMOutput:
+                decoder_input_ids: torch.Tensor | None = None, task: str | None = None) -> Seq2SeqLMOutput:
         """Teacher-forced pass. labels (B, T) with -100 where ignored give `.loss` (token-mean
         cross-entropy) and the decoder input (labels shifted right); or give
-        decoder_input_ids to score. Returns the backbone's output: `.loss`, `.logits` (B, T, vocab)."""
+        decoder_input_ids to score. `task` routes per-task PEFT modules (see TaskState).
+        Returns the backbone's output: `.loss`, `.logits` (B, T, vocab)."""
         if labels is None and decoder_input_ids is None:
             raise ValueError("VLModel.forward needs labels (training) or decoder_input_ids (scoring)")
+        self.task_state.name = task
         embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
         return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels,
                              decoder_input_ids=decoder_input_ids)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
-                 visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None, **generate_kwargs: Any
-                 ) -> torch.LongTensor:
+                 visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None, task: str | None = None,
+                 **generate_kwargs: Any) -> torch.LongTensor:
         """Decode answers: (B, T_out) token ids starting with the decoder start token.
         generate_kwargs go to the backbone's `generate` (max_new_tokens, num_beams, ...).
         The encoder runs once here; beam search reuses its output for every beam."""
+        self.task_state.name = task
         embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
         encoded = self.backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         hidden = encoded.last_hidden_state if hasattr(encoded, "last_hidden_state") else encoded[0]
@@ -331,10 +372,10 @@ class VLModel(nn.Module):
 
 
 def build_vl_model(backbone: str, feat_dim: int, init: str = "pretrained", max_visual_tokens: int = 64,
-                   vocab_size: int | None = None) -> VLModel:
-    """`build_backbone(backbone, init, vocab_size)` wrapped with a fresh visual embedding
-    for `feat_dim`-wide features (RN101 grid 2048, ViT-B/32 pooled 512, ...)."""
-    return VLModel(build_backbone(backbone, init=init, vocab_size=vocab_size), feat_dim,
+                   vocab_size: int | None = None, dropout: float | None = None) -> VLModel:
+    """`build_backbone(backbone, init, vocab_size, dropout)` wrapped with a fresh visual
+    embedding for `feat_dim`-wide features (RN101 grid 2048, ViT-B/32 pooled 512, ...)."""
+    return VLModel(build_backbone(backbone, init=init, vocab_size=vocab_size, dropout=dropout), feat_dim,
                    max_visual_tokens=max_visual_tokens)
 
 

@@ -1,10 +1,11 @@
-"""Extraction across processes started by `torchrun` (one GPU each), or one process.
+"""Processes started by `torchrun` (one GPU each), or one process.
 
-torchrun sets RANK, WORLD_SIZE and LOCAL_RANK. Every rank computes the same list of
-pending inputs, takes every WORLD_SIZE-th one from its RANK, writes its own shards,
-and waits at a barrier; rank 0 then joins all shards into the store. Only the
-barriers need a process group, so it is gloo on CPU and GPU alike, with a long
-timeout: ranks may finish their slices hours apart.
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK. Extraction: every rank computes the
+same list of pending inputs, takes every WORLD_SIZE-th one from its RANK, writes its
+own shards, and waits at a barrier; rank 0 then joins all shards into the store. Only
+the barriers need a process group, so it is gloo on CPU and GPU alike. Training (DDP)
+reduces gradients: nccl when every rank has a GPU, gloo on CPU. The timeout is long
+either way: ranks may finish their slices (or rank 0 its validation) hours apart.
 """
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ class Ranks:
         return requested
 
 
-def ranks_from_env() -> Ranks:
-    """Read torchrun's variables; join the process group when there is more than one rank."""
+def ranks_from_env(backend: str = "gloo") -> Ranks:
+    """Read torchrun's variables; join the process group (`backend`: gloo or nccl) when
+    there is more than one rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
@@ -56,7 +58,11 @@ def ranks_from_env() -> Ranks:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=ranks.rank, world_size=world, timeout=BARRIER_TIMEOUT)
+        if backend == "nccl":
+            import torch
+
+            torch.cuda.set_device(ranks.local_rank)
+        dist.init_process_group(backend, rank=ranks.rank, world_size=world, timeout=BARRIER_TIMEOUT)
     return ranks
 
 

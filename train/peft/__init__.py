@@ -1,0 +1,43 @@
+"""Parameter-efficient methods: what trains, and the modules some of them add.
+
+One module per method (`adapter.py`, `hyperformer.py`, `compacter.py`, `lora.py`,
+`prompt.py`), each with a config dataclass and one function
+
+    apply(model: VLModel, cfg: <its config>, tasks: list[str]) -> list[str]
+
+that adds its modules to `model` (from outside: hooks and wrappers around the unmodified
+`transformers` layers, never a copy of their code) and returns the names (as in
+`model.named_parameters()`) of every parameter that trains under the method: its own
+modules plus what its freezing rule unfreezes (the visual projection, LayerNorms,
+biases). The loop freezes everything, applies the method, then unfreezes exactly those
+names. Per-task modules read the batch's task from `model.task_state.current()`.
+
+The helpers below name the parameter groups that freezing rules are made of, by module
+type (never by searching parameter names for substrings).
+"""
+from __future__ import annotations
+
+from torch import nn
+from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+LAYER_NORMS = (nn.LayerNorm, T5LayerNorm)
+
+
+def visual_projection_names(model: nn.Module) -> list[str]:
+    """The visual embedding (projection, its norm, image-order and position embeddings):
+    trains under every method, as in the paper."""
+    return [f"visual_embedding.{n}" for n, _ in model.visual_embedding.named_parameters()]
+
+
+def layer_norm_names(model: nn.Module) -> list[str]:
+    """Every parameter of every LayerNorm / T5LayerNorm in the model (backbone and visual
+    embedding), weights and biases: what `--unfreeze_layer_norms` trained in the reference."""
+    return [f"{m}.{p}" if m else p for m, module in model.named_modules() if isinstance(module, LAYER_NORMS)
+            for p, _ in module.named_parameters(recurse=False)]
+
+
+def bias_names(model: nn.Module) -> list[str]:
+    """The `bias` of every Linear and LayerNorm of the backbone (BitFit's set; the reference's
+    LoRA runs trained these too)."""
+    return [f"{m}.bias" for m, module in model.named_modules()
+            if isinstance(module, (nn.Linear, *LAYER_NORMS)) and getattr(module, "bias", None) is not None]
