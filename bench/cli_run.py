@@ -66,6 +66,17 @@ def load_average() -> str:
     return f"load average {os.getloadavg()[0]:.2f} at start"
 
 
+def machine(libraries: str = "") -> str:
+    """One line: CPU, cores, torch (and its threads), any `libraries` text, Python, load, GPU."""
+    import torch
+
+    text = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"{libraries + ', ' if libraries else ''}Python {platform.python_version()}, {load_average()}")
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
 def markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
     lines = ["| measurement | value | notes / target | result |", "|---|---|---|---|"]
     lines += [f"| {m} | {v} | {t} | {ok} |" for m, v, t, ok in rows]

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
-import platform
 import shlex
 import shutil
 import sys
@@ -35,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cli_run import cpu_model, load_average, best_of, markdown_table, run_extract, write_results
+from cli_run import best_of, machine, markdown_table, run_extract, write_results
 
 TARGETS = {"a/b": 0.85, "a/c": 2.5, "growth_pct": 10.0}
 
@@ -149,16 +147,6 @@ def bench_reference(paths: list[str], transform, out_dir: Path, args, bf16: bool
 
 
 # -- report -----------------------------------------------------------------------------------
-def machine() -> str:
-    import torch
-
-    text = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, "
-            f"{load_average()}")
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
-
-
 def report(r: dict, args) -> str:
     a, b, c, cb = (r[k]["items_per_s"] for k in ("a", "b", "c", "c_bf16"))
     p1, p4 = r["a"]["peak_rss_mib"], r["a_4n"]["peak_rss_mib"]

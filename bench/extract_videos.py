@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -37,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cli_run import cpu_model, load_average, best_of, markdown_table, run_extract, write_results
+import cli_run
+from cli_run import best_of, markdown_table, run_extract, write_results
 
 TARGETS = {"ratio": 0.8}
 VALUE_FPS = 2 / 3  # the CLI's default: one frame every 1.5 s, as VALUE
@@ -215,15 +215,10 @@ def bench_model(tensors: list, enc, args, threads: int) -> dict:
 # -- report -----------------------------------------------------------------------------------
 def machine() -> str:
     import av
-    import torch
 
     codec = ".".join(map(str, av.library_versions.get("libavcodec", ())))
-    text = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"PyAV {av.__version__}, FFmpeg {getattr(av, 'ffmpeg_version_info', '?')} (libavcodec {codec}), "
-            f"Python {platform.python_version()}, {load_average()}")
-    if torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name(0)}"
-    return text
+    return cli_run.machine(f"PyAV {av.__version__}, FFmpeg {getattr(av, 'ffmpeg_version_info', '?')} "
+                           f"(libavcodec {codec})")
 
 
 def report(r: dict, args) -> str:

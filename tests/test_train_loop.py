@@ -97,11 +97,17 @@ def test_vqa_and_gqa_at_once_through_the_cli(world, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["step"] == 2 * records[0]["step"] > 0  # 36 vqa + 25 gqa items, batch 8: 5 + 4 steps an epoch
     for r in records:
-        assert {"train_loss", "vqa_train_loss", "gqa_train_loss", "vqa_exact_match", "gqa_exact_match",
-                "mean_exact_match", "lr", "samples_per_s"} <= set(r)
+        assert {"train_loss", "vqa_train_loss", "gqa_train_loss", "vqa_score", "gqa_score",
+                "mean_score", "lr", "samples_per_s"} <= set(r)
     assert records[1]["train_loss"] < records[0]["train_loss"]
     evals = json.loads((run / "eval/epoch_2.json").read_text())
-    assert len(evals["predictions"]["vqa"]) == 36 and len(evals["predictions"]["gqa"]) == 25
+    assert len(evals["tasks"]["vqa"]["predictions"]) == 36 and len(evals["tasks"]["gqa"]["predictions"]) == 25
+    for task in ("vqa", "gqa"):  # the official metric's main score, with its breakdowns beside it
+        scores = evals["tasks"][task]["scores"]
+        assert records[-1][f"{task}_score"] == scores["overall"] and 0 <= scores["overall"] <= 100
+    assert "per_answer_type" in evals["tasks"]["vqa"]["scores"]
+    assert records[-1]["mean_score"] == pytest.approx((records[-1]["vqa_score"] + records[-1]["gqa_score"]) / 2)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "eval/epoch_1.json").is_file() and (run / "checkpoints/best/model.safetensors").is_file()
     # only trainable tensors, each once (T5 ties the LM head to the shared embedding)
     saved = trainable_tensors(run)
@@ -162,7 +168,7 @@ def test_gradient_accumulation_takes_one_optimizer_step_per_group(world, tmp_pat
     loop.train(cfg)
     (record,) = read_metrics(run)
     assert record["step"] == 5  # 9 micro-batches (5 vqa + 4 gqa): 4 pairs and the last one alone
-    assert "vqa_exact_match" not in record and record["gqa_exact_match"] >= 0
+    assert "vqa_score" not in record and record["gqa_score"] >= 0
 
 
 def test_unknown_config_key_names_the_closest(world, tmp_path):
@@ -240,7 +246,7 @@ def test_two_process_ddp_reaches_the_loss_curve_of_one_process(world, tmp_path):
     assert sorted(wa) == sorted(wb)
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert b[-1]["mean_exact_match"] == pytest.approx(a[-1]["mean_exact_match"])
+    assert b[-1]["mean_score"] == pytest.approx(a[-1]["mean_score"])
 
 
 def test_features_in_memory_train_the_same_weights(world, tmp_path):

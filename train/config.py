@@ -22,7 +22,7 @@ from vl.train.data import SAMPLING, DataSettings
 
 METHODS = ("full",)  # PEFT methods come later; each registers itself in vl.train.loop.METHOD_APPLIERS
 PRECISIONS = ("fp32", "bf16", "fp16")
-METRIC_SUFFIX = "exact_match"  # the placeholder validation metric (see vl.train.loop.validate)
+METRIC_SUFFIX = "score"  # <task>_score: the task's official main score, 0-100 (see vl.train.loop.validate)
 
 
 @dataclass
@@ -96,7 +96,7 @@ class TrainConfig:
     dropout: float | None = None  # every dropout of the backbone; None keeps its config's (0.1 for T5/BART)
     val_every: int = 1  # validate every N epochs (and after the last)
     val_batch_size: int = 64
-    best_metric: str = "mean_exact_match"  # mean_exact_match or <task>_exact_match; higher is better
+    best_metric: str = "mean_score"  # mean_score (the tasks' average) or <task>_score; higher is better
 
     def metric_names(self) -> list[str]:
         return [f"mean_{METRIC_SUFFIX}"] + [f"{t.name}_{METRIC_SUFFIX}" for t in self.tasks]

@@ -50,6 +50,7 @@ from vl.train.run_dir import (
     RUN_JSON,
     append_metrics,
     load_checkpoint,
+    plot_curves,
     save_checkpoint,
     write_run_json,
 )
@@ -148,19 +149,22 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "visual_feats", "visual_mask", "i
 
 @torch.no_grad()
 def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, device: torch.device,
-             batch_size: int, autocast: Any) -> tuple[dict[str, float], dict[str, list[dict]]]:
-    """A placeholder metric until the evaluation stage's official ones are wired in:
-    `<task>_exact_match` = the share of validation examples whose prediction (after the
-    task's `read_prediction`) equals one of its gold targets; `mean_exact_match` their mean.
-    Decoding uses each task's generation defaults (greedy for short answers, beams for captions)."""
+             batch_size: int, autocast: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each validation task's official metric (vl.evaluate.metrics, the task's `metric`):
+    `<task>_score` its main score (0-100: VQA accuracy, CIDEr-D, ...), `mean_score` the
+    tasks' average. Decoding uses each task's generation defaults (greedy for short
+    answers, beams for captions). Returns the metrics and, per task, the predictions
+    with the whole score breakdown."""
+    from vl.evaluate.metrics import score
+
     model.eval()
-    metrics, predictions = {}, {}
+    metrics, details = {}, {}
     for name, ds in val_sets.items():
         task = ds.data.task
         examples = {ex["id"]: ex for ex in ds.data.examples}
         firsts = list({item.example_id: i for i, item in reversed(list(enumerate(ds.items)))}.values())
         firsts.sort()  # one item per example (captions have one per reference), in manifest order
-        rows = []
+        predictions = {}
         for start in range(0, len(firsts), batch_size):
             batch = collate([ds.item(i, 0) for i in firsts[start:start + batch_size]], tokenizer)
             batch = to_device(batch, device)
@@ -169,16 +173,15 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
                                      max_new_tokens=task.generation.max_new_tokens,
                                      num_beams=task.generation.num_beams)
             for example_id, text in zip(batch["ids"], tokenizer.batch_decode(out, skip_special_tokens=True)):
-                ex = examples[example_id]
-                pred = task.read_prediction(text, ex)
-                gold = sorted({task.read_prediction(t, ex) for t, _w in task.targets(ex)})
-                rows.append({"id": example_id, "prediction": pred, "gold": gold, "correct": pred in gold})
-        metrics[f"{name}_{METRIC_SUFFIX}"] = sum(r["correct"] for r in rows) / max(1, len(rows))
-        predictions[name] = rows
+                predictions[example_id] = task.read_prediction(text, examples[example_id])
+        scores = score(task.metric, {i: task.metric_value(p) for i, p in predictions.items()},
+                       [examples[i] for i in predictions])
+        metrics[f"{name}_{METRIC_SUFFIX}"] = scores["overall"]
+        details[name] = {"scores": scores, "predictions": predictions}
     if metrics:
         metrics[f"mean_{METRIC_SUFFIX}"] = sum(metrics.values()) / len(metrics)
     model.train()
-    return metrics, predictions
+    return metrics, details
 
 
 # -- setup helpers ---------------------------------------------------------------------------
@@ -280,6 +283,10 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     stores: dict[Path, FeatureStore] = {}
     train_data = task_data(cfg, lambda t: (t.train_split, t.train_manifest), stores)
     val_data = task_data(cfg, lambda t: (t.val_split, t.val_manifest), stores)
+    if any(d.task.metric == "caption" for d in val_data.values()):  # before hours of training, not after
+        from vl.evaluate.metrics.captions import require_java
+
+        require_java()
     feat_dims = {d.feat_dim for d in [*train_data.values(), *val_data.values()]}
     if len(feat_dims) != 1:
         raise VLError(f"the tasks' feature stores hold features of different widths ({sorted(feat_dims)}); one model "
@@ -431,14 +438,15 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
             ranks.barrier()
             continue
         if val_sets and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            metrics, predictions = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
+            metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
             write_json_atomic(run_dir / EVAL_DIR / f"epoch_{epoch + 1}.json",
-                              {"epoch": epoch + 1, "step": step, "metrics": metrics, "predictions": predictions})
+                              {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
             record.update(metrics)
             value = metrics.get(cfg.best_metric)
             if value is not None and (best is None or value > best):
                 best, improved = value, True
         append_metrics(run_dir, record)
+        plot_curves(run_dir)
         print(json.dumps(record, sort_keys=True), flush=True)
         save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch))
         if improved:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import random
@@ -426,3 +427,29 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     if last is not None:
         records.append(last)  # complete but for the newline
     return records
+
+
+def plot_curves(run_dir: str | os.PathLike) -> Path | None:
+    """`<run_dir>/curves.png` from metrics.jsonl: the training loss (overall and per task)
+    and, where the run validates, the validation scores, by epoch. None when there is
+    nothing to plot yet."""
+    from vl.shared.plot import Panel, Series, line_chart
+
+    records = read_metrics(run_dir)
+    if not records:
+        return None
+    epochs = [r["epoch"] for r in records]
+
+    def series(suffix: str, overall: str, overall_label: str) -> list[Series]:
+        """The overall key first, then one line per task (label: the task), where any value is there."""
+        keys = [overall] + sorted({k for r in records for k in r if k.endswith(suffix) and k != overall})
+        return [Series(overall_label if k == overall else k[:-len(suffix)], epochs, [r.get(k) for r in records])
+                for k in keys if any(isinstance(r.get(k), (int, float)) and math.isfinite(r[k]) for r in records)]
+
+    panels = [Panel("training loss", series("_train_loss", "train_loss", "all tasks"), "epoch", "loss")]
+    scores = series("_score", "mean_score", "mean")
+    if scores:
+        panels.append(Panel("validation (official metrics, 0-100)", scores, "epoch", "score"))
+    out = Path(run_dir) / "curves.png"
+    line_chart(panels, out)
+    return out

@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 from vl.shared.answers import vqa_soft_scores
 from vl.shared.errors import VLError, collect_or_raise
@@ -152,6 +152,10 @@ class Task:
 
     def read_prediction(self, text: str, example: dict | None = None) -> str:
         return _clean(text).lower()
+
+    def metric_value(self, prediction: str) -> Any:
+        """A read prediction as the task's metric takes it (vl.evaluate.metrics): the string itself."""
+        return prediction
 
     def source_text(self, example: dict) -> str:
         """The encoder text after the prefix, uncut."""
@@ -301,6 +305,11 @@ class MultipleChoiceQA(Task):
 
     def targets(self, example: dict) -> list[Target]:
         return [(f"a{example['answer_idx']}", 1.0)]
+
+    def metric_value(self, prediction: str) -> int | None:
+        """"a2" -> 2, the answer index the metric compares with `answer_idx`; None for anything else."""
+        label = re.fullmatch(r"a(\d+)", prediction)
+        return int(label.group(1)) if label else None
 
     def read_prediction(self, text: str, example: dict | None = None) -> str:
         """ "a2", "A2", "a2: the choice" -> "a2"; the text of a choice of `example` -> its

@@ -43,6 +43,13 @@ JAVA_HINT = ("the caption metrics run pycocoevalcap's PTB tokenizer and METEOR o
              "also runs SPICE)")
 
 
+def require_java() -> None:
+    """Java on PATH and pycocoevalcap installed, or a VLError saying how to get them."""
+    if shutil.which("java") is None:
+        raise VLError(JAVA_HINT)
+    _pycocoevalcap_dir()
+
+
 def _pycocoevalcap_dir() -> str:
     try:
         import pycocoevalcap.tokenizer.ptbtokenizer as ptb
@@ -121,9 +128,7 @@ def caption_scores(predictions: Predictions[str], references: Mapping[str, Seque
     unknown = sorted(wanted - set(METRICS))
     if unknown:
         raise VLError(f"unknown caption metric {unknown[0]!r}; choose from: {', '.join(METRICS)}")
-    if shutil.which("java") is None:
-        raise VLError(JAVA_HINT)
-    _pycocoevalcap_dir()  # pycocoevalcap is installed
+    require_java()
     check_references(references, is_valid=lambda r: isinstance(r, (list, tuple)) and len(r) > 0 and all(
         isinstance(s, str) and s.strip() for s in r), expected="non-empty lists of non-blank captions",
         what="caption references")

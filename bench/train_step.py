@@ -1,0 +1,249 @@
+"""Benchmark `vl train`'s step: its data path against batches already in memory, and the
+step time and peak memory of a `bart-base`-shaped VL-BART.
+
+Measures, in one run, on the demo world's VQA examples (`vl data demo`, converted) with a
+feature store of random RN101-shaped grids (49 x 2048, float16; written directly, no CLIP):
+  (loader)  training samples/s of the real data path, as `vl train` builds it: TaskData /
+            TaskDataset reading the HDF5 store, MultiTaskSampler, DataLoader with W workers,
+            Collator; each batch moved to the device and put through a full training step;
+  (memory)  the same model and steps on the same batches, collated beforehand and held in
+            a list: the data path's cost removed;
+  (step)    for a `bart-base`-shaped model with random weights at batch 8 (36 pooled visual
+            tokens, VQA text): the median step time (forward, weighted loss, backward, AdamW)
+            and the peak memory: the process's peak RSS on the CPU (measured in a fresh
+            subprocess), torch's peak allocation on a GPU.
+The target is loader / memory >= 0.9 with workers: reading and collating in worker processes
+must hide behind the step. The model defaults to bart-base for all three (the paper's
+backbone); `--model t5-small` shows a lighter step, where the data path matters more.
+
+Run from the repository root (bench_out/ is git-ignored):
+    .venv/bin/python bench/train_step.py                      # CPU, bart-base, batch 8, workers 1
+    .venv/bin/python bench/train_step.py --device cuda --precision bf16 --workers 4
+On a shared machine, --repeat 3 keeps the fastest of three runs of each measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cli_run import best_of, machine, markdown_table, write_results
+
+TARGETS = {"ratio": 0.9}
+GRID = (49, 2048)  # CLIP RN101's 7x7 grid, pooled to 6x6 = 36 tokens as the paper
+PAPER_VOCAB = 50265 + 200  # bart-base plus the reference's 200 added tokens
+
+
+# -- inputs -----------------------------------------------------------------------------------
+def make_inputs(root: Path, images: int, seed: int) -> tuple[Path, Path]:
+    """The demo world's VQA train manifest and a store of random grids for its images (cached)."""
+    from vl.data_manifests.demo import write_demo_world
+    from vl.data_manifests.registry import ConvertRequest, convert_dataset
+    from vl.extract.store_builder import StoreBuilder
+    from vl.shared.manifest import DatasetManifest
+
+    manifest, store = root / "manifests/vqa2_train.jsonl", root / "features/grid_rn101.h5"
+    if manifest.is_file() and store.is_file():
+        return manifest, store
+    write_demo_world(root, images=images, videos=6, seed=seed)
+    ann = root / "annotations/vqa2"
+    convert_dataset("vqa2", ConvertRequest(split="train", questions=ann / "v2_OpenEnded_mscoco_train2014_questions.json",
+                                           annotations=ann / "v2_mscoco_train2014_annotations.json",
+                                           images=root / "images"), manifest)
+    ids = sorted({m for ex in DatasetManifest.read(manifest).examples for m in ex["media"]})
+    rng = np.random.default_rng(seed)
+    provenance = {"encoder": {"model": "random RN101-shaped grids (bench)"}, "features": {"layer": "grid"}}
+    with StoreBuilder(store, provenance, {"grid": GRID}, "float16", overwrite=True) as b:
+        for s in range(0, len(ids), 64):
+            chunk = ids[s:s + 64]
+            b.add(chunk, {"grid": rng.standard_normal((len(chunk), *GRID)).astype(np.float16)})
+        b.finish({"extracted": len(ids)}, retried_ids=set(ids))
+    return manifest, store
+
+
+class Setup:
+    """Tokenizer, dataset, sampler and model, as `vl.train.loop.train` builds them."""
+
+    def __init__(self, args, manifest: Path, store: Path):
+        import torch
+
+        from vl.shared.manifest import DatasetManifest
+        from vl.train.data import DataSettings, MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset
+        from vl.train.loop import build_optimizer, tokenizer_kind
+        from vl.train.config import TrainConfig
+        from vl.train.model import build_vl_model
+        from vl.train.tokenizer import manifest_texts, train_tokenizer
+
+        torch.manual_seed(args.seed)
+        self.device = torch.device(args.device)
+        self.tokenizer = train_tokenizer(manifest_texts([DatasetManifest.read(manifest)]), 2000,
+                                         tokenizer_kind(args.model))
+        self.tokenizer.padding_side = "right"
+        data = TaskData("vqa", "train", manifest, store, DataSettings(visual_pool=6))
+        self.dataset = MultiTaskDataset({"vqa": TaskDataset(data, self.tokenizer, seed=args.seed)})
+        self.sampler = MultiTaskSampler(self.dataset.sizes, {"vqa": args.batch_size}, seed=args.seed)
+        self.model = build_vl_model(args.model, GRID[1], init="random", max_visual_tokens=36,
+                                    vocab_size=PAPER_VOCAB if args.model.startswith("bart") else None)
+        self.model.to(self.device).train()
+        cfg = TrainConfig()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+
+    def loader(self, workers: int):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.dataset.collator(self.tokenizer),
+                          num_workers=workers, persistent_workers=False, pin_memory=self.device.type == "cuda")
+
+    def step(self, batch: dict) -> None:
+        import torch
+
+        from vl.train.loop import MODEL_INPUTS, to_device, weighted_sequence_loss
+
+        batch = to_device(batch, self.device)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            decoder_input_ids = self.model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+            out = self.model(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids,
+                             task=batch["task"])
+        loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def samples_per_s(setup: Setup, batches, steps: int) -> dict:
+    """Run `steps` training steps on what `batches` yields (after one untimed warm-up step)."""
+    it = iter(batches)
+    setup.step(next(it))
+    t0, seen = time.perf_counter(), 0
+    for _ in range(steps):
+        batch = next(it)
+        setup.step(batch)
+        seen += len(batch["ids"])
+    seconds = time.perf_counter() - t0
+    return {"samples_per_s": seen / seconds, "seconds": seconds, "steps": steps}
+
+
+def endless(setup: Setup, workers: int):
+    epoch = 0
+    while True:
+        setup.sampler.set_epoch(epoch)
+        yield from setup.loader(workers)
+        epoch += 1
+
+
+def bench_loader_vs_memory(setup: Setup, args) -> dict:
+    held = []  # the same batches, in the same order, collated beforehand
+    for batch in endless(setup, 0):
+        held.append(batch)
+        if len(held) == args.steps + 1:
+            break
+    r = {"memory": best_of("memory", lambda: samples_per_s(setup, held, args.steps), args.repeat, "samples_per_s",
+                           "samples/s")}
+    for w in args.workers:
+        r[f"loader_w{w}"] = best_of(f"loader, {w} workers", lambda: samples_per_s(setup, endless(setup, w), args.steps),
+                                    args.repeat, "samples_per_s", "samples/s")
+    return r
+
+
+# -- (step): one model at batch 8, in a fresh process so that its peak memory is its own ------
+def step_only(args, manifest: Path, store: Path) -> dict:
+    import torch
+
+    rss_mib = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 (peak so far, KiB)
+    setup = Setup(args, manifest, store)
+    built = rss_mib()
+    batches = [b for b, _ in zip(endless(setup, 0), range(args.steps + 2))]
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    setup.step(batches[0])  # warm-up (and the optimizer's state)
+    times = []
+    for batch in batches[1:]:
+        t0 = time.perf_counter()
+        setup.step(batch)
+        times.append(time.perf_counter() - t0)
+    total = sum(p.numel() for p in setup.model.parameters())
+    out = {"median_step_s": float(np.median(times)), "steps": len(times), "parameters": total,
+           "peak_rss_mib": rss_mib(), "rss_after_build_mib": built}
+    if setup.device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def bench_step(args) -> dict:
+    cmd = [sys.executable, __file__, "--part", "step", "--model", args.step_model, "--batch-size", "8",
+           "--device", args.device, "--precision", args.precision, "--steps", str(args.step_steps),
+           "--out-dir", str(args.out_dir), "--images", str(args.images), "--seed", str(args.seed)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"`{shlex.join(cmd)}` failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- report -----------------------------------------------------------------------------------
+def report(r: dict, args) -> str:
+    mem = r["memory"]["samples_per_s"]
+    s = f"{args.model}, batch {args.batch_size}, {args.precision}, {args.device}"
+    rows = [("(memory) batches held in memory", f"{mem:.2f} samples/s", s, "")]
+    for w in args.workers:
+        have = r[f"loader_w{w}"]["samples_per_s"]
+        ratio = have / mem
+        r.setdefault("ratios", {})[f"loader_w{w}/memory"] = ratio
+        target = f">= {TARGETS['ratio']}" if w > 0 else "(information: no workers)"
+        rows += [(f"(loader) HDF5 store, {w} workers", f"{have:.2f} samples/s", s, ""),
+                 (f"loader w{w} / memory", f"{ratio:.3f}", target,
+                  ("PASS" if ratio >= TARGETS["ratio"] else "FAIL") if w > 0 else "")]
+    st = r["step"]
+    where = f"{args.step_model}, batch 8, {args.precision}, {args.device}, {st['parameters']:,} parameters"
+    rows.append(("(step) median step time", f"{st['median_step_s'] * 1000:.1f} ms", where, ""))
+    if "peak_gpu_mib" in st:
+        rows.append(("(step) peak GPU memory", f"{st['peak_gpu_mib']:.0f} MiB", "torch.cuda.max_memory_allocated", ""))
+    rows.append(("(step) peak RSS", f"{st['peak_rss_mib']:.0f} MiB",
+                 f"after building the model: {st['rss_after_build_mib']:.0f} MiB", ""))
+    return markdown_table(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="bart-base", help="backbone shape of (loader)/(memory) (default bart-base)")
+    ap.add_argument("--step-model", default="bart-base", help="backbone shape of (step) (default bart-base)")
+    ap.add_argument("--batch-size", type=int, default=8, help="(loader)/(memory) batch size (default 8)")
+    ap.add_argument("--workers", default="0,1", help="DataLoader workers of (loader), comma-separated (default 0,1)")
+    ap.add_argument("--steps", type=int, default=12, help="timed steps of each measurement (default 12)")
+    ap.add_argument("--step-steps", type=int, default=8, help="timed steps of (step) (default 8)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default fp32 on cpu, bf16 on cuda")
+    ap.add_argument("--images", type=int, default=64, help="demo-world images (3 VQA questions each; default 64)")
+    ap.add_argument("--out-dir", type=Path, default=Path("bench_out"), help="inputs (default bench_out)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="run each measurement R times, keep the fastest (default 1)")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    ap.add_argument("--part", choices=["all", "step"], default="all", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.workers = [int(w) for w in str(args.workers).split(",")]
+    manifest, store = make_inputs(args.out_dir / f"train_world_{args.images}", args.images, args.seed)
+    if args.part == "step":
+        print(json.dumps(step_only(args, manifest, store)))
+        return
+
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}\nmachine: {machine()}\n", flush=True)
+    r = {"step": bench_step(args)}
+    r.update(bench_loader_vs_memory(Setup(args, manifest, store), args))
+    print(report(r, args))
+    if args.json:
+        write_results(args.json, command, machine(), args, r)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Bottleneck adapters (Houlsby et al. 2019; VL-Adapter's "Single", "Multiple", "Half-shared").
+
+At every site (vl.train.peft.sites: after each attention and feed-forward sub-layer, 30 on
+bart-base, 60 on t5-base) the sub-layer output h becomes
+
+    h + up(act(down(h)))        down: Linear(d -> d/r), up: Linear(d/r -> d), act gelu_new
+
+Sharing over tasks (reference `adapter_controller.py` L41-86):
+  single       one adapter per site for all tasks (the paper's 4.18% on bart-base image)
+  multiple     one per site and task (12.22%)
+  half-shared  up shared, down one per task (8.36%: the paper's number matches a shared
+               up-sampler, not a shared down-sampler)
+
+Initialisation (a choice): with init="zero-up" (default) the up-projection starts at zero,
+so the adapted model computes exactly the frozen model at step 0 (down ~ N(0, 0.02)).
+The reference re-initialised both to N(0, 0.02) in BART (HF `_init_weights`) and left
+PyTorch's default in T5; init="normal" gives N(0, 0.02) for both.
+
+Trains: the adapters, the visual projection and (train_layer_norms) every LayerNorm, as
+the reference's scripts (`--unfreeze_layer_norms`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from vl.shared.errors import collect_or_raise
+from vl.train.model import TaskState, VLModel
+from vl.train.peft.sites import (attach, check_free, find_sites, for_task, per_site, task_name_problems,
+                                 trainable_names)
+
+SHARINGS = ("single", "multiple", "half-shared")
+INITS = ("zero-up", "normal")
+# Names of transformers.activations.ACT2FN accepted here (kept as a tuple so `check` needs no torch).
+ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "tanh")
+
+
+@dataclass
+class AdapterConfig:
+    reduction_factor: int = 8  # bottleneck = d_model / r; every reference script uses 8 (96 on bart-base)
+    sharing: Literal["single", "multiple", "half-shared"] = "single"
+    activation: str = "gelu_new"  # a name in transformers' ACT2FN
+    init: Literal["zero-up", "normal"] = "zero-up"  # zero-up: the adapted model starts as the frozen one
+    train_layer_norms: bool = True
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.reduction_factor < 1:
+            problems.append(f"adapter reduction_factor must be >= 1 (got {self.reduction_factor})")
+        if self.sharing not in SHARINGS:
+            problems.append(f"adapter sharing must be one of {', '.join(SHARINGS)} (got {self.sharing!r})")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"adapter activation must be one of {', '.join(ACTIVATIONS)} (got {self.activation!r})")
+        if self.init not in INITS:
+            problems.append(f"adapter init must be one of {', '.join(INITS)} (got {self.init!r})")
+        return problems
+
+
+def bottleneck_problems(d_model: int, reduction_factor: int) -> list[str]:
+    if reduction_factor >= 1 and d_model % reduction_factor:
+        return [f"the backbone's d_model {d_model} is not divisible by reduction_factor {reduction_factor}: "
+                "choose a divisor of d_model"]
+    return []
+
+
+class BottleneckAdapter(nn.Module):
+    """x + up(act(down(x))) at one site. `down` / `up` are one module, or a ModuleDict with
+    one per task routed by `task_state.current()`. Compacter reuses it with PHM layers."""
+
+    def __init__(self, make_down: Callable[[], nn.Module], make_up: Callable[[], nn.Module], activation: str,
+                 task_state: TaskState, down_tasks: list[str] | None = None, up_tasks: list[str] | None = None):
+        super().__init__()
+        self.down = nn.ModuleDict({t: make_down() for t in down_tasks}) if down_tasks else make_down()
+        self.up = nn.ModuleDict({t: make_up() for t in up_tasks}) if up_tasks else make_up()
+        self.act = ACT2FN[activation]
+        self.task_state = task_state  # the model's TaskState (not a module: a plain reference)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., d)
+        down = for_task(self.down, self.task_state) if isinstance(self.down, nn.ModuleDict) else self.down
+        up = for_task(self.up, self.task_state) if isinstance(self.up, nn.ModuleDict) else self.up
+        return x + up(self.act(down(x)))
+
+
+def _linear(d_in: int, d_out: int, zero: bool) -> nn.Linear:
+    layer = nn.Linear(d_in, d_out)
+    nn.init.zeros_(layer.bias)
+    if zero:
+        nn.init.zeros_(layer.weight)
+    else:
+        nn.init.normal_(layer.weight, std=0.02)
+    return layer
+
+
+def apply_adapters(model: VLModel, cfg: AdapterConfig, tasks: list[str]) -> list[str]:
+    """Add bottleneck adapters at every site of `model` as `model.adapters`
+    (names `adapters.<encoder|decoder>.<layer>.<self_attn|cross_attn|ffn>.<down|up>[.<task>].weight`);
+    return the names of every parameter that trains."""
+    d = model.config.d_model
+    problems = cfg.check() + bottleneck_problems(d, cfg.reduction_factor)
+    if cfg.sharing != "single":
+        problems += task_name_problems(list(tasks))
+    collect_or_raise(problems)
+    check_free(model)
+    bottleneck = d // cfg.reduction_factor
+    down_tasks = list(tasks) if cfg.sharing in ("multiple", "half-shared") else None
+    up_tasks = list(tasks) if cfg.sharing == "multiple" else None
+    zero_up = cfg.init == "zero-up"
+
+    sites = find_sites(model)
+    modules = per_site(sites, lambda s: BottleneckAdapter(
+        lambda: _linear(d, bottleneck, zero=False), lambda: _linear(bottleneck, d, zero=zero_up),
+        cfg.activation, model.task_state, down_tasks, up_tasks))
+    attach(model, "adapters", modules, sites, lambda s: modules[s.stack][s.layer][s.kind])
+    return trainable_names(model, "adapters", cfg.train_layer_norms)
+
+
+apply = apply_adapters

@@ -1,0 +1,124 @@
+"""Prompt tuning at the encoder input (reference §2.5, `--encoder_prompt_len 40 --mid_dim 800`).
+
+P learned vectors go before every encoder row, [prompt, text, visual, padding], through
+the `model.encoder_prompt` hook of VLModel. As in the reference they are re-parameterised
+(Li & Liang 2021's prefix-tuning MLP, here at the input only, not per layer):
+
+    prompt = Linear(mid, d)(tanh(Linear(d, mid)(E)))      E: Embedding(P, d) rows 0..P-1
+
+reparameterize=False trains E itself. sharing="multiple" keeps one prompt module per task,
+chosen by `model.task_state.current()`; "single" one for all tasks.
+
+What trains: the prompt modules and the visual projection; LayerNorms stay frozen.
+
+Where this differs from the reference: its BART prepended the prompts after adding the
+learned positions to the text, so the prompts had none and the text kept positions
+0..L-1. Our BART encoder adds positions to all of `inputs_embeds`: the prompts take
+positions 0..P-1 and the text starts at P (T5's relative position bias is unaffected
+among text and visual tokens). Doing otherwise would need a fork of the encoder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vl.shared.errors import VLError, collect_or_raise
+from vl.train.model import TaskState, VLModel
+from vl.train.peft import visual_projection_names
+
+SHARINGS = ("single", "multiple")
+SHARED = "shared"  # the one key of sharing="single"
+INIT_STD = 0.02  # BART's init_std: the reference's init_weights re-initialised every Linear/Embedding of VLBart
+
+
+@dataclass
+class PromptConfig:
+    length: int = 40  # P, prompt vectors per row
+    mid_dim: int = 800  # the re-parameterisation MLP's hidden size
+    reparameterize: bool = True
+    sharing: Literal["single", "multiple"] = "single"
+
+    def check(self) -> list[str]:
+        problems = []
+        if not isinstance(self.length, int) or self.length < 1:
+            problems.append(f"prompt length must be an integer >= 1 (got {self.length!r})")
+        if self.reparameterize and (not isinstance(self.mid_dim, int) or self.mid_dim < 1):
+            problems.append(f"prompt mid_dim must be an integer >= 1 (got {self.mid_dim!r})")
+        if self.sharing not in SHARINGS:
+            problems.append(f"prompt sharing must be one of: {', '.join(SHARINGS)} (got {self.sharing!r})")
+        return problems
+
+
+class Prompt(nn.Module):
+    """One prompt: forward() -> (P, d). `embedding` (P, d), then `mlp` unless None."""
+
+    def __init__(self, length: int, d_model: int, mid_dim: int, reparameterize: bool, device=None, dtype=None):
+        super().__init__()
+        like = dict(device=device, dtype=dtype)
+        self.embedding = nn.Embedding(length, d_model, **like)
+        self.mlp = nn.Sequential(nn.Linear(d_model, mid_dim, **like), nn.Tanh(),
+                                 nn.Linear(mid_dim, d_model, **like)) if reparameterize else None
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=INIT_STD)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self) -> torch.Tensor:
+        rows = self.embedding.weight  # (P, d): Embedding(arange(P))
+        return rows if self.mlp is None else self.mlp(rows)  # (P, d)
+
+
+class EncoderPrompt(nn.Module):
+    """VLModel's `encoder_prompt` hook: forward(batch_size) -> (B, P, d), the same prompt
+    for every row. `prompts[key]`: one Prompt per task (task_state given) or SHARED."""
+
+    def __init__(self, prompts: dict[str, Prompt], length: int, task_state: TaskState | None = None):
+        super().__init__()
+        self.prompts = nn.ModuleDict(prompts)
+        self.length = length  # P: VLModel's BART length check counts it
+        self.task_state = task_state
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        key = SHARED if self.task_state is None else self.task_state.current()
+        if key not in self.prompts:
+            raise VLError(f"no prompt for task '{key}'; "
+                          f"this model has prompts for: {', '.join(sorted(self.prompts))}")
+        return self.prompts[key]().unsqueeze(0).expand(batch_size, -1, -1)  # (B, P, d)
+
+
+def _task_problems(tasks: list[str], sharing: str) -> list[str]:
+    if sharing != "multiple":
+        return []
+    if not tasks:
+        return ["sharing='multiple' needs the list of tasks (one prompt per task); got none"]
+    problems = [f"task {t!r} is listed twice" for t in sorted(set(tasks)) if tasks.count(t) > 1]
+    return problems + [f"task name {t!r} cannot key a per-task module: use a non-empty name without '.'"
+                       for t in tasks if not isinstance(t, str) or not t or "." in t]
+
+
+def apply_prompt(model: VLModel, cfg: PromptConfig, tasks: list[str]) -> list[str]:
+    """Set `model.encoder_prompt` to an EncoderPrompt; returns the names of the parameters
+    that train (the prompts' and the visual projection's)."""
+    problems = cfg.check() + _task_problems(list(tasks), cfg.sharing)
+    if model.encoder_prompt is not None:
+        problems.append("this model already has an encoder prompt (apply prompt tuning once)")
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if model.config.model_type == "bart" and isinstance(cfg.length, int) and cfg.length >= max_pos:
+        problems.append(f"a prompt of {cfg.length} vectors leaves none of BART's {max_pos} positions for the text")
+    collect_or_raise(problems)
+
+    embeddings = model.backbone.get_input_embeddings().weight
+    keys = [SHARED] if cfg.sharing == "single" else list(tasks)
+    prompts = {k: Prompt(cfg.length, model.config.d_model, cfg.mid_dim, cfg.reparameterize,
+                         device=embeddings.device, dtype=embeddings.dtype) for k in keys}
+    task_state = None if cfg.sharing == "single" else model.task_state
+    model.encoder_prompt = EncoderPrompt(prompts, cfg.length, task_state).train(model.training)
+
+    trainable = [f"encoder_prompt.{name}" for name, _ in model.encoder_prompt.named_parameters()]
+    trainable += visual_projection_names(model)
+    assert set(trainable) <= dict(model.named_parameters()).keys()
+    return trainable
