@@ -318,9 +318,10 @@ class VLModel(nn.Module):
         if bool((text_mask[:, 1:] > text_mask[:, :-1]).any()):
             raise ValueError("text must be right-padded (attention_mask 1...1 0...0): tokenize with padding_side='right'")
         max_pos = getattr(self.config, "max_position_embeddings", None)  # BART's learned positions; T5 has none
-        if self.config.model_type == "bart" and text_len + vis_len > max_pos:
-            raise ValueError(f"{text_len} text + {vis_len} visual tokens exceed BART's {max_pos} positions: "
-                             "truncate the text or use fewer visual tokens")
+        prompt_len = getattr(self.encoder_prompt, "length", 0)
+        if self.config.model_type == "bart" and prompt_len + text_len + vis_len > max_pos:
+            raise ValueError(f"{prompt_len} prompt + {text_len} text + {vis_len} visual tokens exceed BART's {max_pos} "
+                             "positions: truncate the text, use fewer visual tokens or a shorter prompt")
 
         text = self.backbone.get_input_embeddings()(input_ids) * self.text_embed_scale  # (B, L, d)
         visual = self.visual_embedding(visual_feats, image_ids).to(text.dtype)  # (B, V, d)

@@ -20,6 +20,9 @@ from __future__ import annotations
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
+from vl.shared.errors import VLError
+from vl.train.model import TaskState
+
 LAYER_NORMS = (nn.LayerNorm, T5LayerNorm)
 
 
@@ -41,3 +44,24 @@ def bias_names(model: nn.Module) -> list[str]:
     LoRA runs trained these too)."""
     return [f"{m}.bias" for m, module in model.named_modules()
             if isinstance(module, (nn.Linear, *LAYER_NORMS)) and getattr(module, "bias", None) is not None]
+
+
+def task_name_problems(tasks: list[str]) -> list[str]:
+    """Task names key ModuleDicts/ParameterDicts: non-empty, unique, no '.', no Module attribute."""
+    problems = []
+    if not tasks:
+        problems.append("per-task modules need the list of tasks; got none")
+    problems += [f"task {t!r} is listed twice" for t in sorted(set(tasks)) if tasks.count(t) > 1]
+    probe = nn.ModuleDict()
+    problems += [f"task name {t!r} cannot name a module (empty, contains '.', or a Module attribute): rename the task"
+                 for t in dict.fromkeys(tasks) if not t or "." in t or hasattr(probe, t)]
+    return problems
+
+
+def for_task(choices: nn.ModuleDict | nn.ParameterDict, task_state: TaskState) -> nn.Module | nn.Parameter:
+    """The entry of the batch's task; `task_state.current()` raises when the call gave no task."""
+    task = task_state.current()
+    if task not in choices:
+        raise VLError(f"this model has no modules for task {task!r}; "
+                      f"it was built for: {', '.join(sorted(choices.keys()))}")
+    return choices[task]

@@ -30,8 +30,8 @@ from transformers.activations import ACT2FN
 
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
-from vl.train.peft.sites import (attach, check_free, find_sites, for_task, per_site, task_name_problems,
-                                 trainable_names)
+from vl.train.peft import for_task, task_name_problems
+from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
 SHARINGS = ("single", "multiple", "half-shared")
 INITS = ("zero-up", "normal")

@@ -32,7 +32,8 @@ from torch import nn
 from vl.shared.errors import collect_or_raise
 from vl.train.model import VLModel
 from vl.train.peft.adapter import BottleneckAdapter, bottleneck_problems
-from vl.train.peft.sites import attach, check_free, find_sites, per_site, task_name_problems, trainable_names
+from vl.train.peft import task_name_problems
+from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
 SHARINGS = ("single", "multiple")
 INITS = ("zero-up", "normal")

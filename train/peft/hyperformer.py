@@ -33,8 +33,8 @@ from transformers.activations import ACT2FN
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft.adapter import bottleneck_problems
-from vl.train.peft.sites import (STACKS, attach, check_free, find_sites, for_task, task_name_problems,
-                                 trainable_names)
+from vl.train.peft import for_task, task_name_problems
+from vl.train.peft.sites import STACKS, attach, check_free, find_sites, trainable_names
 
 INITS = ("zero-up", "normal")
 

@@ -32,7 +32,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 
 from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
-from vl.train.peft import LAYER_NORMS, bias_names, visual_projection_names
+from vl.train.peft import LAYER_NORMS, bias_names, task_name_problems, visual_projection_names
 
 SHARINGS = ("single", "multiple")
 SHARED = "shared"  # the one key of sharing="single"
@@ -146,21 +146,11 @@ def resolve_targets(model: VLModel, targets: tuple[str, ...]) -> tuple[list[str]
     return names, problems
 
 
-def _task_problems(tasks: list[str], sharing: str) -> list[str]:
-    if sharing != "multiple":
-        return []
-    if not tasks:
-        return ["sharing='multiple' needs the list of tasks (one LoRA per task); got none"]
-    problems = [f"task {t!r} is listed twice" for t in sorted(set(tasks)) if tasks.count(t) > 1]
-    return problems + [f"task name {t!r} cannot key a per-task module: use a non-empty name without '.'"
-                       for t in tasks if not isinstance(t, str) or not t or "." in t]
-
-
 def apply_lora(model: VLModel, cfg: LoRAConfig, tasks: list[str]) -> list[str]:
     """Wrap the target projections of every attention with LoRALinear (see the module
     docstring); returns the names of the parameters that train. Records `cfg` as
     `model.lora_config` (export_peft reads it)."""
-    problems = cfg.check() + _task_problems(list(tasks), cfg.sharing)
+    problems = cfg.check() + (task_name_problems(list(tasks)) if cfg.sharing == "multiple" else [])
     names: list[str] = []
     if not isinstance(cfg.targets, str):  # a string is check()'s complaint
         names, found = resolve_targets(model, tuple(cfg.targets))

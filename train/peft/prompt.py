@@ -27,7 +27,7 @@ from torch import nn
 
 from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
-from vl.train.peft import visual_projection_names
+from vl.train.peft import task_name_problems, visual_projection_names
 
 SHARINGS = ("single", "multiple")
 SHARED = "shared"  # the one key of sharing="single"
@@ -90,20 +90,10 @@ class EncoderPrompt(nn.Module):
         return self.prompts[key]().unsqueeze(0).expand(batch_size, -1, -1)  # (B, P, d)
 
 
-def _task_problems(tasks: list[str], sharing: str) -> list[str]:
-    if sharing != "multiple":
-        return []
-    if not tasks:
-        return ["sharing='multiple' needs the list of tasks (one prompt per task); got none"]
-    problems = [f"task {t!r} is listed twice" for t in sorted(set(tasks)) if tasks.count(t) > 1]
-    return problems + [f"task name {t!r} cannot key a per-task module: use a non-empty name without '.'"
-                       for t in tasks if not isinstance(t, str) or not t or "." in t]
-
-
 def apply_prompt(model: VLModel, cfg: PromptConfig, tasks: list[str]) -> list[str]:
     """Set `model.encoder_prompt` to an EncoderPrompt; returns the names of the parameters
     that train (the prompts' and the visual projection's)."""
-    problems = cfg.check() + _task_problems(list(tasks), cfg.sharing)
+    problems = cfg.check() + (task_name_problems(list(tasks)) if cfg.sharing == "multiple" else [])
     if model.encoder_prompt is not None:
         problems.append("this model already has an encoder prompt (apply prompt tuning once)")
     max_pos = getattr(model.config, "max_position_embeddings", None)

@@ -24,7 +24,7 @@ from transformers.models.bart.modeling_bart import BartDecoderLayer, BartEncoder
 from transformers.models.t5.modeling_t5 import T5Block
 
 from vl.shared.errors import VLError
-from vl.train.model import TaskState, VLModel
+from vl.train.model import VLModel
 from vl.train.peft import layer_norm_names, visual_projection_names
 
 STACKS = ("encoder", "decoder")
@@ -76,27 +76,6 @@ def check_free(model: VLModel) -> None:
     if taken:
         raise VLError(f"this model already has `{taken[0]}` modules; apply one of adapter, hyperformer, "
                       "compacter per model (or `detach` it first)")
-
-
-def task_name_problems(tasks: list[str]) -> list[str]:
-    """Task names key ModuleDicts/ParameterDicts: non-empty, unique, no '.', no Module attribute."""
-    problems = []
-    if not tasks:
-        problems.append("per-task modules need the list of tasks; got none")
-    problems += [f"task {t!r} is listed twice" for t in sorted(set(tasks)) if tasks.count(t) > 1]
-    probe = nn.ModuleDict()
-    problems += [f"task name {t!r} cannot name a module (empty, contains '.', or a Module attribute): rename the task"
-                 for t in dict.fromkeys(tasks) if not t or "." in t or hasattr(probe, t)]
-    return problems
-
-
-def for_task(choices: nn.ModuleDict | nn.ParameterDict, task_state: TaskState) -> nn.Module | nn.Parameter:
-    """The entry of the batch's task; `task_state.current()` raises when the call gave no task."""
-    task = task_state.current()
-    if task not in choices:
-        raise VLError(f"this model has no modules for task {task!r}; "
-                      f"it was built for: {', '.join(sorted(choices.keys()))}")
-    return choices[task]
 
 
 def per_site(sites: list[Site], make: Callable[[Site], nn.Module]) -> nn.ModuleDict:
