@@ -82,6 +82,7 @@ class Setup:
         from vl.train.tokenizer import manifest_texts, train_tokenizer
 
         torch.manual_seed(args.seed)
+        self.seed = args.seed
         self.device = torch.device(args.device)
         self.tokenizer = train_tokenizer(manifest_texts([DatasetManifest.read(manifest)]), 2000,
                                          tokenizer_kind(args.model))
@@ -89,7 +90,7 @@ class Setup:
         data = TaskData("vqa", "train", manifest, store, DataSettings(visual_pool=6))
         self.dataset = MultiTaskDataset({"vqa": TaskDataset(data, self.tokenizer, seed=args.seed)})
         self.sampler = MultiTaskSampler(self.dataset.sizes, {"vqa": args.batch_size}, seed=args.seed)
-        self.model = build_vl_model(args.model, GRID[1], init="random", max_visual_tokens=36,
+        self.model = build_vl_model(args.model, GRID[1], init="random",
                                     vocab_size=PAPER_VOCAB if args.model.startswith("bart") else None)
         self.model.to(self.device).train()
         cfg = TrainConfig()
@@ -97,10 +98,10 @@ class Setup:
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
 
     def loader(self, workers: int):
-        from torch.utils.data import DataLoader
+        from vl.train.data import make_loader
 
-        return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.dataset.collator(self.tokenizer),
-                          num_workers=workers, persistent_workers=False, pin_memory=self.device.type == "cuda")
+        return make_loader(self.dataset, self.sampler, self.tokenizer, workers, self.seed,
+                           pin_memory=self.device.type == "cuda")
 
     def step(self, batch: dict) -> None:
         import torch
@@ -134,10 +135,11 @@ def samples_per_s(setup: Setup, batches, steps: int) -> dict:
 
 
 def endless(setup: Setup, workers: int):
-    epoch = 0
+    """Batches epoch after epoch from one loader, as the training loop draws them."""
+    loader, epoch = setup.loader(workers), 0
     while True:
         setup.sampler.set_epoch(epoch)
-        yield from setup.loader(workers)
+        yield from loader
         epoch += 1
 
 

@@ -43,7 +43,7 @@ def one_thread():
 
 def tiny(kind: str) -> VLModel:
     torch.manual_seed(0)
-    return build_vl_model(kind, FEAT, init="random", max_visual_tokens=8).eval()
+    return build_vl_model(kind, FEAT, init="random").eval()
 
 
 def apply(model: VLModel, method: str, tasks=TASKS, **overrides) -> list[str]:
@@ -333,7 +333,7 @@ BUDGETS = [  # id, apply, config, added parameters, the paper's trainable % (ima
 @pytest.fixture(scope="module")
 def bart_base() -> VLModel:
     torch.manual_seed(0)
-    return build_vl_model("bart-base", 2048, init="random", max_visual_tokens=36)
+    return build_vl_model("bart-base", 2048, init="random")
 
 
 def test_hand_counts():  # the figures the integrator checks the paper's shares against

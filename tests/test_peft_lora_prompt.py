@@ -37,7 +37,7 @@ def one_thread():
 
 def fresh(kind: str) -> VLModel:
     torch.manual_seed(0)
-    return build_vl_model(kind, FEAT, init="random", max_visual_tokens=8).eval()
+    return build_vl_model(kind, FEAT, init="random").eval()
 
 
 def batch() -> dict:
@@ -298,7 +298,7 @@ def test_bad_prompt_settings_name_the_fix():
 @pytest.fixture(scope="module")
 def bart_base() -> VLModel:
     with torch.device("meta"):  # shapes only: parameter counts need no memory or init time
-        return build_vl_model("bart-base", 2048, init="random", max_visual_tokens=36)
+        return build_vl_model("bart-base", 2048, init="random")
 
 
 def numel(model: nn.Module, names) -> int:
@@ -308,7 +308,7 @@ def numel(model: nn.Module, names) -> int:
 
 # The reference's denominator: BART-base 139,420,416 + 200 added token rows (153,600) +
 # its visual projection (2048*768+768 Linear, LayerNorm 1536, Linear(5->768)+LayerNorm 5376,
-# 2 image-order rows 1536 = 1,582,848; ours differs: 36 positions instead of the box projection).
+# 2 image-order rows 1536 = 1,582,848: the size of ours, tests/test_vl_model.py).
 REF_BASE, REF_VISUAL = 139_420_416 + 153_600, 1_582_848
 D, R = 768, 128
 LORA_SINGLE = 36 * (R * D + D * R)  # 6 enc self + 6 dec self + 6 dec cross attentions x (q, v)

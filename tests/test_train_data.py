@@ -223,7 +223,7 @@ def test_batch_feeds_the_model(world, tok):
     from vl.train.model import build_vl_model
 
     torch.manual_seed(0)
-    model = build_vl_model("tiny-t5", 8, init="random", max_visual_tokens=18, vocab_size=len(tok))
+    model = build_vl_model("tiny-t5", 8, init="random", vocab_size=len(tok))
     ds = dataset(world, "nlvr2", tok)
     batch = collate([ds[0], ds[1]], tok)
     out = model(batch["input_ids"], batch["attention_mask"], batch["visual_feats"], batch["visual_mask"],

@@ -202,7 +202,7 @@ def test_nan_loss_stops_naming_step_and_task_and_keeps_last(world, tmp_path):
 def test_weight_decay_by_module_type_not_by_name():
     from vl.train.model import build_vl_model
 
-    model = build_vl_model("tiny-t5", 16, init="random", max_visual_tokens=4)
+    model = build_vl_model("tiny-t5", 16, init="random")
     cfg = TrainConfig()
     loop.set_trainable(model, cfg, [])
     decayed, plain = (g["params"] for g in loop.build_optimizer(model, cfg).param_groups)

@@ -17,6 +17,8 @@ from vl.train.model import (
     build_vl_model,
     count_parameters,
     pool_grid,
+    VisualEmbedding,
+    token_boxes,
     within_image_positions,
 )
 
@@ -36,7 +38,7 @@ def one_thread():
 @pytest.fixture(scope="module", params=KINDS)
 def model(request) -> VLModel:
     torch.manual_seed(0)
-    return build_vl_model(request.param, FEAT, init="random", max_visual_tokens=8).eval()
+    return build_vl_model(request.param, FEAT, init="random").eval()
 
 
 def batch(seed: int = 0, text_lens=(5, 3), vis_lens=(4, 2), vis_len: int = 4, vocab: int = 128) -> dict:
@@ -111,7 +113,7 @@ def test_with_every_visual_token_masked_it_is_the_text_only_backbone(kind):
         assert backbone.get_input_embeddings().embed_scale == math.sqrt(32)
     else:
         backbone = build_backbone(kind, init="random")
-    vl = VLModel(backbone, FEAT, max_visual_tokens=8).eval()
+    vl = VLModel(backbone, FEAT).eval()
     inputs = batch()
     inputs["visual_mask"] = torch.zeros_like(inputs["visual_mask"])
     with torch.no_grad():
@@ -131,6 +133,22 @@ def test_image_ids_change_the_output(model):
 def test_visual_positions_count_within_each_image():
     ids = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 0, 1, 0]])
     assert within_image_positions(ids, 2).tolist() == [[0, 1, 0, 1, 2], [0, 0, 1, 1, 2]]
+
+
+def test_token_boxes_are_grid_cells_or_video_spans():
+    grid = token_boxes(torch.arange(4)[None], torch.full((1, 4), 4))[0]  # a 2x2 grid, row-major
+    assert grid.tolist() == [[0, 0, .5, .5, .25], [.5, 0, 1, .5, .25], [0, .5, .5, 1, .25], [.5, .5, 1, 1, .25]]
+    frames = token_boxes(torch.arange(3)[None], torch.full((1, 3), 3))[0]  # three frames: spans of the video
+    torch.testing.assert_close(frames, torch.tensor([[0, 0, 1 / 3, 1, 1 / 3], [1 / 3, 0, 2 / 3, 1, 1 / 3],
+                                                     [2 / 3, 0, 1, 1, 1 / 3]]))
+    assert token_boxes(torch.zeros(1, 1), torch.ones(1, 1))[0].tolist() == [[0, 0, 1, 1, 1]]  # one pooled vector
+
+
+def test_the_visual_embedding_has_the_reference_parameter_count():
+    """VL-BART's visual embedding for RN101 grids (2048-d) on bart-base: feat Linear + LN,
+    box Linear(5) + LN, 2 image-order rows = 1,582,848 (reference section 2.7); 512-d video: 403,200."""
+    count = lambda feat: sum(p.numel() for p in VisualEmbedding(feat, 768).parameters())  # noqa: E731
+    assert (count(2048), count(512)) == (1_582_848, 403_200)
 
 
 def test_generate_decodes_deterministically_and_agrees_with_forward(model):
@@ -156,9 +174,6 @@ def test_left_padded_text_and_bad_shapes_are_refused(model):
         logits(model, **dict(inputs, attention_mask=inputs["attention_mask"].flip(1)))
     with pytest.raises(ValueError, match=f"tokens, {FEAT}"):
         logits(model, **dict(inputs, visual_feats=torch.randn(2, 4, FEAT + 1)))
-    many = batch(vis_len=9, vis_lens=(9, 9))  # the model has positions for 8 tokens per image
-    with pytest.raises(ValueError, match="max_visual_tokens"):
-        logits(model, **many)
     with pytest.raises(ValueError, match="labels .* or decoder_input_ids"):
         model(**inputs)
 
@@ -227,9 +242,9 @@ def test_bart_base_has_139m_parameters_and_the_visual_embedding_adds_its_own():
     torch.manual_seed(0)
     backbone = build_backbone("bart-base", init="random")  # real tensors, ~3 s: the one big build
     assert count_parameters(backbone) == (139_420_416, 139_420_416)
-    vl = VLModel(backbone, 2048, max_visual_tokens=36)
-    # Linear 2048->768, LayerNorm, 2 image-order rows, 36 positions
-    visual = 2048 * 768 + 768 + 2 * 768 + 2 * 768 + 36 * 768
+    vl = VLModel(backbone, 2048)
+    # Linear 2048->768 + LayerNorm, 2 image-order rows, box Linear 5->768 + LayerNorm: the reference's 1,582,848
+    visual = (2048 * 768 + 768 + 2 * 768) + 2 * 768 + (5 * 768 + 768 + 2 * 768)
     for p in vl.backbone.parameters():
         p.requires_grad_(False)
     assert count_parameters(vl) == (visual, 139_420_416 + visual)

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
@@ -44,7 +43,7 @@ from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore
 from vl.shared.manifest import DatasetManifest
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
-from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, collate
+from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, collate, make_loader
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model, count_parameters
 from vl.train.run_dir import (
     RUN_JSON,
@@ -321,14 +320,10 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     sampler = MultiTaskSampler(dataset.sizes, {t.name: t.batch_size for t in cfg.tasks}, sampling=cfg.sampling,
                                temperature=cfg.temperature, seed=cfg.seed, rank=ranks.rank,
                                world_size=ranks.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collator(tokenizer),
-                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed))  # keeps the global RNG untouched
+    loader = make_loader(dataset, sampler, tokenizer, cfg.workers, cfg.seed, pin_memory=device.type == "cuda")
 
-    # 4. Model: feature width from the stores, positions for the longest image / video.
-    max_visual = max(d.tokens_per_image for d in [*train_data.values(), *val_data.values()])
-    model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, max_visual_tokens=max_visual,
-                           vocab_size=len(tokenizer), dropout=cfg.dropout)
+    # 4. Model: feature width from the stores.
+    model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=len(tokenizer), dropout=cfg.dropout)
     trainable_names = set_trainable(model, cfg, list(train_sets))
     model.to(device).train()
     trainable, total = count_parameters(model)

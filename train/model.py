@@ -17,9 +17,10 @@ Where this differs from the reference code (ylsung/VL_adapter, `modeling_{t5,bar
   sequence alike: BART adds its learned position embedding to every token, visual ones
   included (visual token j of a row with n real text tokens sits at position n + j), and
   T5's relative position bias spans text and visual tokens. Both are learned during
-  fine-tuning and cost no parameters. On top, each visual token gets a learned position
-  of its own (its index within its image, or a frame's index within its video), which
-  the reference only had through frozen `<vis_extra_id_k>` word embeddings.
+  fine-tuning and cost no parameters. On top, each visual token gets a learned embedding
+  of where it sits in its image or video: its box (x1, y1, x2, y2, area) in the grid, or
+  its span of the video, through LayerNorm(Linear(5 -> d)). That is the size of the
+  reference's box-position embedding, so parameter budgets compare with the paper's.
 - Padding. Each row is packed as [its real text tokens, its visual tokens, padding], not
   [text padded to the batch's longest, visual]: then the position (BART) and relative
   distances (T5) of every real token depend on that example alone, so an example's output
@@ -205,28 +206,53 @@ def within_image_positions(image_ids: torch.Tensor, max_images: int) -> torch.Te
     return ((one_hot.cumsum(1) - 1) * one_hot).sum(-1)  # (B, V)
 
 
-class VisualEmbedding(nn.Module):
-    """CLIP features -> encoder tokens: Norm(Linear(feats)) + image order + visual position.
+def token_boxes(positions: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(B, V) index of each visual token within its image or video, (B, V) how many real
+    tokens that image or video has -> (B, V, 5) boxes (x1, y1, x2, y2, area) in [0, 1].
 
-    The norm is T5's RMS norm for T5 and nn.LayerNorm for BART, as in the reference.
-    The two embeddings start small (std 0.02, BART's init_std) next to the unit-scale
-    normalised features, so a fresh model first sees the features nearly as projected.
+    n = s * s tokens (n > 1) are a row-major s x s grid: token (r, c) gets the cell
+    (c/s, r/s, (c+1)/s, (r+1)/s). Other counts (video frames, one pooled vector) are a
+    sequence: token j of n gets the span (j/n, 0, (j+1)/n, 1). The area is 1/n."""
+    n = counts.clamp(min=1).to(torch.float32)
+    side = n.sqrt().round()
+    grid = (side * side == n) & (n > 1)
+    j = positions.to(torch.float32)
+    row, col = torch.div(j, side, rounding_mode="floor"), torch.remainder(j, side)
+    one, zero = torch.ones_like(n), torch.zeros_like(n)
+    x1 = torch.where(grid, col / side, j / n)
+    y1 = torch.where(grid, row / side, zero)
+    x2 = torch.where(grid, (col + 1) / side, (j + 1) / n)
+    y2 = torch.where(grid, (row + 1) / side, one)
+    return torch.stack([x1, y1, x2, y2, 1 / n], dim=-1)
+
+
+class VisualEmbedding(nn.Module):
+    """CLIP features -> encoder tokens: Norm(Linear(feats)) + image order + Norm(Linear(box)).
+
+    The norms are T5's RMS norm for T5 and nn.LayerNorm for BART, as in the reference, and
+    the parameters are the reference's: for 2048-d features and d = 768, 1,582,848. The
+    image-order embedding starts small (std 0.02, BART's init_std) next to the unit-scale
+    normalised features.
     """
 
-    def __init__(self, feat_dim: int, d_model: int, max_visual_tokens: int, max_images: int = 2,
-                 norm: Literal["layer", "rms"] = "layer", eps: float = 1e-5):
+    def __init__(self, feat_dim: int, d_model: int, max_images: int = 2, norm: Literal["layer", "rms"] = "layer",
+                 eps: float = 1e-5):
         super().__init__()
-        self.feat_dim, self.max_visual_tokens, self.max_images = feat_dim, max_visual_tokens, max_images
+        self.feat_dim, self.max_images = feat_dim, max_images
+        make_norm = (lambda: T5LayerNorm(d_model, eps=eps)) if norm == "rms" else (
+            lambda: nn.LayerNorm(d_model, eps=eps))
         self.proj = nn.Linear(feat_dim, d_model)
-        self.norm = T5LayerNorm(d_model, eps=eps) if norm == "rms" else nn.LayerNorm(d_model, eps=eps)
+        self.norm = make_norm()
         self.image_order = nn.Embedding(max_images, d_model)  # which image (NLVR2's left / right)
-        self.position = nn.Embedding(max_visual_tokens, d_model)  # grid index in an image, frame index in a video
+        self.box = nn.Linear(5, d_model)  # where the token sits: its grid cell or video span
+        self.box_norm = make_norm()
         nn.init.normal_(self.image_order.weight, std=0.02)
-        nn.init.normal_(self.position.weight, std=0.02)
 
-    def forward(self, feats: torch.Tensor, image_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """feats (B, V, feat_dim); image_ids (B, V) long in [0, max_images), None: all 0.
-        Returns (B, V, d_model)."""
+    def forward(self, feats: torch.Tensor, image_ids: torch.Tensor | None = None,
+                visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """feats (B, V, feat_dim); image_ids (B, V) long in [0, max_images), None: all 0;
+        visual_mask (B, V) true on real tokens (None: all real), which sets how many tokens
+        each image or video has. Returns (B, V, d_model)."""
         if feats.dim() != 3 or feats.shape[-1] != self.feat_dim:
             raise ValueError(f"visual features must be (batch, tokens, {self.feat_dim}); got {tuple(feats.shape)} "
                              "(was the model built for another CLIP encoder's feature size?)")
@@ -240,13 +266,13 @@ class VisualEmbedding(nn.Module):
                 raise ValueError(f"image_ids must lie in [0, {self.max_images}); got values "
                                  f"{image_ids.min().item()}..{image_ids.max().item()}")
         positions = within_image_positions(image_ids, self.max_images)  # (B, V)
-        # Positions are < V, so only a long sequence needs the (synchronising) check.
-        if tokens > self.max_visual_tokens and int(positions.max()) >= self.max_visual_tokens:
-            raise ValueError(f"an image or video has {int(positions.max()) + 1} visual tokens (padding included) but "
-                             f"the model has positions for {self.max_visual_tokens}: pool the grid (pool_grid), cap "
-                             "the frames, or build the model with a larger max_visual_tokens")
+        one_hot = F.one_hot(image_ids, self.max_images)  # (B, V, M)
+        if visual_mask is not None:
+            one_hot = one_hot * visual_mask.long().unsqueeze(-1)
+        counts = one_hot.sum(1).gather(1, image_ids)  # (B, V): real tokens of each token's image
+        boxes = token_boxes(positions, counts).to(self.box.weight.dtype)  # (B, V, 5)
         x = self.norm(self.proj(feats.to(self.proj.weight.dtype)))  # (B, V, d)
-        return x + self.image_order(image_ids) + self.position(positions)  # (B, V, d)
+        return x + self.image_order(image_ids) + self.box_norm(self.box(boxes))  # (B, V, d)
 
 
 # -- the model -------------------------------------------------------------------------
@@ -273,7 +299,7 @@ class VLModel(nn.Module):
     `config` (the backbone's config).
     """
 
-    def __init__(self, backbone: PreTrainedModel, feat_dim: int, max_visual_tokens: int = 64, max_images: int = 2):
+    def __init__(self, backbone: PreTrainedModel, feat_dim: int, max_images: int = 2):
         super().__init__()
         model_type = getattr(backbone.config, "model_type", None)
         if model_type not in MODEL_CLASSES or not backbone.config.is_encoder_decoder:
@@ -285,7 +311,7 @@ class VLModel(nn.Module):
             norm, eps = "rms", self.config.layer_norm_epsilon
         else:
             norm, eps = "layer", 1e-5  # nn.LayerNorm's default, as BART's own layer norms
-        self.visual_embedding = VisualEmbedding(feat_dim, d_model, max_visual_tokens, max_images, norm, eps)
+        self.visual_embedding = VisualEmbedding(feat_dim, d_model, max_images, norm, eps)
         # BART multiplies token embeddings by sqrt(d_model) when config.scale_embedding
         # (False for bart-base/large). Current transformers does it inside the embedding
         # module (it has `embed_scale`); older versions did it in the encoder, on the
@@ -324,7 +350,7 @@ class VLModel(nn.Module):
                              "positions: truncate the text, use fewer visual tokens or a shorter prompt")
 
         text = self.backbone.get_input_embeddings()(input_ids) * self.text_embed_scale  # (B, L, d)
-        visual = self.visual_embedding(visual_feats, image_ids).to(text.dtype)  # (B, V, d)
+        visual = self.visual_embedding(visual_feats, image_ids, visual_mask).to(text.dtype)  # (B, V, d)
         embeds = torch.cat([text, visual], dim=1)  # (B, L + V, d)
         mask = torch.cat([text_mask, visual_mask.long()], dim=1)  # (B, L + V)
 
@@ -372,12 +398,11 @@ class VLModel(nn.Module):
                                       attention_mask=mask, **generate_kwargs)
 
 
-def build_vl_model(backbone: str, feat_dim: int, init: str = "pretrained", max_visual_tokens: int = 64,
-                   vocab_size: int | None = None, dropout: float | None = None) -> VLModel:
+def build_vl_model(backbone: str, feat_dim: int, init: str = "pretrained", vocab_size: int | None = None,
+                   dropout: float | None = None) -> VLModel:
     """`build_backbone(backbone, init, vocab_size, dropout)` wrapped with a fresh visual
     embedding for `feat_dim`-wide features (RN101 grid 2048, ViT-B/32 pooled 512, ...)."""
-    return VLModel(build_backbone(backbone, init=init, vocab_size=vocab_size, dropout=dropout), feat_dim,
-                   max_visual_tokens=max_visual_tokens)
+    return VLModel(build_backbone(backbone, init=init, vocab_size=vocab_size, dropout=dropout), feat_dim)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
