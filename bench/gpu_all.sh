@@ -6,6 +6,7 @@
 #   DEVICE=cpu SMALL=1 bash bench/gpu_all.sh /tmp/x   # a quick dry run of the plumbing on a CPU
 set -u
 OUT=${1:-bench_out/gpu}
+WORK=${WORK:-$OUT/work}  # generated inputs and stores
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -13,7 +14,7 @@ DEVICE=${DEVICE:-cuda}
 if [ -n "${SMALL:-}" ]; then
     VIDEOS=(--n 2 --workers 1); IMAGES=(--n 8); TRAIN=(--model t5-small --step-model t5-small --steps 2 --step-steps 2 --workers 0,1)
 else
-    VIDEOS=(--n 12 --workers 2,4,8); IMAGES=(--n 256 --workers 8); TRAIN=(--steps 40 --step-steps 20 --workers 0,4)
+    VIDEOS=(--n 12 --workers 2,4,8); IMAGES=(--n 256); TRAIN=(--steps 40 --step-steps 20 --workers 0,4)
 fi
 
 part() {  # part NAME SECONDS COMMAND...: run it with a time limit, log to OUT/NAME.log
@@ -26,13 +27,13 @@ part() {  # part NAME SECONDS COMMAND...: run it with a time limit, log to OUT/N
 }
 
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-part train "${T_TRAIN:-150}" "$PY" bench/train_step.py --device "$DEVICE" "${TRAIN[@]}" --out-dir "$OUT/work" \
+part train "${T_TRAIN:-150}" "$PY" bench/train_step.py --device "$DEVICE" "${TRAIN[@]}" --out-dir "$WORK" \
     --json "$OUT/train.json"
-part videos "${T_VIDEOS:-200}" "$PY" bench/extract_videos.py --device "$DEVICE" "${VIDEOS[@]}" --out-dir "$OUT/work" \
+part videos "${T_VIDEOS:-200}" "$PY" bench/extract_videos.py --device "$DEVICE" "${VIDEOS[@]}" --out-dir "$WORK" \
     --json "$OUT/videos.json"
-part images "${T_IMAGES:-120}" "$PY" bench/extract_images.py --device "$DEVICE" "${IMAGES[@]}" --out-dir "$OUT/work" \
+part images "${T_IMAGES:-120}" "$PY" bench/extract_images.py --device "$DEVICE" "${IMAGES[@]}" --out-dir "$WORK" \
     --json "$OUT/images.json"
 if [ "$DEVICE" != cpu ]; then
     part gpu_tests "${T_TESTS:-90}" "$PY" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
 fi
-rm -rf "$OUT/work"
+rm -rf "$WORK"
