@@ -69,7 +69,10 @@ def test_batched_extraction_equals_model_on_each_image(tiny_models, photos, tmp_
     assert sidecar["failures"] == []
 
 
-def test_layer_pooled_only_and_float16_storage(tiny_models, photos, tmp_path):
+def test_layer_pooled_only_and_float16_storage(tiny_models, photos, tmp_path, monkeypatch):
+    from vl.extract import images
+
+    monkeypatch.setattr(images, "WORKER_CHUNK", 2)  # two workers hand over 2 images at a time; batches of 3
     out = tmp_path / "p.h5"
     run_vl(["extract", "images", "--images", photos, "--out", out, *model_args(tiny_models, "tiny-rn"),
             "--layer", "pooled", "--workers", 2, "--batch-size", 3])
@@ -259,3 +262,16 @@ def test_vit_attention_runs_on_contiguous_inputs_with_the_same_result(tiny_model
         after = ClipImageFeatures(visual, "both", None)(x)
     for k in before:
         torch.testing.assert_close(after[k], before[k], rtol=1e-5, atol=1e-6)
+
+
+def test_worker_chunks_are_joined_into_full_device_batches_in_order():
+    from vl.extract.images import BatchJoiner
+
+    joiner, out = BatchJoiner(5), []
+    for start, n in ((0, 3), (3, 3), (6, 1), (7, 4)):  # chunks of 3, 3, 1, 4 images
+        joiner.push(list(range(start, start + n)), torch.arange(start, start + n).float()[:, None])
+        out += list(joiner.batches())
+    assert [idx for idx, _ in out] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert all(images[:, 0].tolist() == idx for idx, images in out)
+    rest = list(joiner.batches(final=True))
+    assert [idx for idx, _ in rest] == [[10]] and list(joiner.batches(final=True)) == []
