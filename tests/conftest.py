@@ -116,3 +116,39 @@ def vl_subprocess(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, **kwargs.pop("env", {}))
     return subprocess.Popen([sys.executable, "-m", "vl.shared.cli", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    """The demo world with VQA and GQA train manifests and one grid feature store of their images."""
+    from vl.data_manifests.demo import write_demo_world
+    from vl.data_manifests.registry import ConvertRequest, convert_dataset
+    from vl.shared.cli import cli
+
+    root = tmp_path_factory.mktemp("world")
+    write_demo_world(root, images=12, videos=6)
+    # as the world's convert.sh runs them: from its root, with relative paths
+    requests = {
+        "vqa2": ConvertRequest(split="train", questions=Path("annotations/vqa2/v2_OpenEnded_mscoco_train2014_questions.json"),
+                               annotations=Path("annotations/vqa2/v2_mscoco_train2014_annotations.json"),
+                               images=Path("images")),
+        "gqa": ConvertRequest(split="train", questions=Path("annotations/gqa/train_balanced_questions.json"),
+                              images=Path("images")),
+    }
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for name, req in requests.items():
+            convert_dataset(name, req, Path(f"manifests/{name}_train.jsonl"))
+    finally:
+        os.chdir(cwd)
+    lines = (root / "manifests/gqa_train.jsonl").read_text().splitlines()
+    (root / "manifests/gqa8.jsonl").write_text("\n".join(lines[:8]) + "\n")
+    model_cfg = root / "tiny-rn.json"
+    model_cfg.write_text(json.dumps(TINY_RN))
+    for name in requests:  # both use the same COCO images; the second run finds them done
+        result = CliRunner().invoke(cli, ["extract", "images", "--manifest", str(root / f"manifests/{name}_train.jsonl"),
+                                          "--out", str(root / "features/coco.h5"), "--model-config", str(model_cfg),
+                                          "--pretrained", "none", "--layer", "grid", "--workers", "0"], prog_name="vl")
+        assert result.exit_code == 0, result.output
+    return root

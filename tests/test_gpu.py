@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_train_loop import read_metrics, trainable_tensors, vl_train, world, write_config  # noqa: F401 (fixture)
+from test_train_loop import read_metrics, trainable_tensors, vl_train, write_config
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

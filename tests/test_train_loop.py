@@ -3,7 +3,6 @@ overfitting, resume after a kill, config errors, NaN stops."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -13,9 +12,6 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import TINY_RN
-from vl.data_manifests.demo import write_demo_world
-from vl.data_manifests.registry import ConvertRequest, convert_dataset
 from vl.shared.cli import cli
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
@@ -25,38 +21,6 @@ from vl.train.run_dir import read_metrics
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    """The demo world with VQA and GQA train manifests and one grid feature store of their images."""
-    root = tmp_path_factory.mktemp("world")
-    write_demo_world(root, images=12, videos=6)
-    # as the world's convert.sh runs them: from its root, with relative paths
-    requests = {
-        "vqa2": ConvertRequest(split="train", questions=Path("annotations/vqa2/v2_OpenEnded_mscoco_train2014_questions.json"),
-                               annotations=Path("annotations/vqa2/v2_mscoco_train2014_annotations.json"),
-                               images=Path("images")),
-        "gqa": ConvertRequest(split="train", questions=Path("annotations/gqa/train_balanced_questions.json"),
-                              images=Path("images")),
-    }
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        for name, req in requests.items():
-            convert_dataset(name, req, Path(f"manifests/{name}_train.jsonl"))
-    finally:
-        os.chdir(cwd)
-    lines = (root / "manifests/gqa_train.jsonl").read_text().splitlines()
-    (root / "manifests/gqa8.jsonl").write_text("\n".join(lines[:8]) + "\n")
-    model_cfg = root / "tiny-rn.json"
-    model_cfg.write_text(json.dumps(TINY_RN))
-    for name in requests:  # both use the same COCO images; the second run finds them done
-        result = CliRunner().invoke(cli, ["extract", "images", "--manifest", str(root / f"manifests/{name}_train.jsonl"),
-                                          "--out", str(root / "features/coco.h5"), "--model-config", str(model_cfg),
-                                          "--pretrained", "none", "--layer", "grid", "--workers", "0"], prog_name="vl")
-        assert result.exit_code == 0, result.output
-    return root
 
 
 def write_config(world: Path, run_dir: Path, batch_size: int = 8, **top) -> Path:

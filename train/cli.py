@@ -43,9 +43,16 @@ Every setting, with its default: `vl train --print-config`."""
 @click.option("--skip-missing", is_flag=True,
               help="Train without the examples whose media are missing from the feature store (a warning says "
                    "how many) instead of stopping; same as --set skip_missing=true.")
+@click.option("--method", metavar="NAME",
+              help="What trains: full, visual-only, visual+ln, adapter, hyperformer, compacter, lora, prompt, "
+                   "adapter+prompt; its settings are the config section of that name (e.g. --set "
+                   "adapter.sharing=multiple). Same as --set method=NAME.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
+@click.option("--dry-run", is_flag=True,
+              help="Build the model with the method applied (offline, random weights) and print its trainable "
+                   "parameters per group, then exit.")
 def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path | None, features_in_memory: bool,
-          skip_missing: bool, print_config: bool) -> None:
+          skip_missing: bool, method: str | None, print_config: bool, dry_run: bool) -> None:
     """Train VL-T5 / VL-BART on one or more tasks at once (stage 2).
 
     Settings come from the built-in defaults, then the YAML file (-c), then each --set.
@@ -60,7 +67,8 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
     from vl.shared.errors import VLError
     from vl.train.config import TrainConfig
 
-    overrides = (*overrides, *(["features_in_memory=true"] if features_in_memory else []),
+    overrides = (*([f"method={method}"] if method else []), *overrides,
+                 *(["features_in_memory=true"] if features_in_memory else []),
                  *(["skip_missing=true"] if skip_missing else []))
 
     if resume_dir is not None:
@@ -80,6 +88,12 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
         cfg = load_config(TrainConfig, config_path, list(overrides))
     if print_config:
         click.echo(dump_config(cfg))
+        return
+    if dry_run:
+        from vl.train.loop import dry_run as budget
+
+        click.echo(f"method {cfg.method} on {cfg.backbone}, tasks: {', '.join(t.name for t in cfg.tasks)}")
+        click.echo(budget(cfg))
         return
 
     import torch

@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Literal
 
 from vl.train.data import SAMPLING, DataSettings
-
-METHODS = ("full",)  # PEFT methods come later; each registers itself in vl.train.loop.METHOD_APPLIERS
+from vl.train.peft.adapter import AdapterConfig
+from vl.train.peft.compacter import CompacterConfig
+from vl.train.peft.hyperformer import HyperformerConfig
+from vl.train.peft.lora import LoRAConfig
+from vl.train.peft.methods import METHODS
+from vl.train.peft.prompt import PromptConfig
 PRECISIONS = ("fp32", "bf16", "fp16")
 METRIC_SUFFIX = "score"  # <task>_score: the task's official main score, 0-100 (see vl.train.loop.validate)
 
@@ -81,7 +85,15 @@ class TrainConfig:
     init: Literal["pretrained", "random"] = "random"
     tokenizer: str | None = None  # a folder or hub id; None: train one on the train manifests (saved in run_dir)
     tokenizer_vocab_size: int = 1000  # when training one
-    method: Literal["full"] = "full"  # what trains; PEFT methods come in a later issue
+    method: str = "full"  # what trains: full, visual-only, visual+ln, adapter, hyperformer, compacter, lora, prompt,
+    #                       adapter+prompt (vl.train.peft.methods); its settings are in the section of that name
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    hyperformer: HyperformerConfig = field(default_factory=HyperformerConfig)
+    compacter: CompacterConfig = field(default_factory=CompacterConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    feat_dim: int | None = None  # the stores' feature width; None: read from the stores (--dry-run needs one of the two)
+    extra_tokens: int = 0  # special tokens added to the tokenizer and the embedding (VL-BART: 200, see presets)
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampling: Literal["proportional", "temperature"] = "proportional"
@@ -117,6 +129,13 @@ class TrainConfig:
             problems.append(f"workers must be >= 0 (got {self.workers})")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1) or null (got {self.dropout})")
+        if self.method not in METHODS:  # each section's own check() runs with the config's
+            problems.append(f"method must be one of: {', '.join(METHODS)} (got {self.method!r})")
+        if self.feat_dim is not None and self.feat_dim < 1:
+            problems.append(f"feat_dim must be >= 1 or null (got {self.feat_dim})")
+        if self.extra_tokens < 0 or self.extra_tokens % 2:
+            problems.append(f"extra_tokens must be an even number >= 0: half <extra_id_k>, half <vis_extra_id_k> "
+                            f"(got {self.extra_tokens})")
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0 (got {self.temperature})")
         if self.sampling not in SAMPLING:

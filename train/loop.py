@@ -8,7 +8,7 @@ One explicit loop, readable top to bottom (nanoGPT's train.py, minGPT's trainer)
          validate -> metrics.jsonl -> checkpoints `last` (and `best` when it improved)
 
 The loop never asks which method trains: a method only answers "which parameters"
-(`METHOD_APPLIERS`), and the checkpoints hold exactly those.
+(vl.train.peft.methods), and the checkpoints hold exactly those.
 
 Reproducibility: the batch order comes from (seed, epoch) alone (MultiTaskSampler) and
 every checkpoint holds the optimizer, scheduler and RNG states, so on the CPU in fp32 a
@@ -45,6 +45,7 @@ from vl.shared.manifest import DatasetManifest
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
 from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, collate, make_loader
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model, count_parameters
+from vl.train.peft.methods import apply_method, budget_table, uses_every_parameter_each_step
 from vl.train.run_dir import (
     RUN_JSON,
     append_metrics,
@@ -53,7 +54,7 @@ from vl.train.run_dir import (
     save_checkpoint,
     write_run_json,
 )
-from vl.train.tokenizer import load_tokenizer, manifest_texts, train_tokenizer
+from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -62,30 +63,11 @@ EVAL_DIR = "eval"
 
 # -- what trains: freeze all, apply the method, unfreeze exactly what it names -------------
 
-# method name -> apply(model, cfg, tasks) -> names of the parameters it makes trainable.
-# A PEFT method adds its own entry (and may add modules to the model while applying).
-METHOD_APPLIERS: dict[str, Callable[[VLModel, TrainConfig, list[str]], list[str]]] = {}
-
-
-def register_method(name: str) -> Callable:
-    def wrap(fn: Callable) -> Callable:
-        assert name not in METHOD_APPLIERS, f"method {name} registered twice"
-        METHOD_APPLIERS[name] = fn
-        return fn
-    return wrap
-
-
-@register_method("full")
-def apply_full(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[str]:
-    """Full fine-tuning: every parameter trains."""
-    return [name for name, _ in model.named_parameters()]
-
-
 def set_trainable(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[str]:
-    if cfg.method not in METHOD_APPLIERS:
-        raise VLError(f"unknown method {cfg.method!r}; choose one of: {', '.join(sorted(METHOD_APPLIERS))}")
+    """Freeze everything, add the method's modules (vl.train.peft.methods), unfreeze exactly
+    the parameters the method names; returns those names."""
     model.requires_grad_(False)
-    names = METHOD_APPLIERS[cfg.method](model, cfg, tasks)  # may add modules: look parameters up after
+    names = apply_method(model, cfg.method, cfg, tasks)  # may add modules: look parameters up after
     params = dict(model.named_parameters())
     unknown = sorted(set(names) - set(params))
     assert not unknown, f"method {cfg.method} named parameters the model does not have: {unknown[:5]}"
@@ -253,6 +235,40 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[str]) -> tuple[VLModel, list[str]]:
+    """The run's model with its method applied, and the names of what trains. Seeded here,
+    so that with init=random the frozen weights (never in a checkpoint) are rebuilt exactly
+    from the config (vl.train.restore checks them against run.json)."""
+    torch.manual_seed(cfg.seed)
+    model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout)
+    return model, set_trainable(model, cfg, tasks)
+
+
+def dry_run(cfg: TrainConfig) -> str:
+    """Build the model with the method applied, offline (random weights, no memory: the
+    meta device) and return the table of trainable parameters (vl.train.peft.methods). The
+    feature width comes from cfg.feat_dim or the first task's store; the vocabulary from a
+    local tokenizer folder, else the backbone's config; plus cfg.extra_tokens."""
+    feat_dim = cfg.feat_dim
+    if feat_dim is None:
+        stores = [t.store for t in cfg.tasks if t.store is not None and Path(t.store).is_file()]
+        if not stores:
+            raise VLError("a dry run needs the feature width: set feat_dim (2048 for RN101 grids, 512 for ViT-B/32) "
+                          "or make the tasks' feature stores first")
+        store = FeatureStore(stores[0])
+        feat_dim = int(store.item_shape(store.default_feature)[-1])
+    if cfg.tokenizer is not None and Path(cfg.tokenizer).expanduser().is_dir():
+        vocab = len(load_tokenizer(cfg.tokenizer)) + cfg.extra_tokens
+    elif cfg.backbone in BACKBONE_SHAPES:
+        vocab = BACKBONE_SHAPES[cfg.backbone].config["vocab_size"] + cfg.extra_tokens
+    else:
+        vocab = None  # the backbone folder's own config
+    with torch.device("meta"):
+        model = build_vl_model(cfg.backbone, feat_dim, init="random", vocab_size=vocab)
+        set_trainable(model, cfg, [t.name for t in cfg.tasks])
+    return budget_table(model)
+
+
 # -- the loop --------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Path:
@@ -313,6 +329,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         ranks.barrier()
         if not main:
             tokenizer = load_tokenizer(str(tok_dir))
+    add_extra_tokens(tokenizer, cfg.extra_tokens)
     tokenizer.padding_side = "right"
     train_sets = {name: TaskDataset(d, tokenizer, seed=cfg.seed) for name, d in train_data.items()}
     val_sets = {name: TaskDataset(d, tokenizer, seed=cfg.seed) for name, d in val_data.items()}
@@ -322,9 +339,8 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
                                world_size=ranks.world_size)
     loader = make_loader(dataset, sampler, tokenizer, cfg.workers, cfg.seed, pin_memory=device.type == "cuda")
 
-    # 4. Model: feature width from the stores.
-    model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=len(tokenizer), dropout=cfg.dropout)
-    trainable_names = set_trainable(model, cfg, list(train_sets))
+    # 4. Model: feature width from the stores, the method applied.
+    model, trainable_names = build_model(cfg, feat_dim, len(tokenizer), list(train_sets))
     model.to(device).train()
     trainable, total = count_parameters(model)
     if main:
@@ -336,7 +352,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
 
         # Per-task modules leave the other tasks' parameters without gradients at a step.
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=cfg.method != "full")
+                                      find_unused_parameters=not uses_every_parameter_each_step(cfg.method, cfg))
 
     # 5. Optimizer and schedule over the whole run's optimizer steps.
     accum = cfg.optim.grad_accum

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -264,6 +265,7 @@ class RunManifest:
     manifests: dict[str, dict]  # path -> {"sha256"; "meta_sha256" of its *.meta.json, if any}
     feature_stores: dict[str, dict]  # path -> {"sha256", "settings": {encoder, preprocess, features}}
     budget: dict  # {"trainable", "total", "percent"}
+    model: dict  # {"feat_dim", "vocab_size", "frozen_sha256"}: what rebuilding the model needs and checks
     versions: dict[str, str]
     git_revision: str | None
     git_dirty: bool | None
@@ -299,6 +301,7 @@ class RunManifest:
             config=config, manifests=manifest_info, feature_stores=store_info,
             budget={"trainable": trainable, "total": total,
                     "percent": round(100.0 * trainable / total, 4) if total else 0.0},
+            model=model_facts(model),
             versions=library_versions(), git_revision=revision, git_dirty=dirty,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
@@ -310,6 +313,25 @@ class RunManifest:
         path = Path(run_dir) / RUN_JSON
         write_json_atomic(path, self.to_dict())
         return path
+
+
+def frozen_sha256(model: nn.Module) -> str:
+    """A digest of every frozen parameter (names and values): checkpoints hold only what
+    trains, so a run's model is rebuilt from its backbone (or, for init=random, from its
+    seed) and this says whether the rebuilt frozen weights are the run's."""
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_facts(model: nn.Module) -> dict:
+    embed = getattr(model, "backbone", None)
+    return {"feat_dim": getattr(getattr(model, "visual_embedding", None), "feat_dim", None),
+            "vocab_size": embed.get_input_embeddings().num_embeddings if embed is not None else None,
+            "frozen_sha256": frozen_sha256(model)}
 
 
 def write_run_json(run_dir: str | os.PathLike, config: Any, model: nn.Module,

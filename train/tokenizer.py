@@ -243,3 +243,14 @@ def _train_bart(texts: Iterator[str], vocab_size: int, seen: _TextStats) -> Toke
                                                      trim_offsets=True, add_prefix_space=False)
     tk.add_special_tokens([AddedToken(BART_MASK, lstrip=True, special=True)])
     return tk
+
+
+def add_extra_tokens(tokenizer: PreTrainedTokenizerFast, count: int) -> int:
+    """Add VL-BART's special tokens: `count // 2` `<extra_id_k>` and as many `<vis_extra_id_k>`
+    (the reference added 100 + 100 to BART's tokenizer). Tokens the tokenizer has already
+    (T5's own extra ids, or a second call) are not added again; returns how many were added."""
+    if count <= 0:
+        return 0
+    half = count // 2
+    names = [f"<extra_id_{k}>" for k in range(half)] + [f"<vis_extra_id_{k}>" for k in range(half)]
+    return tokenizer.add_tokens(names, special_tokens=True)

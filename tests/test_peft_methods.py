@@ -1,0 +1,113 @@
+"""The methods through `vl train`: every paper preset's dry-run budget is the paper's, and
+every preset's method trains on demo tasks and reloads to the outputs it was trained to."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train_loop import vl_train, write_config
+from vl.shared.config import load_config
+from vl.train import loop
+from vl.train.config import TrainConfig
+from vl.train.data import TaskDataset, collate
+from vl.train.restore import load_trained
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "paper"
+# The issue's table: the trainable share of all parameters as the paper reports it.
+PAPER_SHARES = {
+    "image/full": "100.00", "image/single_adapter": "4.18", "image/multiple_adapters": "12.22",
+    "image/half_shared_adapters": "8.36", "image/hyperformer": "5.79", "image/single_compacter": "2.70",
+    "image/multiple_compacters": "7.05", "image/single_lora": "5.93", "image/multiple_lora": "17.71",
+    "image/single_prompt": "2.00", "image/multiple_prompts": "4.53",
+    "video/full": "100.00", "video/single_adapter": "3.39", "video/single_lora": "5.17", "video/single_prompt": "1.18",
+}
+
+
+def test_the_presets_are_exactly_the_papers_rows():
+    assert sorted(str(p.relative_to(PRESETS).with_suffix("")) for p in PRESETS.rglob("*.yaml")) == sorted(PAPER_SHARES)
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_SHARES))
+def test_dry_run_of_each_preset_prints_the_papers_share(preset):
+    cfg = load_config(TrainConfig, PRESETS / f"{preset}.yaml")
+    table = loop.dry_run(cfg)
+    last = table.splitlines()[-1]
+    assert re.fullmatch(r"trainable [\d,]+ of [\d,]+ parameters \(\d+\.\d\d%\)", last), last
+    assert last.endswith(f"({PAPER_SHARES[preset]}%)"), (preset, table)
+
+
+def test_dry_run_through_the_cli_lists_groups_and_needs_no_files(tmp_path):
+    result = vl_train("-c", str(PRESETS / "image/single_adapter.yaml"), "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("adapters: encoder ffn") for line in lines)
+    assert any(line.startswith("visual projection") and "1,582,848" in line for line in lines)
+    assert lines[-1] == "trainable 6,081,600 of 145,606,464 parameters (4.18%)"
+    bad = vl_train("-c", str(PRESETS / "image/single_adapter.yaml"), "--dry-run", "--set", "feat_dim=null")
+    assert bad.exit_code == 1 and "set feat_dim" in bad.output
+
+
+def demo_config(world: Path, run: Path, preset: str) -> TrainConfig:
+    """The preset's method and settings on a tiny random BART and two demo tasks."""
+    cfg = load_config(TrainConfig, PRESETS / f"{preset}.yaml", [
+        "backbone=tiny-bart", "init=random", "tokenizer=null", "tokenizer_vocab_size=400", "extra_tokens=0",
+        "feat_dim=null", "epochs=1", "workers=0", "device=cpu", "precision=fp32", "data.visual_pool=null",
+        "optim.lr=3e-3"])
+    demo = load_config(TrainConfig, write_config(world, run, batch_size=16))
+    cfg.tasks, cfg.run_dir = demo.tasks, run
+    if cfg.method == "prompt":
+        cfg.prompt.length = 8  # tiny-bart has 256 positions
+    return cfg
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_SHARES))
+def test_each_preset_trains_on_demo_tasks_and_its_checkpoint_reloads_to_the_same_outputs(world, tmp_path, preset,
+                                                                                         monkeypatch):
+    run = tmp_path / "run"
+    cfg = demo_config(world, run, preset)
+    kept = {}
+    real_save = loop.save_checkpoint
+
+    def save_and_keep(run_dir, name, model, *args, **kwargs):  # the trained model itself, as it was saved
+        kept[name] = model
+        return real_save(run_dir, name, model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_and_keep)
+    loop.train(cfg)
+    trained = load_trained(run, "last")
+    assert trained.model.training is False and trained.checkpoint == "last"
+    # only what trains is in the checkpoint: for a PEFT method, far less than the model
+    meta = json.loads((run / "checkpoints/last/meta.json").read_text())
+    total = sum(p.numel() for p in trained.model.parameters())
+    assert (meta["trainable_parameters"] == total) == (cfg.method == "full")
+    assert meta["trainable_parameters"] > 0
+    # the reloaded model computes exactly what the trained one does, for each task
+    original = kept["last"].eval()
+    sets = loop.task_data(cfg, lambda t: (t.val_split, t.val_manifest), {})
+    for name, data in sets.items():
+        ds = TaskDataset(data, trained.tokenizer, seed=cfg.seed)
+        batch = collate([ds.item(i, 0) for i in range(6)], trained.tokenizer)
+        inputs = {k: batch[k] for k in loop.MODEL_INPUTS}
+        labels = batch["labels"]
+        with torch.no_grad():
+            want = original(**inputs, labels=labels, task=name).logits
+            have = trained.model(**inputs, labels=labels, task=name).logits
+        assert torch.equal(have, want), (preset, name)
+        assert not torch.equal(want[:, :, :5].std(0), torch.zeros_like(want[:, :, :5].std(0)))  # inputs matter
+
+
+def test_a_rebuilt_model_that_differs_from_the_run_is_refused(world, tmp_path):
+    run = tmp_path / "run"
+    loop.train(demo_config(world, run, "image/single_adapter"))
+    cfg_path = run / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["seed"] += 1  # the frozen random backbone would come out different
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="frozen weights rebuilt"):
+        load_trained(run)
