@@ -76,7 +76,7 @@ class Setup:
 
         from vl.shared.manifest import DatasetManifest
         from vl.train.data import DataSettings, MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset
-        from vl.train.loop import build_optimizer, tokenizer_kind
+        from vl.train.loop import build_optimizer, set_trainable, tokenizer_kind
         from vl.train.config import TrainConfig
         from vl.train.model import build_vl_model
         from vl.train.tokenizer import manifest_texts, train_tokenizer
@@ -92,8 +92,9 @@ class Setup:
         self.sampler = MultiTaskSampler(self.dataset.sizes, {"vqa": args.batch_size}, seed=args.seed)
         self.model = build_vl_model(args.model, GRID[1], init="random",
                                     vocab_size=PAPER_VOCAB if args.model.startswith("bart") else None)
+        cfg = TrainConfig(method=getattr(args, "method", "full"))  # each method with its paper settings
+        set_trainable(self.model, cfg, ["vqa"])
         self.model.to(self.device).train()
-        cfg = TrainConfig()
         self.optimizer = build_optimizer(self.model, cfg)
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
 
@@ -176,15 +177,19 @@ def step_only(args, manifest: Path, store: Path) -> dict:
         setup.step(batch)
         times.append(time.perf_counter() - t0)
     total = sum(p.numel() for p in setup.model.parameters())
+    trainable = sum(p.numel() for p in setup.model.parameters() if p.requires_grad)
     out = {"median_step_s": float(np.median(times)), "steps": len(times), "parameters": total,
+           "trainable": trainable, "method": args.method,
            "peak_rss_mib": rss_mib(), "rss_after_build_mib": built}
     if setup.device.type == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
-def bench_step(args) -> dict:
-    cmd = [sys.executable, __file__, "--part", "step", "--model", args.step_model, "--batch-size", "8",
+def bench_step(args, method: str = "full") -> dict:
+    """`step_only` in a fresh subprocess (its peak memory is its own), for `method`."""
+    cmd = [sys.executable, __file__, "--part", "step", "--method", method, "--model", args.step_model,
+           "--batch-size", str(getattr(args, "step_batch_size", 8)),  # (step) is always at batch 8 unless set
            "--device", args.device, "--precision", args.precision, "--steps", str(args.step_steps),
            "--out-dir", str(args.out_dir), "--images", str(args.images), "--seed", str(args.seed)]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -231,6 +236,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1, help="run each measurement R times, keep the fastest (default 1)")
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    ap.add_argument("--method", default="full", help=argparse.SUPPRESS)  # of --part step (bench/peft_step.py)
     ap.add_argument("--part", choices=["all", "step"], default="all", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
