@@ -20,6 +20,7 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("vl.extract.cli:extract", "Stage 1: CLIP features of images into a resumable HDF5 feature store."),
     "train": ("vl.train.cli:train", "Stage 2: train PEFT variants of VL-T5 / VL-BART on cached features."),
     "evaluate": ("vl.evaluate.cli:evaluate", "Stage 3: score runs with each task's official metric."),
+    "report": ("vl.evaluate.report:report", "Compare runs: one table (CSV, Markdown) and the score-vs-budget plot."),
 }
 
 
@@ -63,30 +64,13 @@ def cli() -> None:
 
     \b
     The three stages, linked by files on disk:
-      1. vl extract images   images -> CLIP features in one HDF5 feature store
-      2. vl train            PEFT training of VL-T5 / VL-BART on those features
-      3. vl evaluate         official metrics of each task
+      1. vl extract images|videos   media -> CLIP features in one HDF5 feature store
+      2. vl train                   PEFT training of VL-T5 / VL-BART on those features
+      3. vl evaluate                official metrics of each task; vl report compares runs
     Dataset manifests (vl data) say which examples and media each task uses.
 
     Run `vl COMMAND --help` for the options of a command.
     """
-
-
-def not_yet_available(name: str, summary: str, issue: str) -> click.Command:
-    """A placeholder command: says it is not available yet and exits non-zero."""
-
-    @click.command(
-        name=name,
-        help=f"{summary}\n\nNot yet available in vl {__version__} ({issue}).",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-        add_help_option=True,
-    )
-    @click.pass_context
-    def placeholder(ctx: click.Context) -> None:
-        full = ctx.command_path
-        raise VLError(f"`{full}` is not yet available in vl {__version__} ({issue}).")
-
-    return placeholder
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ import sys
 import tomllib
 import zipfile
 
-import pytest
 
 from conftest import REPO, run_vl
 
@@ -30,17 +29,11 @@ def test_pyproject_maps_every_folder_to_a_subpackage():
 
 def test_vl_help_version_and_stage_groups():
     text = run_vl(["--help"]).stdout
-    for group in ("data", "extract", "train", "evaluate"):
+    for group in ("data", "extract", "train", "evaluate", "report"):
         assert re.search(rf"^\s+{group}\s", text, re.M), group
     assert run_vl(["--version"]).stdout.strip().startswith("vl, version ")
     for group in ("data", "extract", "train", "evaluate"):
         assert "Usage: vl" in run_vl([group, "--help"]).stdout
-
-
-@pytest.mark.parametrize("command", [["evaluate", "--run", "x"]])
-def test_placeholders_say_not_yet_available_and_fail(command):
-    result = run_vl(command, expect=1)
-    assert "not yet available" in result.stderr
 
 
 def test_vl_help_does_not_import_torch():

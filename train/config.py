@@ -39,6 +39,8 @@ class TaskSpec:
     val_manifest: Path | None = None  # None: no validation for this task
     train_split: str = "train"
     val_split: str = "val"
+    test_manifest: Path | None = None  # for `vl evaluate --split test` (answers optional)
+    test_split: str = "test"
     batch_size: int = 32
 
     def check(self) -> list[str]:

@@ -192,12 +192,14 @@ class TaskDataset(Dataset):
     """`task.expand(examples)` as model inputs. `dataset[i]` uses the epoch set by
     `set_epoch`; `item(i, epoch)` names it (what `MultiTaskDataset` does)."""
 
-    def __init__(self, data: TaskData, tokenizer: Any, seed: int = 0):
+    def __init__(self, data: TaskData, tokenizer: Any, seed: int = 0, predict: bool = False):
         if not data.media_checked:
             data.check_media(skip_missing=False)
         self.data, self.tokenizer, self.seed, self.epoch = data, tokenizer, seed, 0
         self.task_name = data.task.name
-        self.items: list[TrainItem] = data.task.expand(data.examples)
+        # predict: one item per example and no targets (test splits need no answers)
+        self.items: list[TrainItem] = (data.task.prediction_items(data.examples) if predict
+                                       else data.task.expand(data.examples))
         if not self.items:
             raise VLError(f"{data.name}: none of its {len(data.examples)} examples has a target to train on "
                           f"(manifest {data.manifest.path})")
@@ -219,6 +221,8 @@ class TaskDataset(Dataset):
         """The target and its loss weight. VQA draws one answer in proportion to its soft score,
         from an rng seeded by (seed, task, epoch, index): the same draw whichever worker asks."""
         item = self.items[index]
+        if not item.targets:  # a prediction item
+            return "", 0.0
         if len(item.targets) == 1:
             return item.targets[0]
         # A str seed goes through sha512: stable across processes and PYTHONHASHSEED.

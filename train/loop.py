@@ -129,34 +129,43 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "visual_feats", "visual_mask", "i
 # -- validation ----------------------------------------------------------------------------
 
 @torch.no_grad()
+def generate_predictions(model: VLModel, ds: TaskDataset, tokenizer: Any, device: torch.device, batch_size: int,
+                         autocast: Any, progress: bool = False) -> dict[str, Any]:
+    """{example id: prediction} for one item per example of `ds` (captions have one item per
+    reference), decoded with the task's generation defaults (greedy for short answers, beams
+    for captions) and read back as the task's metric takes it (`metric_value`)."""
+    from tqdm.auto import tqdm
+
+    task = ds.data.task
+    examples = {ex["id"]: ex for ex in ds.data.examples}
+    firsts = sorted({item.example_id: i for i, item in reversed(list(enumerate(ds.items)))}.values())
+    predictions = {}
+    for start in tqdm(range(0, len(firsts), batch_size), desc=f"predict {task.name}", disable=not progress,
+                      unit="batch", dynamic_ncols=True):
+        batch = to_device(collate([ds.item(i, 0) for i in firsts[start:start + batch_size]], tokenizer), device)
+        with autocast():
+            out = model.generate(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"],
+                                 max_new_tokens=task.generation.max_new_tokens,
+                                 num_beams=task.generation.num_beams)
+        for example_id, text in zip(batch["ids"], tokenizer.batch_decode(out, skip_special_tokens=True)):
+            predictions[example_id] = task.metric_value(task.read_prediction(text, examples[example_id]))
+    return predictions
+
+
 def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, device: torch.device,
              batch_size: int, autocast: Any) -> tuple[dict[str, float], dict[str, Any]]:
     """Each validation task's official metric (vl.evaluate.metrics, the task's `metric`):
     `<task>_score` its main score (0-100: VQA accuracy, CIDEr-D, ...), `mean_score` the
-    tasks' average. Decoding uses each task's generation defaults (greedy for short
-    answers, beams for captions). Returns the metrics and, per task, the predictions
-    with the whole score breakdown."""
+    tasks' average. Returns the metrics and, per task, the predictions with the whole
+    score breakdown."""
     from vl.evaluate.metrics import score
 
     model.eval()
     metrics, details = {}, {}
     for name, ds in val_sets.items():
-        task = ds.data.task
-        examples = {ex["id"]: ex for ex in ds.data.examples}
-        firsts = list({item.example_id: i for i, item in reversed(list(enumerate(ds.items)))}.values())
-        firsts.sort()  # one item per example (captions have one per reference), in manifest order
-        predictions = {}
-        for start in range(0, len(firsts), batch_size):
-            batch = collate([ds.item(i, 0) for i in firsts[start:start + batch_size]], tokenizer)
-            batch = to_device(batch, device)
-            with autocast():
-                out = model.generate(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"],
-                                     max_new_tokens=task.generation.max_new_tokens,
-                                     num_beams=task.generation.num_beams)
-            for example_id, text in zip(batch["ids"], tokenizer.batch_decode(out, skip_special_tokens=True)):
-                predictions[example_id] = task.read_prediction(text, examples[example_id])
-        scores = score(task.metric, {i: task.metric_value(p) for i, p in predictions.items()},
-                       [examples[i] for i in predictions])
+        predictions = generate_predictions(model, ds, tokenizer, device, batch_size, autocast)
+        by_id = {ex["id"]: ex for ex in ds.data.examples}
+        scores = score(ds.data.task.metric, predictions, [by_id[i] for i in predictions])
         metrics[f"{name}_{METRIC_SUFFIX}"] = scores["overall"]
         details[name] = {"scores": scores, "predictions": predictions}
     if metrics:

@@ -184,6 +184,13 @@ class Task:
                          "training needs a split converted with its answers")
         return found
 
+    def prediction_items(self, examples: Sequence[dict]) -> list[TrainItem]:
+        """One item per example, without targets: what a model reads to predict (test
+        splits without answers included)."""
+        collect_or_raise([p for ex in examples for p in self.problems(ex, need_gold=False)],
+                         hint="Check the manifest with `vl data check`, or convert it again with `vl data convert`.")
+        return [TrainItem(ex["id"], self.name, list(ex["media"]), self.input_parts(ex), []) for ex in examples]
+
     def expand(self, examples: Sequence[dict]) -> list[TrainItem]:
         """Training items, one per example (one per reference for captions). A VQA example
         whose labels are empty (every answer outside the LXMERT vocabulary) has nothing to
