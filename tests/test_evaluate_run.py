@@ -1,0 +1,70 @@
+"""`vl evaluate --run`: a trained demo run predicted, scored and written on its val split,
+and on a test split without answers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_train_loop import read_metrics, vl_train, write_config
+from vl.shared.cli import cli
+from vl.shared.manifest import DatasetManifest, ManifestMeta, write_manifest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def vl(*args):
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="vl")
+
+
+@pytest.fixture(scope="module")
+def run(world, tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    result = vl_train("-c", str(write_config(world, run)), "--set", "epochs=2", "--set", "optim.lr=3e-3")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_val_scores_equal_the_last_validation_and_files_are_written(run):
+    result = vl("evaluate", "--run", run, "--split", "val", "--checkpoint", "last", "--quiet")
+    assert result.exit_code == 0, result.output
+    last = read_metrics(run)[-1]
+    for task in ("vqa", "gqa"):
+        scores = json.loads((run / f"eval/val/{task}.json").read_text())
+        assert scores["checkpoint"] == "last" and scores["epoch"] == 1  # the second epoch (0-based)
+        assert scores["scores"]["overall"] == pytest.approx(last[f"{task}_score"])  # the same model, same examples
+        assert set(scores["digests"]) == {"run_json", "checkpoint", "manifest"}
+        assert f"| {task} | val |" in result.output
+    vqa = json.loads((run / "eval/val/vqa_val_predictions.json").read_text())
+    assert len(vqa) == 36 and set(vqa[0]) == {"question_id", "answer"} and isinstance(vqa[0]["question_id"], int)
+    gqa = json.loads((run / "eval/val/gqa_val_predictions.json").read_text())
+    assert len(gqa) == 25 and set(gqa[0]) == {"questionId", "prediction"}
+
+
+def test_a_test_split_without_answers_gets_predictions_and_no_score(run, world, tmp_path):
+    src = DatasetManifest.read(world / "manifests/gqa_train.jsonl")
+    examples = [{k: v for k, v in ex.items() if k not in ("answers", "full_answer")} | {"split": "test"}
+                for ex in src.examples]
+    meta = ManifestMeta(**{**src.meta.__dict__, "has_answers": False, "counts": {"gqa/test": len(examples)}})
+    test_manifest = tmp_path / "gqa_test.jsonl"
+    write_manifest(test_manifest, examples, meta)
+    result = vl("evaluate", "--run", run, "--split", "test", "--tasks", "gqa", "--manifest", f"gqa={test_manifest}",
+                "--quiet")
+    assert result.exit_code == 0, result.output
+    scores = json.loads((run / "eval/test/gqa.json").read_text())
+    assert scores["scores"] is None and "no score claimed" in scores["note"]
+    assert len(json.loads((run / "eval/test/gqa_test_predictions.json").read_text())) == len(examples)
+    assert "no answers" in result.output
+
+
+def test_bad_requests_are_named(run, tmp_path):
+    no_test = vl("evaluate", "--run", run, "--split", "test")
+    assert no_test.exit_code == 1 and "--manifest vqa=PATH" in no_test.output
+    unknown = vl("evaluate", "--run", run, "--tasks", "nlvr2")
+    assert unknown.exit_code == 1 and "not one of this run's tasks" in unknown.output
+    (tmp_path / "empty").mkdir()
+    not_a_run = vl("evaluate", "--run", tmp_path / "empty")
+    assert not_a_run.exit_code == 1 and "not a vl run directory" in not_a_run.output
+    assert vl("evaluate").exit_code == 2
