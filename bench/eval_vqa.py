@@ -22,87 +22,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import shlex
 import sys
 import time
-from fractions import Fraction
-from math import floor
 from pathlib import Path
 
 from cli_run import machine, markdown_table, write_results
 
 from vl.evaluate.metrics import vqa
-from vl.shared.answers import ARTICLES, CONTRACTIONS, NUMBER_WORDS, PUNCTUATION
-
-# ---------------------------------------------------------------- the official loop, transcribed
-# vqaEval.py (GT-Vision-Lab/VQA a013f00): processPunctuation, processDigitArticle and the
-# per-question loop of evaluate(), with Python 2's sequential sum and round.
-
-_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-
-
-def process_punctuation(text):
-    out = text
-    for p in PUNCTUATION:
-        if (p + " " in text or " " + p in text) or (re.search(_COMMA_STRIP, text) is not None):
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out, re.UNICODE)  # the official passes re.UNICODE as the count
-
-
-def process_digit_article(text):
-    words = []
-    for word in text.lower().split():
-        word = NUMBER_WORDS.get(word, word)
-        if word not in ARTICLES:
-            words.append(word)
-    for i, word in enumerate(words):
-        if word in CONTRACTIONS:
-            words[i] = CONTRACTIONS[word]
-    return " ".join(words)
-
-
-def _py2_sum(values):
-    total = 0
-    for v in values:
-        total = total + v
-    return total
-
-
-def _py2_round(x, n=2):
-    return float(Fraction(floor(Fraction(x) * 10 ** n + Fraction(1, 2)), 10 ** n))
-
-
-def official_vqa(predictions, questions):
-    acc_qa, acc_qtype, acc_atype = [], {}, {}
-    for qid, q in questions.items():
-        gts = [{"answer": a, "answer_id": i + 1} for i, a in enumerate(q["answers"])]
-        for d in gts:
-            d["answer"] = d["answer"].replace("\n", " ").replace("\t", " ").strip()
-        res = predictions[qid].replace("\n", " ").replace("\t", " ").strip()
-        if len(set(d["answer"] for d in gts)) > 1:
-            for d in gts:
-                d["answer"] = process_digit_article(process_punctuation(d["answer"]))
-            res = process_digit_article(process_punctuation(res))
-        gt_acc = []
-        for datum in gts:
-            others = [d for d in gts if d != datum]
-            matching = [d for d in others if d["answer"] == res]
-            gt_acc.append(min(1, float(len(matching)) / 3))
-        avg = float(_py2_sum(gt_acc)) / len(gt_acc)
-        acc_qa.append(avg)
-        acc_qtype.setdefault(q["question_type"], []).append(avg)
-        acc_atype.setdefault(q["answer_type"], []).append(avg)
-    return {
-        "overall": _py2_round(100 * float(_py2_sum(acc_qa)) / len(acc_qa)),
-        "per_answer_type": {t: _py2_round(100 * float(_py2_sum(v)) / len(v)) for t, v in sorted(acc_atype.items())},
-        "per_question_type": {t: _py2_round(100 * float(_py2_sum(v)) / len(v))
-                              for t, v in sorted(acc_qtype.items())},
-    }
-
+from vl.evaluate.metrics.vqa_official import official_vqa
+from vl.shared.answers import NUMBER_WORDS
 
 # ---------------------------------------------------------------- synthetic VQA
 
