@@ -104,3 +104,41 @@ def test_score_examples_reads_every_target():
     result = captions.score_examples({"v1": "a man rides a brown horse", "v2": "two dogs play in green grass"},
                                      examples, metrics=["bleu"])
     assert result["bleu_4"] == 100.0 and result["count"] == 2
+
+
+@needs_java
+def test_scores_equal_pycocoevalcaps_own_pipeline_on_a_small_set(tmp_path, monkeypatch):
+    """Five images, several references each, imperfect predictions: every metric equals what
+    pycocoevalcap computes itself (its PTBTokenizer, Bleu, Meteor, Rouge, Cider), times 100."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    refs = {"1": ["A man rides a brown horse.", "a person riding a horse on a field", "man on horseback"],
+            "2": ["Two dogs play in the green grass", "two dogs running on a lawn"],
+            "3": ["a red bus parked on the street", "A bus on a city street.", "the red bus is parked"],
+            "4": ["a plate of food with broccoli", "broccoli and rice on a white plate"],
+            "5": ["a cat sleeping on a sofa", "A cat is asleep on the couch."]}
+    preds = {"1": "a man riding a horse", "2": "two dogs on the grass", "3": "a bus parked on a street",
+             "4": "a plate with food", "5": "a dog on a couch"}
+    monkeypatch.chdir(tmp_path)  # pycocoevalcap's tokenizer writes temp files; keep them out of the repo
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in refs.items()})
+    res = tok.tokenize({k: [{"caption": c}] for k, c in preds.items()})
+    bleu, _ = Bleu(4).compute_score(gts, res)
+    meteor = Meteor()
+    try:
+        meteor_score, _ = meteor.compute_score(gts, res)
+    finally:
+        getattr(meteor, "close", lambda: None)()  # its Java process
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+
+    ours = caption_scores(preds, refs)  # on the 0-100 scale, to two decimals
+    for k in range(4):
+        assert ours[f"bleu_{k + 1}"] == round(100 * bleu[k], 2)
+    assert ours["meteor"] == round(100 * meteor_score, 2)
+    assert ours["rouge_l"] == round(100 * rouge, 2)
+    assert ours["cider"] == round(100 * cider, 2) and 0 < ours["cider"] < 1000

@@ -68,3 +68,10 @@ def test_bad_requests_are_named(run, tmp_path):
     not_a_run = vl("evaluate", "--run", tmp_path / "empty")
     assert not_a_run.exit_code == 1 and "not a vl run directory" in not_a_run.output
     assert vl("evaluate").exit_code == 2
+    fresh = tmp_path / "fresh"  # a run that never finished an epoch
+    fresh.mkdir()
+    for name in ("config.json", "run.json"):
+        (fresh / name).write_bytes((run / name).read_bytes())
+    no_checkpoint = vl("evaluate", "--run", fresh)
+    assert no_checkpoint.exit_code == 1 and "has no checkpoints yet" in no_checkpoint.output
+    assert f"vl train --resume {fresh}" in no_checkpoint.output
