@@ -87,7 +87,7 @@ def check(manifest, media_root, as_json) -> None:
 @data.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the demo world into.")
 @click.option("--images", type=click.IntRange(min=8), default=160, show_default=True, help="Number of scene images.")
-@click.option("--videos", type=click.IntRange(min=4), default=24, show_default=True, help="Number of videos.")
+@click.option("--videos", type=click.IntRange(min=6), default=24, show_default=True, help="Number of videos.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same bytes.")
 def demo(out, images, videos, seed) -> None:
     """Write the synthetic shapes world: images and MP4 videos of coloured shapes, with

@@ -115,7 +115,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
         scores_file = out_dir / f"{name}.json"
         write_json_atomic(scores_file, {
             "task": name, "split": split, "manifest_split": split_name, "checkpoint": trained.checkpoint,
-            "epoch": trained.extra.get("epoch"), "examples": len(data.examples), "scores": scores,
+            "epoch": trained.extra["epoch"] + 1 if "epoch" in trained.extra else None,  # 1-based, as metrics.jsonl
+            "examples": len(data.examples), "scores": scores,
             "note": None if scores else "this split has no answers: predictions written, no score claimed",
             "predictions_file": predictions_file.name,
             "digests": {"run_json": run_digest, "checkpoint": checkpoint_meta.get("model_sha256"),

@@ -33,7 +33,7 @@ def test_val_scores_equal_the_last_validation_and_files_are_written(run):
     last = read_metrics(run)[-1]
     for task in ("vqa", "gqa"):
         scores = json.loads((run / f"eval/val/{task}.json").read_text())
-        assert scores["checkpoint"] == "last" and scores["epoch"] == 1  # the second epoch (0-based)
+        assert scores["checkpoint"] == "last" and scores["epoch"] == 2 == last["epoch"]
         assert scores["scores"]["overall"] == pytest.approx(last[f"{task}_score"])  # the same model, same examples
         assert set(scores["digests"]) == {"run_json", "checkpoint", "manifest"}
         assert f"| {task} | val |" in result.output

@@ -232,26 +232,31 @@ def _plan_videos(plan: _Plan, videos: int) -> None:
         plan.counts["value/" + file.removesuffix(".jsonl").removesuffix("_release")] = len(value[file])
 
 
-def convert_commands() -> list[list[str]]:
-    """The eight `vl data convert` commands for the train splits, paths relative to the world's root."""
-    a = "annotations"
+def convert_commands(split: str = "train") -> list[list[str]]:
+    """The eight `vl data convert` commands of one split ("train" or "val"), paths relative
+    to the world's root; manifests go to manifests/<dataset>_<split>.jsonl."""
+    if split not in ("train", "val"):
+        raise ValueError(f"the demo world has train and val splits, not {split!r}")
+    a, val = "annotations", split == "val"
+    vqa_sub = "val2014" if val else "train2014"
     rows = [
-        ("vqa2", ["--questions", f"{a}/vqa2/v2_OpenEnded_mscoco_train2014_questions.json",
-                  "--annotations", f"{a}/vqa2/v2_mscoco_train2014_annotations.json", "--images", "images"], "vqa2"),
-        ("gqa", ["--questions", f"{a}/gqa/train_balanced_questions.json", "--images", "images"], "gqa"),
-        ("nlvr2", ["--annotations", f"{a}/nlvr2/train.json", "--images", "nlvr2/images"], "nlvr2"),
-        ("coco-caption", ["--restval-into-train", "--karpathy", f"{a}/coco/dataset_coco.json", "--images", "images"],
-         "coco_caption"),
-        ("tvqa", ["--annotations", f"{a}/value/tvqa_train.jsonl", "--subtitles", f"{a}/value/tv_subtitles.jsonl",
+        ("vqa2", ["--questions", f"{a}/vqa2/v2_OpenEnded_mscoco_{vqa_sub}_questions.json",
+                  "--annotations", f"{a}/vqa2/v2_mscoco_{vqa_sub}_annotations.json", "--images", "images"], "vqa2"),
+        ("gqa", ["--questions", f"{a}/gqa/{split}_balanced_questions.json", "--images", "images"], "gqa"),
+        ("nlvr2", ["--annotations", f"{a}/nlvr2/{'dev' if val else 'train'}.json", "--images", "nlvr2/images"],
+         "nlvr2"),
+        ("coco-caption", [*([] if val else ["--restval-into-train"]), "--karpathy", f"{a}/coco/dataset_coco.json",
+                          "--images", "images"], "coco_caption"),
+        ("tvqa", ["--annotations", f"{a}/value/tvqa_{split}.jsonl", "--subtitles", f"{a}/value/tv_subtitles.jsonl",
                   "--videos", "videos"], "tvqa"),
-        ("how2qa", ["--annotations", f"{a}/value/how2qa_train_release.jsonl",
+        ("how2qa", ["--annotations", f"{a}/value/how2qa_{split}_release.jsonl",
                     "--subtitles", f"{a}/value/how2_subtitles.jsonl", "--videos", "videos"], "how2qa"),
-        ("tvc", ["--annotations", f"{a}/value/tvc_train_release.jsonl", "--subtitles", f"{a}/value/tv_subtitles.jsonl",
+        ("tvc", ["--annotations", f"{a}/value/tvc_{split}_release.jsonl", "--subtitles", f"{a}/value/tv_subtitles.jsonl",
                  "--videos", "videos"], "tvc"),
-        ("yc2c", ["--annotations", f"{a}/value/yc2c_train_release.jsonl",
+        ("yc2c", ["--annotations", f"{a}/value/yc2c_{split}_release.jsonl",
                   "--subtitles", f"{a}/value/yc2_subtitles.jsonl", "--videos", "videos"], "yc2c"),
     ]
-    return [["data", "convert", name, "--split", "train", *args, "--out", f"manifests/{stem}_train.jsonl"]
+    return [["data", "convert", name, "--split", split, *args, "--out", f"manifests/{stem}_{split}.jsonl"]
             for name, args, stem in rows]
 
 

@@ -1,0 +1,216 @@
+"""`vl demo`: the whole pipeline end to end on the synthetic shapes world, offline.
+
+Every step is an ordinary `vl` command, printed before it runs, so any step can be rerun
+by hand and later pointed at real data and real weights:
+
+    vl data demo            the shapes world (images, MP4 videos, official-format annotations)
+    vl data convert ...     its train and val splits into dataset manifests (16 commands)
+    vl extract images/videos  features from a small CLIP-architecture encoder with random
+                            weights (an open_clip model JSON written beside the runs)
+    vl train -c ...         [a short full fine-tuning on the demo's captions: the backbone's
+                            "pre-training"] then full fine-tuning, single adapter, single
+                            LoRA and single prompt on the four image tasks, and a single
+                            adapter on the four video tasks
+    vl evaluate --run ...   each run on the val split
+    vl report ...           the table and the score-vs-budget plot
+
+Finished steps are reused when the demo runs again (the world and manifests exist, the
+stores hold every media id, a run with its last epoch and an evaluation file is done).
+The backbones start from random weights: the numbers show the pipeline, not the paper.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from vl.shared.atomic import write_text_atomic
+from vl.shared.errors import VLError
+
+IMAGE_TASKS = (("vqa", "vqa2"), ("gqa", "gqa"), ("nlvr2", "nlvr2"), ("caption", "coco_caption"))
+VIDEO_TASKS = (("tvqa", "tvqa"), ("how2qa", "how2qa"), ("tvc", "tvc"), ("yc2c", "yc2c"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sizes and settings of one demo flavour (quick or full)."""
+
+    images: int
+    videos: int
+    encoder: dict  # open_clip model JSON of the image/video encoder (random weights)
+    image_extract: tuple[str, ...]  # extra `vl extract images` options
+    video_extract: tuple[str, ...]
+    train: dict  # settings shared by every run (backbone, data, optim, ...)
+    epochs: dict[str, int]  # run name -> epochs
+    runs: tuple[tuple[str, str, str], ...]  # (run name, method, "image" | "video")
+    pretrain_epochs: int = 0  # > 0: a full fine-tuning on captions first, whose backbone the runs start from
+    extra: dict = field(default_factory=dict)  # per-run overrides: run name -> settings
+
+
+ENCODER = {  # a small ResNet CLIP: 96 px in, a 6x6 grid of 256 channels (pooled to 36 tokens for images)
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 96, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+RUNS = (("image-full", "full", "image"), ("image-adapter", "adapter", "image"), ("image-lora", "lora", "image"),
+        ("image-prompt", "prompt", "image"), ("video-adapter", "adapter", "video"))
+COMMON = {"backbone": "tiny-t5", "init": "random", "tokenizer_vocab_size": 600, "seed": 0, "workers": 0,
+          "data": {"max_text_tokens": 160},
+          "device": "auto", "val_every": 1000, "prompt": {"length": 8, "mid_dim": 64},
+          "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}, "adapter": {"reduction_factor": 2},
+          "optim": {"lr": 3e-3, "warmup_ratio": 0.05}}
+RECIPES = {
+    "quick": Recipe(images=24, videos=8, encoder=ENCODER, image_extract=("--layer", "grid"),
+                    video_extract=("--layer", "pooled", "--fps", "1", "--max-frames", "8"),
+                    train=COMMON, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS),
+    "full": Recipe(images=160, videos=24, encoder=ENCODER, image_extract=("--layer", "grid"),
+                   video_extract=("--layer", "pooled", "--fps", "1", "--max-frames", "16"),
+                   train=COMMON, epochs={name: 10 for name, _, _ in RUNS}, runs=RUNS),
+    # the smallest world there is, for the end-to-end test (hidden option --size tiny)
+    "tiny": Recipe(images=8, videos=6, encoder=ENCODER, image_extract=("--layer", "grid"),
+                   video_extract=("--layer", "pooled", "--fps", "1", "--max-frames", "4"),
+                   train=COMMON, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS),
+}
+
+
+def run_vl(args: list[str], cwd: Path | None = None) -> None:
+    """Print `vl ARGS` (as a shell line) and run it in this process; a failure stops the demo."""
+    from vl.shared.cli import cli
+
+    where = f"(cd {shlex.quote(str(cwd))} && " if cwd else ""
+    click.secho(f"\n$ {where}vl {shlex.join(args)}{')' if cwd else ''}", fg="cyan")
+    started = time.perf_counter()
+    old = Path.cwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        try:
+            code = cli.main(args=args, prog_name="vl", standalone_mode=False)  # an error returns 1, said above
+        except click.ClickException as e:
+            raise VLError(f"the demo stopped: `vl {shlex.join(args)}`: {e.format_message()}") from None
+        if code not in (0, None):
+            raise VLError(f"the demo stopped: `vl {shlex.join(args)}` failed (exit {code}); fix what it said and "
+                          "rerun the demo (finished steps are reused)")
+        click.secho(f"  ({time.perf_counter() - started:.1f} s)", dim=True)
+    finally:
+        os.chdir(old)
+
+
+def majority_baseline(train_manifest: Path, val_manifest: Path) -> tuple[str, float]:
+    """The VQA accuracy (0-100) on val of always answering the most frequent train answer."""
+    from vl.evaluate.metrics import score
+    from vl.shared.answers import normalize_vqa_answer
+    from vl.shared.manifest import DatasetManifest
+
+    train = DatasetManifest.read(train_manifest).examples
+    counts = Counter(normalize_vqa_answer(a) for ex in train for a in ex["answers"])
+    answer = counts.most_common(1)[0][0]
+    val = DatasetManifest.read(val_manifest).examples
+    return answer, score("vqa_accuracy", {ex["id"]: answer for ex in val}, val)["overall"]
+
+
+def task_entries(kind: str, world: Path, store: Path, batch_size: int) -> list[dict]:
+    tasks = IMAGE_TASKS if kind == "image" else VIDEO_TASKS
+    return [{"name": name, "train_manifest": str(world / "manifests" / f"{stem}_train.jsonl"),
+             "val_manifest": str(world / "manifests" / f"{stem}_val.jsonl"), "store": str(store),
+             "batch_size": batch_size} for name, stem in tasks]
+
+
+def write_config(path: Path, settings: dict) -> Path:
+    write_text_atomic(path, json.dumps(settings, indent=2) + "\n")  # JSON is YAML
+    return path
+
+
+def run_done(run_dir: Path, epochs: int) -> bool:
+    metrics = run_dir / "metrics.jsonl"
+    if not (run_dir / "checkpoints" / "last").is_dir() or not metrics.is_file():
+        return False
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return bool(records) and records[-1].get("epoch") == epochs
+
+
+def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.echo) -> Path:
+    """Run every step into `out` with the recipe `size` (full, quick, tiny); returns the report folder."""
+    from vl.data_manifests.demo.world import convert_commands
+
+    recipe, quick = RECIPES[size], size != "full"
+    out = out.resolve()
+    world, features, runs, configs = out / "world", out / "features", out / "runs", out / "configs"
+    started = time.perf_counter()
+    echo(f"vl demo{' --quick' if quick else ''}: the whole pipeline on the synthetic shapes world, in {out}\n"
+         "The models start from random weights (nothing is downloaded): the scores show the pipeline working, "
+         "not the paper's results.\n")
+
+    # 1. the world and its manifests
+    if not (world / "ground_truth.json").is_file():
+        run_vl(["data", "demo", "--out", str(world), "--images", str(recipe.images), "--videos", str(recipe.videos)])
+    for split in ("train", "val"):
+        for command in convert_commands(split):
+            if not (world / command[-1]).is_file():
+                run_vl(command, cwd=world)
+
+    # 2. features: one store for all images, one for all videos, from one small random CLIP encoder
+    encoder = out / "models" / "demo-clip.json"
+    if not encoder.is_file():
+        write_text_atomic(encoder, json.dumps(recipe.encoder, indent=2) + "\n")
+    model_args = ["--model-config", str(encoder), "--pretrained", "none", "--seed", "0", "--quiet"]
+    image_store, video_store = features / "demo_images.h5", features / "demo_videos.h5"
+    for kind, tasks, store, extra in (("images", IMAGE_TASKS, image_store, recipe.image_extract),
+                                      ("videos", VIDEO_TASKS, video_store, recipe.video_extract)):
+        for _, stem in tasks:
+            for split in ("train", "val"):
+                run_vl(["extract", kind, "--manifest", str(world / "manifests" / f"{stem}_{split}.jsonl"),
+                        "--out", str(store), *model_args, *extra])
+
+    # 3. training runs, each evaluated on val
+    for name, method, kind in recipe.runs:
+        store = image_store if kind == "image" else video_store
+        cfg = {**recipe.train, "run_dir": str(runs / name), "method": method, "epochs": recipe.epochs[name],
+               "tasks": task_entries(kind, world, store, 16), **recipe.extra.get(name, {})}
+        config = write_config(configs / f"{name}.yaml", cfg)
+        if not run_done(runs / name, recipe.epochs[name]):
+            if (runs / name / "checkpoints" / "last").is_dir():
+                run_vl(["train", "--resume", str(runs / name)])
+            elif not (runs / name).exists() or not any((runs / name).iterdir()):
+                run_vl(["train", "-c", str(config)])
+            else:
+                raise VLError(f"{runs / name} holds an unfinished run without a checkpoint: remove it and rerun "
+                              "the demo")
+        first_task = (IMAGE_TASKS if kind == "image" else VIDEO_TASKS)[0][0]
+        if not (runs / name / "eval" / "val" / f"{first_task}.json").is_file():
+            run_vl(["evaluate", "--run", str(runs / name), "--split", "val", "--checkpoint", "last", "--quiet"])
+
+    # 4. the report, with the majority baseline beside it
+    report = out / "report"
+    run_vl(["report", *[str(runs / name) for name, _, _ in recipe.runs], "--out", str(report), "--split", "val"])
+    answer, baseline = majority_baseline(world / "manifests" / "vqa2_train.jsonl", world / "manifests" / "vqa2_val.jsonl")
+    echo(f"\nVQA majority baseline (always answering {answer!r}): {baseline:.2f}")
+    echo(f"done in {time.perf_counter() - started:.0f} s. Everything is in {out}:\n"
+         f"  world/       the shapes world and its manifests (world/manifests/)\n"
+         f"  features/    the feature stores (reused by every run)\n"
+         f"  configs/     the training configs; runs/ the run directories (eval/val/ holds the scores)\n"
+         f"  report/      report.md, report.csv, score_vs_params.png, curves.png")
+    return report
+
+
+@click.command("demo", epilog="""\b
+Examples:
+  vl demo --quick               # about 2 minutes on 2 CPU cores: the pipeline, tiny and short
+  vl demo --out my_demo         # the full demo (under 10 minutes): shows learning on VQA""",
+               context_settings={"max_content_width": 100})
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("vl_demo"), show_default=True,
+              help="Folder for everything the demo makes; rerunning reuses finished steps.")
+@click.option("--quick", is_flag=True, help="A small world and one epoch a run: checks the whole pipeline fast.")
+@click.option("--size", type=click.Choice(sorted(RECIPES)), default=None, hidden=True)  # tiny: the tests
+def demo(out: Path, quick: bool, size: str | None) -> None:
+    """Run the whole pipeline offline on the synthetic shapes world: write the world,
+    convert it, extract features, train full fine-tuning and PEFT methods, evaluate
+    every run and report. Each step is printed as the `vl` command it runs."""
+    run_demo(out, size or ("quick" if quick else "full"))
