@@ -138,8 +138,6 @@ def run_done(run_dir: Path, epochs: int) -> bool:
 
 def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.echo) -> Path:
     """Run every step into `out` with the recipe `size` (full, quick, tiny); returns the report folder."""
-    from vl.data_manifests.demo.world import convert_commands
-
     recipe, quick = RECIPES[size], size != "full"
     out = out.resolve()
     world, features, runs, configs = out / "world", out / "features", out / "runs", out / "configs"
@@ -151,10 +149,12 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
     # 1. the world and its manifests
     if not (world / "ground_truth.json").is_file():
         run_vl(["data", "demo", "--out", str(world), "--images", str(recipe.images), "--videos", str(recipe.videos)])
-    for split in ("train", "val"):
-        for command in convert_commands(split):
-            if not (world / command[-1]).is_file():
-                run_vl(command, cwd=world)
+    for script in ("convert.sh", "convert_val.sh"):  # the world's own scripts: one `vl data convert` a line
+        for line in (world / script).read_text(encoding="utf-8").splitlines():
+            if line.startswith("vl "):
+                command = shlex.split(line)[1:]
+                if not (world / command[-1]).is_file():
+                    run_vl(command, cwd=world)
 
     # 2. features: one store for all images, one for all videos, from one small random CLIP encoder
     encoder = out / "models" / "demo-clip.json"

@@ -12,7 +12,7 @@ Layout under OUT:
     videos/{vid_name}.mp4                                        TVQA, How2QA, TVC, YC2C
     annotations/{vqa2,gqa,nlvr2,coco,value}/...                  the official file names
     ground_truth.json                                            every scene, for tests and debugging
-    convert.sh                                                   the eight convert commands
+    convert.sh, convert_val.sh                                   the eight convert commands of each split
 
 Every answer follows from what is drawn: six well-separated colours, three shapes, two
 sizes, 1-4 shapes per image; "left"/"right" is asked only where the gap is clear, and an
@@ -94,9 +94,10 @@ def plan_world(images: int, videos: int, seed: int) -> _Plan:
     _plan_coco_images(plan, images)
     _plan_nlvr2(plan, max(4, images // 4))
     _plan_videos(plan, videos)
-    plan.texts["convert.sh"] = "".join(
-        ["#!/bin/sh\n# The shapes world's train splits -> manifests/ (written by `vl data demo`).\n",
-         "set -e\ncd \"$(dirname \"$0\")\"\n"] + [f"vl {shlex.join(c)}\n" for c in convert_commands()])
+    for name, split in (("convert.sh", "train"), ("convert_val.sh", "val")):
+        plan.texts[name] = "".join(
+            [f"#!/bin/sh\n# The shapes world's {split} splits -> manifests/ (written by `vl data demo`).\n",
+             "set -e\ncd \"$(dirname \"$0\")\"\n"] + [f"vl {shlex.join(c)}\n" for c in convert_commands(split)])
     return plan
 
 
@@ -311,7 +312,7 @@ def write_demo_world(out: Path, *, images: int = 160, videos: int = 24, seed: in
         if done % 50 == 0 or done == len(plan.media):
             say(f"{done}/{len(plan.media)} images and videos")
     for rel, text in plan.texts.items():
-        if rel == "convert.sh":
+        if rel.endswith(".sh"):
             with atomic_path(out / rel) as tmp:
                 tmp.write_text(text, encoding="utf-8")
                 tmp.chmod(0o755)
