@@ -223,3 +223,28 @@ def test_features_in_memory_train_the_same_weights(world, tmp_path):
     a, b = trainable_tensors(disk), trainable_tensors(memory)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_store_made_otherwise_than_the_config_names_is_refused_naming_the_field(world, tmp_path):
+    path = write_config(world, tmp_path / "run")
+    cfg = json.loads(path.read_text())
+    for t in cfg["tasks"]:
+        t["store_settings"] = {"encoder": {"model": "RN101"}, "features": {"layer": "grid"}}
+    path.write_text(json.dumps(cfg))
+    result = vl_train("-c", str(path))
+    assert result.exit_code == 1
+    assert "encoder.model is 'tiny-rn', the config asks for 'RN101'" in result.output
+    assert "features.layer" not in result.output  # that one matches
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_refuses_a_store_that_changed_since_the_run_started(world, tmp_path):
+    run = tmp_path / "run"
+    assert vl_train("-c", str(write_config(world, run)), "--set", "epochs=1").exit_code == 0
+    run_json = json.loads((run / "run.json").read_text())
+    (store_path, info), = run_json["feature_stores"].items()
+    info["settings"]["encoder"]["model"] = "RN50"  # as if the run had started on other features
+    (run / "run.json").write_text(json.dumps(run_json))
+    result = vl_train("--resume", str(run), "--set", "epochs=2")
+    assert result.exit_code == 1
+    assert f"feature store {store_path}: encoder.model was 'RN50' when the run started, now 'tiny-rn'" in result.output

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from vl.train.data import SAMPLING, DataSettings
 from vl.train.peft.adapter import AdapterConfig
@@ -41,6 +41,9 @@ class TaskSpec:
     val_split: str = "val"
     test_manifest: Path | None = None  # for `vl evaluate --split test` (answers optional)
     test_split: str = "test"
+    # what the store must have been made with, checked before training, e.g.
+    # {encoder: {model: RN101, weights: {pretrained: openai}}, features: {pool: 6}} (its provenance keys)
+    store_settings: dict[str, Any] | None = None
     batch_size: int = 32
 
     def check(self) -> list[str]:

@@ -40,7 +40,7 @@ from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.feature_store import FeatureStore
+from vl.shared.feature_store import FeatureStore, settings_differences, store_settings
 from vl.shared.manifest import DatasetManifest
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
 from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, collate, make_loader
@@ -49,8 +49,10 @@ from vl.train.peft.methods import apply_method, budget_table, uses_every_paramet
 from vl.train.run_dir import (
     RUN_JSON,
     append_metrics,
+    check_store_matches,
     load_checkpoint,
     plot_curves,
+    read_run_json,
     save_checkpoint,
     write_run_json,
 )
@@ -228,8 +230,10 @@ def task_data(cfg: TrainConfig, split_of: Callable[[TaskSpec], tuple[str, Path |
         if manifest is None:
             continue
         try:
-            data = TaskData(t.name, split, manifest, stores.setdefault(Path(t.store), FeatureStore(t.store)),
-                            cfg.data)
+            store = stores.setdefault(Path(t.store), FeatureStore(t.store))
+            if t.store_settings:
+                check_store_matches(store, t.store_settings)
+            data = TaskData(t.name, split, manifest, store, cfg.data)
             data.check_media(skip_missing=cfg.skip_missing)
             out[t.name] = data
         except VLError as e:
@@ -242,6 +246,19 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def check_stores_unchanged(run_dir: Path, stores: dict[Path, FeatureStore]) -> None:
+    """On resume: every store must still hold features made the way run.json recorded
+    (another extraction into the same path would silently mix features)."""
+    recorded = read_run_json(run_dir).get("feature_stores", {})
+    problems = []
+    for path, store in stores.items():
+        before = recorded.get(str(path), {}).get("settings")
+        if before is not None:
+            problems += [f"feature store {path}: {field} was {old!r} when the run started, now {new!r}"
+                         for field, new, old in settings_differences(store_settings(store.provenance), before)]
+    collect_or_raise(problems, hint="Resume with the stores the run started with (or start a new run).")
 
 
 def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[str]) -> tuple[VLModel, list[str]]:
@@ -375,6 +392,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     # 6. Start or resume.
     start_epoch, step, best = 0, 0, None
     if resume:
+        check_stores_unchanged(run_dir, stores)
         extra = load_checkpoint(run_dir, "last", model, optimizer, scheduler, restore_rng=True)
         if extra.get("stopped"):
             raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "
