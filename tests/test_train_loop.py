@@ -248,3 +248,11 @@ def test_resume_refuses_a_store_that_changed_since_the_run_started(world, tmp_pa
     result = vl_train("--resume", str(run), "--set", "epochs=2")
     assert result.exit_code == 1
     assert f"feature store {store_path}: encoder.model was 'RN50' when the run started, now 'tiny-rn'" in result.output
+
+
+def test_val_every_zero_trains_without_validating(world, tmp_path):
+    run = tmp_path / "run"
+    assert vl_train("-c", str(write_config(world, run)), "--set", "epochs=1", "--set", "val_every=0").exit_code == 0
+    (record,) = read_metrics(run)
+    assert "mean_score" not in record and not (run / "eval").exists()
+    assert (run / "checkpoints/last").is_dir() and not (run / "checkpoints/best").exists()

@@ -111,7 +111,7 @@ class TrainConfig:
     features_in_memory: bool = False  # read the train tasks' features into memory once (if they fit)
     skip_missing: bool = False  # drop examples whose media are not in the store (else an error)
     dropout: float | None = None  # every dropout of the backbone; None keeps its config's (0.1 for T5/BART)
-    val_every: int = 1  # validate every N epochs (and after the last)
+    val_every: int = 1  # validate every N epochs (and after the last); 0: never (`vl evaluate` scores later)
     val_batch_size: int = 64
     best_metric: str = "mean_score"  # mean_score (the tasks' average) or <task>_score; higher is better
 
@@ -126,8 +126,8 @@ class TrainConfig:
         problems += [f"task {n!r} is listed twice" for n in sorted(set(names)) if names.count(n) > 1]
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1 (got {self.epochs})")
-        if self.val_every < 1:
-            problems.append(f"val_every must be >= 1 (got {self.val_every})")
+        if self.val_every < 0:
+            problems.append(f"val_every must be >= 1, or 0 for no validation (got {self.val_every})")
         if self.val_batch_size < 1:
             problems.append(f"val_batch_size must be >= 1 (got {self.val_batch_size})")
         if self.workers < 0:

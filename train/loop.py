@@ -475,7 +475,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         if not main:  # rank 0 validates and writes; the others wait for it
             ranks.barrier()
             continue
-        if val_sets and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+        if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
             write_json_atomic(run_dir / EVAL_DIR / f"epoch_{epoch + 1}.json",
                               {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})

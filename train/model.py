@@ -94,6 +94,9 @@ BACKBONE_SHAPES: dict[str, BackboneShape] = {
     "bart-large": BackboneShape("bart", dict(_BART_COMMON, d_model=1024, encoder_layers=12, decoder_layers=12,
                                              encoder_attention_heads=16, decoder_attention_heads=16,
                                              encoder_ffn_dim=4096, decoder_ffn_dim=4096), "facebook/bart-large"),
+    # For `vl demo`: small enough to train on the shapes world on 2 CPU cores in a minute a run.
+    "demo-t5": BackboneShape("t5", dict(_T5_COMMON, vocab_size=1000, d_model=128, d_kv=32, d_ff=512,
+                                        num_layers=2, num_heads=4)),
     # For tests: a few thousand parameters, built in milliseconds.
     "tiny-t5": BackboneShape("t5", dict(_T5_COMMON, vocab_size=128, d_model=32, d_kv=16, d_ff=64,
                                         num_layers=2, num_heads=2)),
