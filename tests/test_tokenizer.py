@@ -196,3 +196,22 @@ def test_a_hub_id_without_network_points_to_a_local_folder_or_train_tokenizer(mo
     with pytest.raises(VLError, match="tokenizer directory ./no-such-folder not found"):
         load_tokenizer("./no-such-folder")
     assert calls == ["google-t5/t5-base"], "a missing local folder is not looked up on the hub"
+
+
+def test_a_small_corpus_keeps_its_frequent_words_whole_within_vocab_size(texts):
+    """The Unigram trainer alone leaves most of the vocabulary unused on the demo world and
+    spells common words out; the top-up makes each frequent word one token, never past vocab_size."""
+    from collections import Counter
+
+    from vl.train.tokenizer import _t5_words
+
+    words = Counter(word for text in texts for word in _t5_words(text))
+    frequent = [word for word, count in words.most_common(30) if count >= 2]
+    tok = train_tokenizer(texts, 1000, "t5")
+    assert len(tok) <= 1000
+    for word in frequent:  # "▁is", "▁small", ...: one piece each
+        assert tok.tokenize(word.replace("▁", " ").strip()) == [word], word
+    for vocab_size in (VOCAB, len(tok) - 5):  # less room: fewer words added, the size still holds
+        small = train_tokenizer(texts, vocab_size, "t5")
+        assert len(small) <= vocab_size
+        assert small("What color is the small circle?").input_ids[-1] == small.eos_token_id
