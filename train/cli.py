@@ -86,6 +86,9 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
                                "see `vl train --help` for an example")
     else:
         cfg = load_config(TrainConfig, config_path, list(overrides))
+    from vl.train.restore import inherit_from_run
+
+    cfg = inherit_from_run(cfg)  # init_from: the backbone and tokenizer of the run it starts from
     if print_config:
         click.echo(dump_config(cfg))
         return

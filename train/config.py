@@ -88,8 +88,14 @@ class TrainConfig:
     tasks: list[TaskSpec] = field(default_factory=list)
     backbone: str = "tiny-t5"  # t5-small, t5-base, bart-base, bart-large, tiny-t5/tiny-bart (tests), or a folder
     init: Literal["pretrained", "random"] = "random"
+    # a finished run whose weights (backbone and visual embedding, its best checkpoint) this run
+    # starts from, with its backbone, init, tokenizer and extra_tokens: V&L pre-training, then this
+    init_from: Path | None = None
     tokenizer: str | None = None  # a folder or hub id; None: train one on the train manifests (saved in run_dir)
     tokenizer_vocab_size: int = 1000  # when training one
+    # when training one: more manifests whose texts it learns besides the tasks' train manifests
+    # (e.g. the tasks of later runs that start from this one with init_from)
+    tokenizer_manifests: list[Path] = field(default_factory=list)
     method: str = "full"  # what trains: full, visual-only, visual+ln, adapter, hyperformer, compacter, lora, prompt,
     #                       adapter+prompt (vl.train.peft.methods); its settings are in the section of that name
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -147,7 +153,7 @@ class TrainConfig:
             problems.append(f"sampling must be one of {', '.join(SAMPLING)}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             problems.append(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
-        if self.init == "pretrained" and self.tokenizer is None:
+        if self.init == "pretrained" and self.tokenizer is None and self.init_from is None:
             problems.append("init=pretrained needs the backbone's own tokenizer: set tokenizer "
                             "(a hub id such as google-t5/t5-base, or a folder)")
         if self.tasks and any(t.val_manifest for t in self.tasks) and self.best_metric not in self.metric_names():

@@ -210,6 +210,8 @@ def check_files(cfg: TrainConfig) -> None:
                 fix = "run `vl extract images|videos --manifest ... --out` to make it" if what == "store" else (
                     "run `vl data convert ...` to make it")
                 problems.append(f"task {t.name}: {what} {path} not found; {fix}")
+    problems += [f"tokenizer_manifests: {path} not found; run `vl data convert ...` to make it"
+                 for path in cfg.tokenizer_manifests if not Path(path).is_file()]
     collect_or_raise(problems)
 
 
@@ -265,8 +267,14 @@ def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[st
     """The run's model with its method applied, and the names of what trains. Seeded here,
     so that with init=random the frozen weights (never in a checkpoint) are rebuilt exactly
     from the config (vl.train.restore checks them against run.json)."""
-    torch.manual_seed(cfg.seed)
-    model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout)
+    if cfg.init_from is not None:  # another run's weights, themselves checked against that run's run.json
+        from vl.train.restore import starting_model
+
+        model = starting_model(cfg, feat_dim, vocab_size)
+        torch.manual_seed(cfg.seed)  # the method's new modules
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout)
     return model, set_trainable(model, cfg, tasks)
 
 
@@ -275,6 +283,9 @@ def dry_run(cfg: TrainConfig) -> str:
     meta device) and return the table of trainable parameters (vl.train.peft.methods). The
     feature width comes from cfg.feat_dim or the first task's store; the vocabulary from a
     local tokenizer folder, else the backbone's config; plus cfg.extra_tokens."""
+    from vl.train.restore import inherit_from_run
+
+    cfg = inherit_from_run(cfg)
     feat_dim = cfg.feat_dim
     if feat_dim is None:
         stores = [t.store for t in cfg.tasks if t.store is not None and Path(t.store).is_file()]
@@ -300,6 +311,9 @@ def dry_run(cfg: TrainConfig) -> str:
 def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Path:
     """Run `cfg` (or continue the run in cfg.run_dir after its last finished epoch); returns the run dir.
     `ranks`: this process's place under torchrun (its process group already joined)."""
+    from vl.train.restore import inherit_from_run
+
+    cfg = inherit_from_run(cfg)  # init_from: that run's backbone and tokenizer (a no-op when done already)
     run_dir = Path(cfg.run_dir)
     main = ranks.is_main
     # 1. Cheap checks first: files exist, the run dir is fresh (or resumable), the device works.
@@ -349,7 +363,8 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         tokenizer = load_tokenizer(str(tok_dir))
     else:  # rank 0 trains it; the others load what it saved
         if main:
-            manifests = [DatasetManifest.read(p) for p in dict.fromkeys(t.train_manifest for t in cfg.tasks)]
+            paths = dict.fromkeys([*(t.train_manifest for t in cfg.tasks), *cfg.tokenizer_manifests])
+            manifests = [DatasetManifest.read(p) for p in paths]
             tokenizer = train_tokenizer(manifest_texts(manifests), cfg.tokenizer_vocab_size,
                                         tokenizer_kind(cfg.backbone), out_dir=tok_dir)
         ranks.barrier()

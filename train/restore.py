@@ -7,6 +7,7 @@ a digest of those frozen weights, and a rebuild that does not match it is refuse
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from vl.shared.errors import VLError
 from vl.train.config import TrainConfig
 from vl.train.loop import CONFIG_FILE, TOKENIZER_DIR, build_model
 from vl.train.model import VLModel
+from vl.train.peft.methods import METHODS
 from vl.train.run_dir import frozen_sha256, load_checkpoint, read_run_json
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer
 
@@ -67,3 +69,62 @@ def load_trained(run_dir: str | os.PathLike, checkpoint: str = "best", device: s
     extra = load_checkpoint(run_dir, name, model, restore_rng=False)
     model.to(torch.device(device)).eval()
     return TrainedRun(run_dir, cfg, model, tokenizer, name, extra)
+
+
+# -- starting a run from another (init_from) -----------------------------------------------
+
+INHERITED = ("backbone", "init", "tokenizer", "extra_tokens")  # what a run takes from the run it starts from
+
+
+def _source_config(source: Path) -> TrainConfig:
+    if not (source / CONFIG_FILE).is_file():
+        raise VLError(f"init_from {source} is not a vl run directory (no {CONFIG_FILE}): give a folder `vl train` "
+                      "made, e.g. a pre-training run")
+    return load_config(TrainConfig, source / CONFIG_FILE, [f"run_dir={source}"])
+
+
+def inherit_from_run(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the backbone, init, tokenizer and extra_tokens of the run it starts from
+    (cfg.init_from; unchanged without one). That run's tokenizer is reused: its trained one
+    (`<run>/tokenizer`) or the folder / hub id it named. Setting one of these to something
+    else is refused: the weights only fit their own backbone and vocabulary."""
+    if cfg.init_from is None:
+        return cfg
+    source = Path(cfg.init_from)
+    src = _source_config(source)
+    wanted = {"backbone": src.backbone, "init": src.init, "extra_tokens": src.extra_tokens,
+              "tokenizer": src.tokenizer if src.tokenizer is not None else str(source / TOKENIZER_DIR)}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in INHERITED}
+    clashes = [f"{key}: {getattr(cfg, key)!r} here, {wanted[key]!r} in {source}" for key in INHERITED
+               if getattr(cfg, key) not in (defaults[key], wanted[key])]
+    if clashes:
+        raise VLError(f"this run starts from {source} (init_from) and so uses its {', '.join(INHERITED)}; "
+                      f"but the config sets: {'; '.join(clashes)}",
+                      hint="Leave these settings out (they come from that run), or drop init_from.")
+    return dataclasses.replace(cfg, **wanted)
+
+
+def starting_model(cfg: TrainConfig, feat_dim: int, vocab_size: int) -> VLModel:
+    """The weights of cfg.init_from's best checkpoint (else its last) as a plain VLModel: a
+    run whose method adds no modules as it is, a single LoRA merged into its base weights."""
+    source = Path(cfg.init_from)
+    src = load_trained(source, "best")
+    facts = read_run_json(source)["model"]
+    if facts["feat_dim"] != feat_dim:
+        raise VLError(f"{source} (init_from) was trained on features {facts['feat_dim']} wide, but this run's stores "
+                      f"hold {feat_dim}-wide ones", hint="Extract this run's media with the encoder that run used.")
+    if facts["vocab_size"] != vocab_size:
+        raise VLError(f"{source} (init_from) has a {facts['vocab_size']}-token vocabulary but this run's tokenizer "
+                      f"has {vocab_size}: the tokenizer must be that run's (leave tokenizer and extra_tokens unset)")
+    if cfg.dropout is not None and cfg.dropout != src.cfg.dropout:
+        raise VLError(f"dropout comes from {source} (init_from), which built its model with dropout "
+                      f"{src.cfg.dropout}; this config sets {cfg.dropout}", hint="Leave dropout unset.")
+    if src.cfg.method == "lora" and src.cfg.lora.sharing == "single":
+        from vl.train.peft.lora import merge_lora
+
+        merge_lora(src.model)
+    elif METHODS[src.cfg.method].sections:
+        raise VLError(f"{source} (init_from) trained with method {src.cfg.method}, whose added modules do not carry "
+                      "over to another run", hint="Start from a run with method full, visual-only, visual+ln or a "
+                                                  "single LoRA (merged into the weights).")
+    return src.model
