@@ -32,14 +32,9 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run_extract(args: list[str], out: Path) -> dict:
-    """Run `vl extract ... --out OUT` on a fresh store; return its run record (from the
-    sidecar) with the process wall time, the peak RSS of the process tree (CLI plus any
-    DataLoader workers, sampled every 50 ms) and the command. Exits on any failure."""
-    for p in (out, out.with_name(out.name + ".json"), out.with_name(f".{out.name}.lock")):
-        p.unlink(missing_ok=True)
-    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
-    cmd = [sys.executable, "-m", "vl.shared.cli", *args, "--out", str(out)]
+def run_measured(cmd: list[str]) -> tuple[float, float, str]:
+    """Run `cmd`; return its wall time (s), the peak RSS of its process tree (MiB, sampled
+    every 50 ms) and its output (stdout and stderr). Exits on any failure."""
     peak = 0.0
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
@@ -48,9 +43,22 @@ def run_extract(args: list[str], out: Path) -> dict:
             peak = max(peak, sum(rss_mib(p) for p in tree_pids(proc.pid)))
             time.sleep(0.05)
         wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            log.seek(0)
-            sys.exit(f"`{shlex.join(cmd)}` failed ({proc.returncode}):\n{log.read().decode(errors='replace')}")
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    if proc.returncode != 0:
+        sys.exit(f"`{shlex.join(cmd)}` failed ({proc.returncode}):\n{output[-5000:]}")
+    return wall, peak, output
+
+
+def run_extract(args: list[str], out: Path) -> dict:
+    """Run `vl extract ... --out OUT` on a fresh store; return its run record (from the
+    sidecar) with the process wall time, the peak RSS of the process tree (CLI plus any
+    DataLoader workers, sampled every 50 ms) and the command. Exits on any failure."""
+    for p in (out, out.with_name(out.name + ".json"), out.with_name(f".{out.name}.lock")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(out.with_name(out.name + ".parts"), ignore_errors=True)
+    cmd = [sys.executable, "-m", "vl.shared.cli", *args, "--out", str(out)]
+    wall, peak, _ = run_measured(cmd)
     run = json.loads(out.with_name(out.name + ".json").read_text())["provenance"]["runs"][-1]
     if run["failed"] or run["extracted"] != run["inputs"]:
         sys.exit(f"`{shlex.join(cmd)}` extracted {run['extracted']} of {run['inputs']} inputs")

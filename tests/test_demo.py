@@ -22,7 +22,8 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert result.exit_code == 0, result.output[-3000:]
     text = result.output
     assert "$ vl data demo" in text and "$ (cd " in text and "$ vl extract images" in text  # the commands, printed
-    assert "not the paper" in text and "VQA majority baseline" in text
+    assert "not the paper" in text and "majority baseline (always answering" in text and "VQA val accuracy:" in text
+    assert "$ vl train -c " + str(out / "configs/pretrain.yaml") in text and "Pre-training" in text
 
     for stem in ("vqa2", "gqa", "nlvr2", "coco_caption", "tvqa", "how2qa", "tvc", "yc2c"):
         for split in ("train", "val"):
@@ -32,12 +33,16 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     assert images.provenance["encoder"]["weights"] == {"seed": 0, "source": "random"} == videos.provenance["encoder"]["weights"]
     assert json.loads((out / "models/demo-clip.json").read_text())["vision_cfg"]
 
+    pretrain = out / "runs/pretrain"
+    assert json.loads((pretrain / "config.json").read_text())["tokenizer_manifests"]  # learns every task's texts
     for name, kind in (("image-full", "image"), ("image-adapter", "image"), ("image-lora", "image"),
                        ("image-prompt", "image"), ("video-adapter", "video")):
         run = out / "runs" / name
         meta = json.loads((run / "checkpoints/last/meta.json").read_text())
         budget = json.loads((run / "run.json").read_text())["budget"]
         assert meta["trainable_parameters"] == budget["trainable"]
+        config = json.loads((run / "config.json").read_text())  # every compared run starts from the pre-training
+        assert config["init_from"] == str(pretrain) and config["tokenizer"] == str(pretrain / "tokenizer")
         assert (budget["percent"] == 100.0) == (name == "image-full")  # PEFT checkpoints hold only what trains
         for task in TASKS[kind]:
             scores = json.loads((run / f"eval/val/{task}.json").read_text())
