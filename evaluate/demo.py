@@ -180,7 +180,7 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
     encoder = out / "models" / "demo-clip.json"
     if not encoder.is_file():
         write_text_atomic(encoder, json.dumps(recipe.encoder, indent=2) + "\n")
-    model_args = ["--model-config", str(encoder), "--pretrained", "none", "--seed", "0", "--quiet"]
+    model_args = ["--model-config", str(encoder), "--pretrained", "none", "--seed", "0"]
     image_store, video_store = features / "demo_images.h5", features / "demo_videos.h5"
     for kind, tasks, store, extra in (("images", IMAGE_TASKS, image_store, recipe.image_extract),
                                       ("videos", VIDEO_TASKS, video_store, recipe.video_extract)):
@@ -210,7 +210,7 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
         train_once(runs / name, write_config(configs / f"{name}.yaml", cfg), recipe.epochs[name])
         first_task = (IMAGE_TASKS if kind == "image" else VIDEO_TASKS)[0][0]
         if not (runs / name / "eval" / "val" / f"{first_task}.json").is_file():
-            run_vl(["evaluate", "--run", str(runs / name), "--split", "val", "--checkpoint", "last", "--quiet"])
+            run_vl(["evaluate", "--run", str(runs / name), "--split", "val", "--checkpoint", "last"])
 
     # 5. the report, with the majority baseline beside it
     report = out / "report"
