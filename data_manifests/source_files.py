@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.manifest import json_line_objects
 
 
 def read_json(path: str | os.PathLike, *, what: str) -> Any:
@@ -31,19 +32,8 @@ def read_jsonl(path: str | os.PathLike, *, what: str) -> list[tuple[int, dict]]:
     if stripped.startswith("["):  # some mirrors ship the same records as one array
         records = read_json(path, what=what)
         return [(i + 1, r) for i, r in enumerate(records)] if _all_objects(records, path) else []
-    out, problems = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            continue
-        out.append((lineno, record))
+    problems: list[str] = []
+    out = list(json_line_objects(text.splitlines(), path, problems))
     collect_or_raise(problems, hint=f"{path} should be the {what} (JSON Lines, one object per line).")
     return out
 

@@ -57,6 +57,7 @@ from typing import Any
 
 from vl.shared.atomic import atomic_path
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.manifest import json_line_objects, json_type_name
 
 SHOWN = 3  # records an aggregated message names
 
@@ -220,11 +221,6 @@ def _some(items: list[Any]) -> str:
     return ", ".join(repr(i) for i in items[:SHOWN]) + (", ..." if len(items) > SHOWN else "")
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), type(value).__name__)
-
-
 class _Pairs(list):
     """A JSON object read as its (key, value) pairs, so a repeated key survives."""
 
@@ -243,9 +239,9 @@ def _load_json(path: Path, text: str, problems: list[str], *, keep_pairs: bool =
 def _type_problem(value: Any, key: str, id_type: type) -> str | None:
     """Why `value` cannot be the record's `key`, or None."""
     if id_type is int and not _is_index(value):
-        return f"'{key}' must be an integer (got {_type_name(value)} {value!r:.40})"
+        return f"'{key}' must be an integer (got {json_type_name(value)} {value!r:.40})"
     if id_type is str and not isinstance(value, str):
-        return f"'{key}' must be a string (got {_type_name(value)} {value!r:.40})"
+        return f"'{key}' must be a string (got {json_type_name(value)} {value!r:.40})"
     return None
 
 
@@ -261,13 +257,13 @@ def _read_list(task: str, path: Path, text: str, problems: list[str]) -> list[tu
     if data is _UNREADABLE:
         return []
     if not isinstance(data, list):
-        problems.append(f"{path}: the top level is a JSON {_type_name(data)}, not a list")
+        problems.append(f"{path}: the top level is a JSON {json_type_name(data)}, not a list")
         return []
     out = []
     for i, record in enumerate(data):
         where = f"{path}: record [{i}]"
         if not isinstance(record, dict):
-            problems.append(f"{where}: must be an object {{{id_key}, {value_key}}} (got {_type_name(record)})")
+            problems.append(f"{where}: must be an object {{{id_key}, {value_key}}} (got {json_type_name(record)})")
             continue
         missing = [k for k in (id_key, value_key) if k not in record]
         if missing:
@@ -287,13 +283,13 @@ def _read_value_qa(path: Path, text: str, problems: list[str]) -> list[tuple[str
     if data is _UNREADABLE:
         return []
     if not isinstance(data, _Pairs):
-        problems.append(f"{path}: the top level is a JSON {_type_name(data)}, not an object")
+        problems.append(f"{path}: the top level is a JSON {json_type_name(data)}, not an object")
         return []
     out = []
     for i, (qid, answer) in enumerate(data):
         if not _is_index(answer):
             shown = dict(answer) if isinstance(answer, _Pairs) else answer
-            kind = "object" if isinstance(answer, _Pairs) else _type_name(answer)
+            kind = "object" if isinstance(answer, _Pairs) else json_type_name(answer)
             problems.append(f"{path}: entry [{i}] (qid {qid!r}): the answer must be an integer choice index "
                             f"(got {kind} {shown!r:.40})")
             continue
@@ -303,18 +299,8 @@ def _read_value_qa(path: Path, text: str, problems: list[str]) -> list[tuple[str
 
 def _read_value_captions(path: Path, text: str, problems: list[str]) -> list[tuple[str, Any, Any]]:
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for lineno, record in json_line_objects(text.splitlines(), path, problems):
         where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"{where}: a line must be a JSON object (got {_type_name(record)})")
-            continue
         missing = [k for k in ("clip_id", "descs") if k not in record]
         if missing:
             problems.append(f"{where}: missing key {', '.join(repr(k) for k in missing)}")
@@ -322,7 +308,7 @@ def _read_value_captions(path: Path, text: str, problems: list[str]) -> list[tup
         clip, descs = record["clip_id"], record["descs"]
         bad = []
         if isinstance(clip, bool) or not isinstance(clip, (int, str)) or clip == "":
-            bad.append(f"'clip_id' must be an integer, or the manifest's string id (got {_type_name(clip)} "
+            bad.append(f"'clip_id' must be an integer, or the manifest's string id (got {json_type_name(clip)} "
                        f"{clip!r:.40})")
         if not (isinstance(descs, list) and descs and isinstance(descs[0], dict)
                 and isinstance(descs[0].get("desc"), str)):

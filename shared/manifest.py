@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from vl.shared.atomic import atomic_path, dumps_json
 from vl.shared.errors import VLError, collect_or_raise
@@ -93,6 +93,30 @@ def meta_path_for(manifest_path: str | os.PathLike) -> Path:
     return p.with_name(f"{stem}.meta.json")
 
 
+def json_type_name(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages: object, list, string, ..."""
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__)
+
+
+def json_line_objects(lines: Iterable[str], path: str | os.PathLike,
+                      problems: list[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON Lines file; a line that is not
+    valid JSON, or not a JSON object, adds a problem naming `path:line` and is skipped."""
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(record, dict):
+            problems.append(f"{path}:{lineno}: a line must be a JSON object (got {json_type_name(record)})")
+            continue
+        yield lineno, record
+
+
 def validate_example(ex: Any, *, where: str, has_answers: bool = True) -> list[str]:
     """Problems with one example (empty if none); each names `where` and the field."""
     if not isinstance(ex, dict):
@@ -152,15 +176,8 @@ class DatasetManifest:
         problems: list[str] = []
         first_line_of: dict[str, int] = {}
         with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+            for lineno, ex in json_line_objects(f, path, problems):
                 where = f"{path}:{lineno}"
-                try:
-                    ex = json.loads(line)
-                except json.JSONDecodeError as e:
-                    problems.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-                    continue
                 found = validate_example(ex, where=where, has_answers=has_answers)
                 if found:
                     problems.extend(found)
