@@ -256,3 +256,34 @@ def test_val_every_zero_trains_without_validating(world, tmp_path):
     (record,) = read_metrics(run)
     assert "mean_score" not in record and not (run / "eval").exists()
     assert (run / "checkpoints/last").is_dir() and not (run / "checkpoints/best").exists()
+
+
+@pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-bart"])
+def test_reference_visual_inputs_train_and_reload(world, tmp_path, backbone):
+    """visual_inputs=reference end to end: trains, and the reloaded run rebuilds the same inputs
+    (object-order tokens from its tokenizer) and so the same logits."""
+    from vl.train.restore import load_trained
+
+    run = tmp_path / "run"
+    cfg = load_config(TrainConfig, write_config(world, run, epochs=1, backbone=backbone, visual_inputs="reference",
+                                                extra_tokens=40, data={"visual_pool": 2}, val_every=0))
+    loop.train(cfg)
+    trained = load_trained(run, "last")
+    model = trained.model
+    assert model.visual_inputs == "reference" and model.visual_boxes == "zero"
+    vocab = trained.tokenizer.get_vocab()
+    assert model.object_order_ids.tolist() == [vocab[f"<vis_extra_id_{k}>"] for k in range(20)]
+    again = load_trained(run, "last").model
+    batch = dict(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                 visual_feats=torch.randn(1, 4, model.visual_embedding.feat_dim),
+                 visual_mask=torch.ones(1, 4, dtype=torch.bool), labels=torch.tensor([[5, 6]]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, again(**batch).logits)
+
+
+def test_reference_visual_inputs_need_enough_vis_tokens(world, tmp_path):
+    cfg = load_config(TrainConfig, write_config(world, tmp_path / "run", visual_inputs="reference", extra_tokens=4))
+    with pytest.raises(VLError, match=r"set extra_tokens to at least \d+, or lower data.visual_pool"):
+        loop.train(cfg)
+    with pytest.raises(VLError, match=r"set extra_tokens \(200 as VL-BART"):
+        load_config(TrainConfig, write_config(world, tmp_path / "run2", visual_inputs="reference"))

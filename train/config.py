@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vl.train.data import SAMPLING, DataSettings
+from vl.train.model import VISUAL_BOXES, VISUAL_INPUTS
 from vl.train.peft.adapter import AdapterConfig
 from vl.train.peft.compacter import CompacterConfig
 from vl.train.peft.hyperformer import HyperformerConfig
@@ -103,6 +104,10 @@ class TrainConfig:
     compacter: CompacterConfig = field(default_factory=CompacterConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    # how visual tokens enter the encoder (vl.train.model): "reference" as the paper's code (the
+    # presets), "packed" our own layout (positions and norm over all tokens, real boxes)
+    visual_inputs: Literal["packed", "reference"] = "packed"
+    visual_boxes: Literal["grid", "zero"] | None = None  # None: the mode's own (reference zero, packed grid)
     feat_dim: int | None = None  # the stores' feature width; None: read from the stores (--dry-run needs one of the two)
     extra_tokens: int = 0  # special tokens added to the tokenizer and the embedding (VL-BART: 200, see presets)
     data: DataSettings = field(default_factory=DataSettings)
@@ -142,6 +147,13 @@ class TrainConfig:
             problems.append(f"dropout must be in [0, 1) or null (got {self.dropout})")
         if self.method not in METHODS:  # each section's own check() runs with the config's
             problems.append(f"method must be one of: {', '.join(METHODS)} (got {self.method!r})")
+        if self.visual_inputs not in VISUAL_INPUTS:
+            problems.append(f"visual_inputs must be one of: {', '.join(VISUAL_INPUTS)} (got {self.visual_inputs!r})")
+        if self.visual_boxes is not None and self.visual_boxes not in VISUAL_BOXES:
+            problems.append(f"visual_boxes must be one of: {', '.join(VISUAL_BOXES)}, or null (got {self.visual_boxes!r})")
+        if self.visual_inputs == "reference" and self.extra_tokens < 2 and self.init_from is None:
+            problems.append("visual_inputs=reference embeds visual token k with the word embedding of <vis_extra_id_k>: "
+                            "set extra_tokens (200 as VL-BART: 100 <extra_id_k> and 100 <vis_extra_id_k>)")
         if self.feat_dim is not None and self.feat_dim < 1:
             problems.append(f"feat_dim must be >= 1 or null (got {self.feat_dim})")
         if self.extra_tokens < 0 or self.extra_tokens % 2:

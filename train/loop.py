@@ -56,7 +56,7 @@ from vl.train.run_dir import (
     save_checkpoint,
     write_run_json,
 )
-from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer
+from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer, vis_token_ids
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -263,19 +263,34 @@ def check_stores_unchanged(run_dir: Path, stores: dict[Path, FeatureStore]) -> N
     collect_or_raise(problems, hint="Resume with the stores the run started with (or start a new run).")
 
 
-def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[str]) -> tuple[VLModel, list[str]]:
+def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[str],
+                object_order_ids: list[int] | None = None) -> tuple[VLModel, list[str]]:
     """The run's model with its method applied, and the names of what trains. Seeded here,
     so that with init=random the frozen weights (never in a checkpoint) are rebuilt exactly
-    from the config (vl.train.restore checks them against run.json)."""
+    from the config (vl.train.restore checks them against run.json). object_order_ids: the
+    tokenizer's <vis_extra_id_k> ids (`vis_token_ids`), for visual_inputs=reference."""
     if cfg.init_from is not None:  # another run's weights, themselves checked against that run's run.json
         from vl.train.restore import starting_model
 
         model = starting_model(cfg, feat_dim, vocab_size)
+        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, object_order_ids)  # this run's, not the source's
         torch.manual_seed(cfg.seed)  # the method's new modules
     else:
         torch.manual_seed(cfg.seed)
-        model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout)
+        model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout,
+                               visual_inputs=cfg.visual_inputs, visual_boxes=cfg.visual_boxes,
+                               object_order_ids=object_order_ids)
     return model, set_trainable(model, cfg, tasks)
+
+
+def check_visual_tokens(cfg: TrainConfig, data: list[TaskData], object_order_ids: list[int]) -> None:
+    """visual_inputs=reference: every image's (or video's) visual tokens need a <vis_extra_id_k> each."""
+    if cfg.visual_inputs != "reference":
+        return
+    collect_or_raise([f"task {d.name}: {d.tokens_per_image} visual tokens an {d.task.media_kind}, but the tokenizer has "
+                      f"{len(object_order_ids)} <vis_extra_id_k> tokens to embed their order (visual_inputs=reference); "
+                      f"set extra_tokens to at least {2 * d.tokens_per_image}, or lower data.visual_pool / "
+                      f"data.max_frames" for d in data if d.tokens_per_image > len(object_order_ids)])
 
 
 def dry_run(cfg: TrainConfig) -> str:
@@ -302,6 +317,9 @@ def dry_run(cfg: TrainConfig) -> str:
         vocab = None  # the backbone folder's own config
     with torch.device("meta"):
         model = build_vl_model(cfg.backbone, feat_dim, init="random", vocab_size=vocab)
+        # the same parameters either way; <vis_extra_id_k> are the last extra_tokens // 2 rows
+        rows = model.backbone.get_input_embeddings().num_embeddings
+        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, range(rows - cfg.extra_tokens // 2, rows))
         set_trainable(model, cfg, [t.name for t in cfg.tasks])
     return budget_table(model)
 
@@ -381,7 +399,9 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     loader = make_loader(dataset, sampler, tokenizer, cfg.workers, cfg.seed, pin_memory=device.type == "cuda")
 
     # 4. Model: feature width from the stores, the method applied.
-    model, trainable_names = build_model(cfg, feat_dim, len(tokenizer), list(train_sets))
+    object_order_ids = vis_token_ids(tokenizer)
+    check_visual_tokens(cfg, [*train_data.values(), *val_data.values()], object_order_ids)
+    model, trainable_names = build_model(cfg, feat_dim, len(tokenizer), list(train_sets), object_order_ids)
     model.to(device).train()
     trainable, total = count_parameters(model)
     if main:

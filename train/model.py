@@ -9,31 +9,40 @@ The backbone is an unmodified `T5ForConditionalGeneration` or
 `BartForConditionalGeneration`: `VLModel` only builds `inputs_embeds` and the attention
 mask and hands them over, so every later change (PEFT methods) is made from outside too.
 
-Where this differs from the reference code (ylsung/VL_adapter, `modeling_{t5,bart}.py`):
+Two ways in for the visual tokens (`VLModel(..., visual_inputs=...)`, the run setting
+`visual_inputs`); docs/fidelity.md compares them:
 
-- Position information of visual tokens. The reference added BART's learned positions to
-  the text only and applied T5's relative position bias among text tokens only; doing
-  that here would need a fork of the encoder. Instead the encoder treats the whole
-  sequence alike: BART adds its learned position embedding to every token, visual ones
-  included (visual token j of a row with n real text tokens sits at position n + j), and
-  T5's relative position bias spans text and visual tokens. Both are learned during
-  fine-tuning and cost no parameters. On top, each visual token gets a learned embedding
-  of where it sits in its image or video: its box (x1, y1, x2, y2, area) in the grid, or
-  its span of the video, through LayerNorm(Linear(5 -> d)). That is the size of the
-  reference's box-position embedding, so parameter budgets compare with the paper's.
-- Padding. Each row is packed as [its real text tokens, its visual tokens, padding], not
-  [text padded to the batch's longest, visual]: then the position (BART) and relative
-  distances (T5) of every real token depend on that example alone, so an example's output
-  does not change with the batch it is in. Padded text tokens and padded visual tokens
-  (frames beyond a video's length) are masked out of attention; the reference had no mask
-  for padded video frames.
+- "reference": the encoder input of the reference code (ylsung/VL_adapter,
+  `VL-T5/src/modeling_{bart,t5}.py`), for reproducing the paper. Each row is
+  [prompt, text padded to the batch's longest, visual]. BART's learned positions go to the
+  text only (0..L-1 over the padded text); the prompt vectors get none; BART's
+  `layernorm_embedding` normalises prompt and text; the visual tokens are appended after
+  it with neither, then dropout and the encoder layers. T5's relative position bias acts
+  among the prompt and text tokens only (zero for every pair with a visual token). Visual
+  token k of an image (or frame k of a video) adds the shared word embedding row of
+  `<vis_extra_id_k>` (its "object order", frozen whenever the word embeddings are), and the
+  box term sees zero boxes, as the reference fed (so it is a learned constant). All of this
+  is done from outside the unmodified `transformers` encoder: forward hooks on BART's
+  `embed_positions` and `layernorm_embedding` and on T5's relative-attention-bias table,
+  which act only while VLModel runs the encoder.
+- "packed" (the default, our earlier design): the encoder treats every token alike: BART
+  adds a learned position to every token, visual ones included, and `layernorm_embedding`
+  normalises them all; T5's relative bias spans text and visual tokens; each visual token
+  gets a learned embedding of its grid cell or video span (real boxes) instead of the
+  word-embedding object order. Each row is packed as [its real text, its visual tokens,
+  padding], so an example's output does not depend on the batch it is in, and padded
+  frames are masked (the reference had no mask for them).
+
+Both modes have exactly the same parameters, so the parameter budgets do not depend on the
+mode. `visual_boxes` ("grid" or "zero") overrides the mode's choice of boxes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -229,8 +238,13 @@ def token_boxes(positions: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x2, y2, 1 / n], dim=-1)
 
 
+VISUAL_INPUTS = ("packed", "reference")
+VISUAL_BOXES = ("grid", "zero")
+
+
 class VisualEmbedding(nn.Module):
-    """CLIP features -> encoder tokens: Norm(Linear(feats)) + image order + Norm(Linear(box)).
+    """CLIP features -> encoder tokens: Norm(Linear(feats)) + image order + Norm(Linear(box))
+    [+ object order: the word embedding of `<vis_extra_id_k>` for token k of its image].
 
     The norms are T5's RMS norm for T5 and nn.LayerNorm for BART, as in the reference, and
     the parameters are the reference's: for 2048-d features and d = 768, 1,582,848. The
@@ -252,10 +266,14 @@ class VisualEmbedding(nn.Module):
         nn.init.normal_(self.image_order.weight, std=0.02)
 
     def forward(self, feats: torch.Tensor, image_ids: torch.Tensor | None = None,
-                visual_mask: torch.Tensor | None = None) -> torch.Tensor:
+                visual_mask: torch.Tensor | None = None, boxes: str = "grid",
+                order_embedding: torch.Tensor | None = None, order_ids: torch.Tensor | None = None) -> torch.Tensor:
         """feats (B, V, feat_dim); image_ids (B, V) long in [0, max_images), None: all 0;
         visual_mask (B, V) true on real tokens (None: all real), which sets how many tokens
-        each image or video has. Returns (B, V, d_model)."""
+        each image or video has. boxes: "grid" (each token's grid cell or video span) or
+        "zero" (the reference's all-zero boxes). order_embedding (vocab, d) with order_ids
+        (K,): token k of an image adds row order_ids[k] (the reference's object order).
+        Returns (B, V, d_model)."""
         if feats.dim() != 3 or feats.shape[-1] != self.feat_dim:
             raise ValueError(f"visual features must be (batch, tokens, {self.feat_dim}); got {tuple(feats.shape)} "
                              "(was the model built for another CLIP encoder's feature size?)")
@@ -273,9 +291,92 @@ class VisualEmbedding(nn.Module):
         if visual_mask is not None:
             one_hot = one_hot * visual_mask.long().unsqueeze(-1)
         counts = one_hot.sum(1).gather(1, image_ids)  # (B, V): real tokens of each token's image
-        boxes = token_boxes(positions, counts).to(self.box.weight.dtype)  # (B, V, 5)
+        if boxes == "zero":
+            box5 = feats.new_zeros(batch, tokens, 5, dtype=self.box.weight.dtype)  # (B, V, 5)
+        else:
+            box5 = token_boxes(positions, counts).to(self.box.weight.dtype)  # (B, V, 5)
         x = self.norm(self.proj(feats.to(self.proj.weight.dtype)))  # (B, V, d)
-        return x + self.image_order(image_ids) + self.box_norm(self.box(boxes))  # (B, V, d)
+        x = x + self.image_order(image_ids) + self.box_norm(self.box(box5))  # (B, V, d)
+        if order_embedding is not None:
+            if tokens and int(positions.max()) >= len(order_ids):
+                raise ValueError(f"visual token {int(positions.max())} of an image has no <vis_extra_id_k> to embed its "
+                                 f"order: the tokenizer has {len(order_ids)} of them; set extra_tokens to at least "
+                                 f"{2 * (int(positions.max()) + 1)} (VL-BART: 200) or use fewer visual tokens")
+            x = x + F.embedding(order_ids[positions], order_embedding).to(x.dtype)  # (B, V, d)
+        return x
+
+    def reference_init(self, model_type: str) -> None:
+        """The reference's initialisation: VL-BART's `init_weights` set every Linear and Embedding
+        to N(0, 0.02) with zero bias (LayerNorms to 1 and 0, as built); VL-T5's left Linear and
+        Embedding layers at PyTorch's defaults (the image-order table N(0, 1))."""
+        for module in (self.proj, self.box, self.image_order):
+            if model_type == "bart":
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            else:
+                module.reset_parameters()
+
+
+# -- reference-mode hooks on the unmodified encoder ---------------------------------------
+# Each hook reads the layout VLModel put on the hooked module for the one encoder call in
+# flight (`vl_layout` = (prompt P, text L, whole row T)); with none set (packed inputs, or any
+# other use of the backbone) it does nothing. They are module-level functions reading the
+# module they run on, so a deep copy of the model carries working hooks of its own.
+
+def _bart_positions_pre(module: nn.Module, args: tuple) -> tuple | None:
+    """BART's learned positions are asked for the text only: positions 0..L-1."""
+    layout = getattr(module, "vl_layout", None)
+    if layout is None:
+        return None
+    prompt, text, _ = layout
+    return (args[0][:, :text], *args[1:])  # (B, L): only its shape is read
+
+
+def _bart_positions_post(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+    """(B, L, d) text positions -> (B, T, d): zero for the prompt and the visual tokens."""
+    layout = getattr(module, "vl_layout", None)
+    if layout is None:
+        return None
+    prompt, text, total = layout
+    batch, _, d = out.shape
+    return torch.cat([out.new_zeros(batch, prompt, d), out, out.new_zeros(batch, total - prompt - text, d)], dim=1)
+
+
+def _bart_layernorm_post(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+    """`layernorm_embedding` normalises prompt and text; visual tokens pass through as they came."""
+    layout = getattr(module, "vl_layout", None)
+    if layout is None:
+        return None
+    prompt, text, _ = layout
+    return torch.cat([out[:, :prompt + text], args[0][:, prompt + text:].to(out.dtype)], dim=1)  # (B, T, d)
+
+
+def _t5_bias_post(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+    """T5's bias table looked up for (query, key) pairs (q, k, heads): zero unless both
+    tokens are prompt or text (the first P + L of the row)."""
+    layout = getattr(module, "vl_layout", None)
+    if layout is None:
+        return None
+    prompt, text, _ = layout
+    q, k = out.shape[0], out.shape[1]
+    keep = ((torch.arange(q, device=out.device) < prompt + text)[:, None]
+            & (torch.arange(k, device=out.device) < prompt + text)[None, :])  # (q, k)
+    return out * keep.unsqueeze(-1).to(out.dtype)  # (q, k, heads)
+
+
+def _reference_hook_sites(backbone: PreTrainedModel) -> list[nn.Module]:
+    """The encoder modules whose output reference mode changes; hooks are registered on them."""
+    encoder = backbone.get_encoder()
+    if backbone.config.model_type == "bart":
+        positions, norm = encoder.embed_positions, encoder.layernorm_embedding
+        positions.register_forward_pre_hook(_bart_positions_pre)
+        positions.register_forward_hook(_bart_positions_post)
+        norm.register_forward_hook(_bart_layernorm_post)
+        return [positions, norm]
+    table = encoder.block[0].layer[0].SelfAttention.relative_attention_bias  # T5: layer 0 computes the bias
+    table.register_forward_hook(_t5_bias_post)
+    return [table]
 
 
 # -- the model -------------------------------------------------------------------------
@@ -296,13 +397,19 @@ class TaskState:
 
 
 class VLModel(nn.Module):
-    """A T5/BART encoder-decoder whose encoder reads [text tokens, visual tokens].
+    """A T5/BART encoder-decoder whose encoder reads text and visual tokens.
 
     Attributes: `backbone` (the unmodified transformers model), `visual_embedding`,
-    `config` (the backbone's config).
+    `config` (the backbone's config), `visual_inputs` ("reference" or "packed", see the
+    module docstring), `visual_boxes` ("grid" or "zero").
+
+    object_order_ids: the token ids of `<vis_extra_id_0>`, `<vis_extra_id_1>`, ... (needed by
+    visual_inputs="reference", whose visual token k adds that token's word embedding).
     """
 
-    def __init__(self, backbone: PreTrainedModel, feat_dim: int, max_images: int = 2):
+    def __init__(self, backbone: PreTrainedModel, feat_dim: int, max_images: int = 2,
+                 visual_inputs: str = "packed", visual_boxes: str | None = None,
+                 object_order_ids: Sequence[int] | None = None):
         super().__init__()
         model_type = getattr(backbone.config, "model_type", None)
         if model_type not in MODEL_CLASSES or not backbone.config.is_encoder_decoder:
@@ -326,16 +433,47 @@ class VLModel(nn.Module):
         # A module called as encoder_prompt(batch_size) -> (B, P, d_model) prompt vectors that
         # `encoder_inputs` puts before every row (prompt tuning, vl.train.peft.prompt); None: no prompt.
         self.encoder_prompt: nn.Module | None = None
+        self._hooked = _reference_hook_sites(backbone)  # inert until reference inputs set a layout
+        self.register_buffer("object_order_ids", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.set_visual_inputs(visual_inputs, visual_boxes, object_order_ids)
+        if visual_inputs == "reference":
+            self.visual_embedding.reference_init(model_type)
 
-    def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
-                       visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's `inputs_embeds` (B, L + V, d) and attention mask (B, L + V).
+    def set_visual_inputs(self, visual_inputs: str, visual_boxes: str | None = None,
+                          object_order_ids: Sequence[int] | None = None) -> None:
+        """Choose how visual tokens enter the encoder (no parameter changes: a model trained
+        one way can be run or trained on the other way)."""
+        if visual_inputs not in VISUAL_INPUTS:
+            raise VLError(f"visual_inputs must be one of: {', '.join(VISUAL_INPUTS)} (got {visual_inputs!r})")
+        boxes = visual_boxes or ("zero" if visual_inputs == "reference" else "grid")
+        if boxes not in VISUAL_BOXES:
+            raise VLError(f"visual_boxes must be one of: {', '.join(VISUAL_BOXES)} (got {visual_boxes!r})")
+        if visual_inputs == "reference":
+            ids = list(object_order_ids or [])
+            vocab = self.backbone.get_input_embeddings().num_embeddings
+            if not ids or not all(0 <= i < vocab for i in ids):
+                raise VLError("visual_inputs=reference embeds visual token k with the word embedding of "
+                              "<vis_extra_id_k>, but the tokenizer has none (or not in this model's vocabulary)",
+                              hint="Set extra_tokens: 200 (VL-BART's 100 <extra_id_k> and 100 <vis_extra_id_k>).")
+            self.object_order_ids = torch.tensor(ids, dtype=torch.long, device=self.object_order_ids.device)
+        self.visual_inputs, self.visual_boxes = visual_inputs, boxes
 
-        input_ids, attention_mask: (B, L) right-padded text; visual_feats: (B, V, feat_dim);
-        visual_mask: (B, V), true/1 on real tokens; image_ids: (B, V) or None. Each row
-        comes out as [its real text, its visual tokens, padding] (see the module docstring).
-        """
+    @contextlib.contextmanager
+    def _encoder_layout(self, prompt: int, text: int, total: int) -> Iterator[None]:
+        """While the encoder runs on reference inputs, its hooks see the row layout."""
+        if self.visual_inputs != "reference":
+            yield
+            return
+        for module in self._hooked:
+            module.vl_layout = (prompt, text, total)
+        try:
+            yield
+        finally:
+            for module in self._hooked:
+                module.vl_layout = None
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
+                      visual_mask: torch.Tensor) -> None:
         batch, text_len = input_ids.shape
         vis_len = visual_feats.shape[1]
         if attention_mask.shape != input_ids.shape:
@@ -343,30 +481,54 @@ class VLModel(nn.Module):
         if visual_feats.shape[0] != batch or visual_mask.shape != (batch, vis_len):
             raise ValueError(f"visual_feats {tuple(visual_feats.shape)} and visual_mask {tuple(visual_mask.shape)} must "
                              f"be (batch={batch}, tokens, ...) and (batch, tokens)")
-        text_mask = attention_mask.long()
-        if bool((text_mask[:, 1:] > text_mask[:, :-1]).any()):
+        if bool((attention_mask[:, 1:].long() > attention_mask[:, :-1].long()).any()):
             raise ValueError("text must be right-padded (attention_mask 1...1 0...0): tokenize with padding_side='right'")
-        max_pos = getattr(self.config, "max_position_embeddings", None)  # BART's learned positions; T5 has none
+        if self.config.model_type != "bart":
+            return
+        max_pos = self.config.max_position_embeddings  # BART's learned positions; T5 has none
+        if self.visual_inputs == "reference":  # only the text takes positions
+            if text_len > max_pos:
+                raise ValueError(f"{text_len} text tokens exceed BART's {max_pos} positions: truncate the text")
+            return
         prompt_len = getattr(self.encoder_prompt, "length", 0)
-        if self.config.model_type == "bart" and prompt_len + text_len + vis_len > max_pos:
+        if prompt_len + text_len + vis_len > max_pos:
             raise ValueError(f"{prompt_len} prompt + {text_len} text + {vis_len} visual tokens exceed BART's {max_pos} "
                              "positions: truncate the text, use fewer visual tokens or a shorter prompt")
 
+    def encoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
+                       visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's `inputs_embeds` (B, P + L + V, d) and attention mask (B, P + L + V).
+
+        input_ids, attention_mask: (B, L) right-padded text; visual_feats: (B, V, feat_dim);
+        visual_mask: (B, V), true/1 on real tokens; image_ids: (B, V) or None. Rows are
+        [prompt, text padded to L, visual] for reference inputs, [prompt, real text, visual,
+        padding] for packed ones (see the module docstring).
+        """
+        self._check_inputs(input_ids, attention_mask, visual_feats, visual_mask)
+        batch, text_len = input_ids.shape
+        vis_len = visual_feats.shape[1]
+        text_mask = attention_mask.long()
         text = self.backbone.get_input_embeddings()(input_ids) * self.text_embed_scale  # (B, L, d)
-        visual = self.visual_embedding(visual_feats, image_ids, visual_mask).to(text.dtype)  # (B, V, d)
+        reference = self.visual_inputs == "reference"
+        visual = self.visual_embedding(
+            visual_feats, image_ids, visual_mask, boxes=self.visual_boxes,
+            order_embedding=self.backbone.get_input_embeddings().weight if reference else None,
+            order_ids=self.object_order_ids if reference else None).to(text.dtype)  # (B, V, d)
         embeds = torch.cat([text, visual], dim=1)  # (B, L + V, d)
         mask = torch.cat([text_mask, visual_mask.long()], dim=1)  # (B, L + V)
 
-        # Pack each row: text token i < n goes to i, visual token j to n + j, text padding
-        # to the end (n = the row's real text length). `order` is the inverse permutation.
-        n = text_mask.sum(1, keepdim=True)  # (B, 1)
-        i = torch.arange(text_len, device=n.device).expand(batch, -1)  # (B, L)
-        j = torch.arange(vis_len, device=n.device).expand(batch, -1)  # (B, V)
-        dest = torch.cat([torch.where(i < n, i, i + vis_len), n + j], dim=1)  # (B, L + V)
-        order = dest.argsort(dim=1)  # (B, L + V): which source token lands at each place
-        embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
-        mask = mask.gather(1, order)
-        if self.encoder_prompt is not None:  # [prompt, text, visual, padding]
+        if not reference:
+            # Pack each row: text token i < n goes to i, visual token j to n + j, text padding
+            # to the end (n = the row's real text length). `order` is the inverse permutation.
+            n = text_mask.sum(1, keepdim=True)  # (B, 1)
+            i = torch.arange(text_len, device=n.device).expand(batch, -1)  # (B, L)
+            j = torch.arange(vis_len, device=n.device).expand(batch, -1)  # (B, V)
+            dest = torch.cat([torch.where(i < n, i, i + vis_len), n + j], dim=1)  # (B, L + V)
+            order = dest.argsort(dim=1)  # (B, L + V): which source token lands at each place
+            embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
+            mask = mask.gather(1, order)
+        if self.encoder_prompt is not None:  # [prompt, text, visual(, padding)]
             prompt = self.encoder_prompt(batch).to(embeds.dtype)  # (B, P, d)
             embeds = torch.cat([prompt, embeds], dim=1)
             mask = torch.cat([mask.new_ones(batch, prompt.shape[1]), mask], dim=1)
@@ -383,8 +545,10 @@ class VLModel(nn.Module):
             raise ValueError("VLModel.forward needs labels (training) or decoder_input_ids (scoring)")
         self.task_state.name = task
         embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
-        return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels,
-                             decoder_input_ids=decoder_input_ids)
+        prompt = embeds.shape[1] - input_ids.shape[1] - visual_feats.shape[1]
+        with self._encoder_layout(prompt, input_ids.shape[1], embeds.shape[1]):
+            return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                                 decoder_input_ids=decoder_input_ids)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
@@ -395,17 +559,22 @@ class VLModel(nn.Module):
         The encoder runs once here; beam search reuses its output for every beam."""
         self.task_state.name = task
         embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
-        encoded = self.backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
+        prompt = embeds.shape[1] - input_ids.shape[1] - visual_feats.shape[1]
+        with self._encoder_layout(prompt, input_ids.shape[1], embeds.shape[1]):
+            encoded = self.backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         hidden = encoded.last_hidden_state if hasattr(encoded, "last_hidden_state") else encoded[0]
         return self.backbone.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
                                       attention_mask=mask, **generate_kwargs)
 
 
 def build_vl_model(backbone: str, feat_dim: int, init: str = "pretrained", vocab_size: int | None = None,
-                   dropout: float | None = None) -> VLModel:
+                   dropout: float | None = None, visual_inputs: str = "packed", visual_boxes: str | None = None,
+                   object_order_ids: Sequence[int] | None = None) -> VLModel:
     """`build_backbone(backbone, init, vocab_size, dropout)` wrapped with a fresh visual
-    embedding for `feat_dim`-wide features (RN101 grid 2048, ViT-B/32 pooled 512, ...)."""
-    return VLModel(build_backbone(backbone, init=init, vocab_size=vocab_size, dropout=dropout), feat_dim)
+    embedding for `feat_dim`-wide features (RN101 grid 2048, ViT-B/32 pooled 512, ...) and the
+    visual inputs asked for (see VLModel)."""
+    return VLModel(build_backbone(backbone, init=init, vocab_size=vocab_size, dropout=dropout), feat_dim,
+                   visual_inputs=visual_inputs, visual_boxes=visual_boxes, object_order_ids=object_order_ids)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

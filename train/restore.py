@@ -22,7 +22,7 @@ from vl.train.loop import CONFIG_FILE, TOKENIZER_DIR, build_model
 from vl.train.model import VLModel
 from vl.train.peft.methods import METHODS
 from vl.train.run_dir import frozen_sha256, load_checkpoint, read_run_json
-from vl.train.tokenizer import add_extra_tokens, load_tokenizer
+from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
 
 CHECKPOINTS = ("best", "last")
 
@@ -60,7 +60,8 @@ def load_trained(run_dir: str | os.PathLike, checkpoint: str = "best", device: s
     tokenizer = load_tokenizer(cfg.tokenizer if cfg.tokenizer is not None else str(run_dir / TOKENIZER_DIR))
     add_extra_tokens(tokenizer, cfg.extra_tokens)
     tokenizer.padding_side = "right"
-    model, _ = build_model(cfg, facts["feat_dim"], facts["vocab_size"], [t.name for t in cfg.tasks])
+    model, _ = build_model(cfg, facts["feat_dim"], facts["vocab_size"], [t.name for t in cfg.tasks],
+                           vis_token_ids(tokenizer))
     if frozen_sha256(model) != facts.get("frozen_sha256"):
         raise VLError(f"the frozen weights rebuilt for {run_dir} differ from the run's (run.json frozen_sha256): "
                       f"backbone {cfg.backbone!r} ({cfg.init}) changed since training, or another torch version draws "

@@ -294,3 +294,13 @@ def add_extra_tokens(tokenizer: PreTrainedTokenizerFast, count: int) -> int:
     half = count // 2
     names = [f"<extra_id_{k}>" for k in range(half)] + [f"<vis_extra_id_{k}>" for k in range(half)]
     return tokenizer.add_tokens(names, special_tokens=True)
+
+
+def vis_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """The ids of `<vis_extra_id_0>`, `<vis_extra_id_1>`, ... as far as the tokenizer has them
+    (visual_inputs=reference embeds visual token k with the word embedding of the k-th)."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    while f"<vis_extra_id_{len(ids)}>" in vocab:
+        ids.append(vocab[f"<vis_extra_id_{len(ids)}>"])
+    return ids
