@@ -26,6 +26,8 @@ from vl.train.peft.hyperformer import HyperformerConfig
 from vl.train.peft.lora import LoRAConfig
 from vl.train.peft.methods import METHODS
 from vl.train.peft.prompt import PromptConfig
+from vl.train.weight_decay import DECAY_RULES
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 METRIC_SUFFIX = "score"  # <task>_score: the task's official main score, 0-100 (see vl.train.loop.validate)
 
@@ -56,7 +58,10 @@ class OptimConfig:
     """AdamW with linear warmup then linear decay to 0 over the whole run."""
 
     lr: float = 1e-4
-    weight_decay: float = 0.01  # on Linear and Embedding weights only; never biases or norms
+    weight_decay: float = 0.01
+    # which parameters decay (vl.train.weight_decay): standard = Linear and Embedding weights only, never
+    # biases or norms; reference = every trainable parameter but the biases, as the reference's AdamW did
+    decay: Literal["standard", "reference"] = "standard"
     warmup_ratio: float = 0.05  # a share of the run's optimizer steps
     grad_clip: float | None = 5.0  # max global grad norm; None: no clipping
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -69,6 +74,8 @@ class OptimConfig:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
+        if self.decay not in DECAY_RULES:
+            problems.append(f"decay must be one of: {', '.join(DECAY_RULES)} (got {self.decay!r})")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.grad_clip is not None and not self.grad_clip > 0:

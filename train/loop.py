@@ -57,6 +57,7 @@ from vl.train.run_dir import (
     write_run_json,
 )
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer, vis_token_ids
+from vl.train.weight_decay import decay_groups
 
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -80,19 +81,9 @@ def set_trainable(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[st
 
 # -- optimizer and schedule --------------------------------------------------------------
 
-DECAYED_MODULES = (nn.Linear, nn.Embedding)  # their `weight` decays; biases, norms (LayerNorm, T5LayerNorm), all else do not
-
-
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; weight decay chosen by module type."""
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for attr, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:  # a tied weight is listed once
-                continue
-            seen.add(id(p))
-            is_decayed = isinstance(module, DECAYED_MODULES) and attr == "weight"
-            (decay if is_decayed else no_decay).append(p)
+    """AdamW over the trainable parameters; which of them decay: `optim.decay` (vl.train.weight_decay)."""
+    decay, no_decay = decay_groups(model, cfg.optim.decay)
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),

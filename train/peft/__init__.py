@@ -17,11 +17,12 @@ type (never by searching parameter names for substrings).
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from vl.shared.errors import VLError
-from vl.train.model import TaskState
+from vl.train.model import TaskState, VLModel
 
 LAYER_NORMS = (nn.LayerNorm, T5LayerNorm)
 
@@ -44,6 +45,30 @@ def bias_names(model: nn.Module) -> list[str]:
     LoRA runs trained these too)."""
     return [f"{m}.bias" for m, module in model.named_modules()
             if isinstance(module, (nn.Linear, *LAYER_NORMS)) and getattr(module, "bias", None) is not None]
+
+
+def reference_reinit(modules: nn.Module, model: VLModel) -> None:
+    """What the reference did to a method's added modules once they were built (`init: reference`).
+
+    Its VL-BART built them inside the model, whose `init_weights()` (transformers 4.2.1,
+    HF BartPretrainedModel._init_weights, `my_transformers/modeling_bart.py` L747-756) then
+    drew every nn.Linear weight and nn.Embedding from N(0, init_std = 0.02) and zeroed the
+    Linear biases; `from_pretrained` overwrote only the backbone's keys. Nothing else was
+    touched: LayerNorms, bare Parameters (Hyperformer's task embeddings) and PHM layers
+    kept their own init. Its VL-T5's `_init_weights` (`modeling_t5.py` L774-814) knows
+    only T5's own module types, so there the added modules keep the init they were built
+    with: a no-op here for T5."""
+    if model.config.model_type != "bart":
+        return
+    std = getattr(model.config, "init_std", 0.02)
+    with torch.no_grad():
+        for module in modules.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
 
 
 def task_name_problems(tasks: list[str]) -> list[str]:

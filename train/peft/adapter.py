@@ -11,10 +11,15 @@ Sharing over tasks (reference `adapter_controller.py` L41-86):
   half-shared  up shared, down one per task (8.36%: the paper's number matches a shared
                up-sampler, not a shared down-sampler)
 
-Initialisation (a choice): with init="zero-up" (default) the up-projection starts at zero,
-so the adapted model computes exactly the frozen model at step 0 (down ~ N(0, 0.02)).
-The reference re-initialised both to N(0, 0.02) in BART (HF `_init_weights`) and left
-PyTorch's default in T5; init="normal" gives N(0, 0.02) for both.
+Initialisation (`init`, biases always start at zero except where said):
+  zero-up    (default) down ~ N(0, 0.02), up = 0: the adapted model computes exactly the
+             frozen model at step 0
+  normal     down and up ~ N(0, 0.02), on any backbone
+  reference  as the reference, which differs by backbone: on BART its init_weights
+             re-initialised both to N(0, 0.02) (HF `_init_weights`, see
+             vl.train.peft.reference_reinit), the same as "normal"; on T5 its
+             `_init_weights` ignored nn.Linear, so both keep PyTorch's default
+             (Kaiming-uniform weights, uniform biases in +-1/sqrt(fan_in))
 
 Trains: the adapters, the visual projection and (train_layer_norms) every LayerNorm, as
 the reference's scripts (`--unfreeze_layer_norms`).
@@ -30,11 +35,11 @@ from transformers.activations import ACT2FN
 
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
-from vl.train.peft import for_task, task_name_problems
+from vl.train.peft import for_task, reference_reinit, task_name_problems
 from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
 SHARINGS = ("single", "multiple", "half-shared")
-INITS = ("zero-up", "normal")
+INITS = ("zero-up", "normal", "reference")
 # Names of transformers.activations.ACT2FN accepted here (kept as a tuple so `check` needs no torch).
 ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "tanh")
 
@@ -44,7 +49,7 @@ class AdapterConfig:
     reduction_factor: int = 8  # bottleneck = d_model / r; every reference script uses 8 (96 on bart-base)
     sharing: Literal["single", "multiple", "half-shared"] = "single"
     activation: str = "gelu_new"  # a name in transformers' ACT2FN
-    init: Literal["zero-up", "normal"] = "zero-up"  # zero-up: the adapted model starts as the frozen one
+    init: Literal["zero-up", "normal", "reference"] = "zero-up"  # zero-up: the adapted model starts as the frozen one
     train_layer_norms: bool = True
 
     def check(self) -> list[str]:
@@ -85,13 +90,15 @@ class BottleneckAdapter(nn.Module):
         return x + up(self.act(down(x)))
 
 
-def _linear(d_in: int, d_out: int, zero: bool) -> nn.Linear:
+def _linear(d_in: int, d_out: int, init: Literal["zero", "normal", "default"]) -> nn.Linear:
+    """default: PyTorch's own init, which the reference's adapters were built with."""
     layer = nn.Linear(d_in, d_out)
-    nn.init.zeros_(layer.bias)
-    if zero:
-        nn.init.zeros_(layer.weight)
-    else:
-        nn.init.normal_(layer.weight, std=0.02)
+    if init != "default":
+        nn.init.zeros_(layer.bias)
+        if init == "zero":
+            nn.init.zeros_(layer.weight)
+        else:
+            nn.init.normal_(layer.weight, std=0.02)
     return layer
 
 
@@ -108,12 +115,15 @@ def apply_adapters(model: VLModel, cfg: AdapterConfig, tasks: list[str]) -> list
     bottleneck = d // cfg.reduction_factor
     down_tasks = list(tasks) if cfg.sharing in ("multiple", "half-shared") else None
     up_tasks = list(tasks) if cfg.sharing == "multiple" else None
-    zero_up = cfg.init == "zero-up"
+    down_init, up_init = {"zero-up": ("normal", "zero"), "normal": ("normal", "normal"),
+                          "reference": ("default", "default")}[cfg.init]
 
     sites = find_sites(model)
     modules = per_site(sites, lambda s: BottleneckAdapter(
-        lambda: _linear(d, bottleneck, zero=False), lambda: _linear(bottleneck, d, zero=zero_up),
+        lambda: _linear(d, bottleneck, down_init), lambda: _linear(bottleneck, d, up_init),
         cfg.activation, model.task_state, down_tasks, up_tasks))
+    if cfg.init == "reference":
+        reference_reinit(modules, model)  # BART: N(0, 0.02); T5: PyTorch's default stays
     attach(model, "adapters", modules, sites, lambda s: modules[s.stack][s.layer][s.kind])
     return trainable_names(model, "adapters", cfg.train_layer_norms)
 

@@ -15,9 +15,13 @@ The reference's scripts turn both Compacter ingredients off (`--shared_phm_rule 
 --factorized_phm False`, n=2), which are this config's defaults: the paper's 2.70% (single)
 and 7.05% (multiple, 4 tasks) on bart-base image.
 
-Initialisation: W_i (or left_i, right_i) glorot-uniform with gain sqrt(2) and rules
-N(0, 0.01), as the reference; with init="zero-up" (default) the up layer's W_i (its right_i
-when low_rank) start at zero, so the model starts as the frozen one.
+Initialisation (`init`): W_i (or left_i, right_i) glorot-uniform with gain sqrt(2), rules
+N(0, 0.01) and biases zero, as the reference (`--phm_init_range 0.01`, c_init normal);
+  zero-up    (default) except the up layer's W_i (its right_i when low_rank), which start
+             at zero, so the model starts as the frozen one
+  normal     none zeroed
+  reference  the same as normal on BART and T5: the reference's BART init_weights
+             re-initialised nn.Linear and nn.Embedding only, and a PHM layer is neither
 """
 from __future__ import annotations
 
@@ -32,11 +36,11 @@ from torch import nn
 from vl.shared.errors import collect_or_raise
 from vl.train.model import VLModel
 from vl.train.peft.adapter import BottleneckAdapter, bottleneck_problems
-from vl.train.peft import task_name_problems
+from vl.train.peft import reference_reinit, task_name_problems
 from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
 SHARINGS = ("single", "multiple")
-INITS = ("zero-up", "normal")
+INITS = ("zero-up", "normal", "reference")
 
 
 @dataclass
@@ -47,7 +51,7 @@ class CompacterConfig:
     rank: int = 1
     reduction_factor: int = 8
     sharing: Literal["single", "multiple"] = "single"
-    init: Literal["zero-up", "normal"] = "zero-up"
+    init: Literal["zero-up", "normal", "reference"] = "zero-up"
     train_layer_norms: bool = True
 
     def check(self) -> list[str]:
@@ -141,6 +145,8 @@ def apply_compacter(model: VLModel, cfg: CompacterConfig, tasks: list[str]) -> l
         "gelu_new", model.task_state, per_task, per_task))
     if shared is not None:
         modules["phm_rule"] = shared
+    if cfg.init == "reference":
+        reference_reinit(modules, model)  # touches no PHM layer; stated so that a Linear added here would follow
     attach(model, "compacter", modules, sites, lambda s: modules[s.stack][s.layer][s.kind])
     return trainable_names(model, "compacter", cfg.train_layer_norms)
 

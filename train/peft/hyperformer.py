@@ -12,12 +12,20 @@ task embedding and a layer embedding (reference `--use_hyperformer --unique_hype
 On bart-base with 4 tasks that is 6,947,088 parameters; with every LayerNorm and the visual
 projection the paper's 8.58M trainable of 148.10M (5.79%).
 
-Initialisation (a choice): the generator Linears and the hypernet's are N(0, 0.01) with zero
-bias, as the hyperformer code; with init="zero-up" (default) the two up generators (weight
-and bias) start at zero, so every generated up-projection is zero and the model starts as
-the frozen one, at no cost in parameters. The first step then trains only the up generators
-(the rest get zero gradient until the up-projection is non-zero), as LoRA's zero B does.
-Task embeddings are randn(512) and layer embeddings N(0, 1), as the reference.
+Initialisation (`init`). Task embeddings are always randn(512) and the hypernet's
+LayerNorm(8) starts at (1, 0), as the reference (neither was re-initialised there).
+  zero-up    (default) the generator Linears and the hypernet's N(0, 0.01) with zero bias,
+             as the hyperformer code builds them, layer embeddings N(0, 1) (nn.Embedding's
+             default), except the two up generators (weight and bias), which start at
+             zero: every generated up-projection is zero and the model starts as the
+             frozen one, at no cost in parameters. The first step then trains only the up
+             generators (the rest get zero gradient until the up-projection is non-zero),
+             as LoRA's zero B does.
+  normal     the same without the zeros: what the reference's VL-T5 ran (its
+             `_init_weights` leaves these modules as built)
+  reference  as the reference, by backbone: on BART its init_weights re-initialised
+             every Linear (generators, hypernet) and Embedding (layer embeddings) to
+             N(0, 0.02) with zero bias (vl.train.peft.reference_reinit); on T5 = normal
 """
 from __future__ import annotations
 
@@ -33,10 +41,10 @@ from transformers.activations import ACT2FN
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft.adapter import bottleneck_problems
-from vl.train.peft import for_task, task_name_problems
+from vl.train.peft import for_task, reference_reinit, task_name_problems
 from vl.train.peft.sites import STACKS, attach, check_free, find_sites, trainable_names
 
-INITS = ("zero-up", "normal")
+INITS = ("zero-up", "normal", "reference")
 
 
 @dataclass
@@ -45,7 +53,7 @@ class HyperformerConfig:
     hidden_dim: int = 128  # the task hypernet's hidden layer
     projected_dim: int = 8  # z, the generators' input (the scripts' --projected_task_embedding_dim 8)
     reduction_factor: int = 8  # generated bottleneck = d_model / r
-    init: Literal["zero-up", "normal"] = "zero-up"  # zero-up: the model starts as the frozen one
+    init: Literal["zero-up", "normal", "reference"] = "zero-up"  # zero-up: the model starts as the frozen one
     train_layer_norms: bool = True
 
     def check(self) -> list[str]:
@@ -129,6 +137,8 @@ def apply_hyperformer(model: VLModel, cfg: HyperformerConfig, tasks: list[str]) 
     stacks = {stack: (1 + max(s.layer for s in found), list(dict.fromkeys(s.kind for s in found)))
               for stack in STACKS if (found := [s for s in sites if s.stack == stack])}  # (layers, kinds)
     modules = Hyperformer(list(tasks), stacks, model.config.d_model, cfg, model.task_state)
+    if cfg.init == "reference":
+        reference_reinit(modules, model)  # BART: Linears and layer embeddings N(0, 0.02); T5: as built
     attach(model, "hyperformer", modules, sites,
            lambda s: functools.partial(modules, stack=s.stack, layer=s.layer, kind=s.kind))
     return trainable_names(model, "hyperformer", cfg.train_layer_norms)

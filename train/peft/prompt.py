@@ -11,6 +11,13 @@ chosen by `model.task_state.current()`; "single" one for all tasks.
 
 What trains: the prompt modules and the visual projection; LayerNorms stay frozen.
 
+Initialisation (`init`):
+  normal     (default) E and the MLP's weights ~ N(0, 0.02), biases zero, on any backbone
+  reference  as the reference, by backbone: on BART its init_weights re-initialised the
+             prompt's Embedding and Linears exactly so (vl.train.peft.reference_reinit),
+             the same as normal; on T5 they keep PyTorch's default (E ~ N(0, 1),
+             Kaiming-uniform Linears), which its VL-T5 `_init_weights` left alone
+
 Where this differs from the reference: its BART prepended the prompts after adding the
 learned positions to the text, so the prompts had none and the text kept positions
 0..L-1. Our BART encoder adds positions to all of `inputs_embeds`: the prompts take
@@ -27,9 +34,10 @@ from torch import nn
 
 from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
-from vl.train.peft import task_name_problems, visual_projection_names
+from vl.train.peft import reference_reinit, task_name_problems, visual_projection_names
 
 SHARINGS = ("single", "multiple")
+INITS = ("normal", "reference")
 SHARED = "shared"  # the one key of sharing="single"
 INIT_STD = 0.02  # BART's init_std: the reference's init_weights re-initialised every Linear/Embedding of VLBart
 
@@ -40,6 +48,7 @@ class PromptConfig:
     mid_dim: int = 800  # the re-parameterisation MLP's hidden size
     reparameterize: bool = True
     sharing: Literal["single", "multiple"] = "single"
+    init: Literal["normal", "reference"] = "normal"
 
     def check(self) -> list[str]:
         problems = []
@@ -49,21 +58,27 @@ class PromptConfig:
             problems.append(f"prompt mid_dim must be an integer >= 1 (got {self.mid_dim!r})")
         if self.sharing not in SHARINGS:
             problems.append(f"prompt sharing must be one of: {', '.join(SHARINGS)} (got {self.sharing!r})")
+        if self.init not in INITS:
+            problems.append(f"prompt init must be one of: {', '.join(INITS)} (got {self.init!r})")
         return problems
 
 
 class Prompt(nn.Module):
-    """One prompt: forward() -> (P, d). `embedding` (P, d), then `mlp` unless None."""
+    """One prompt: forward() -> (P, d). `embedding` (P, d), then `mlp` unless None.
+    init_std None keeps PyTorch's default init."""
 
-    def __init__(self, length: int, d_model: int, mid_dim: int, reparameterize: bool, device=None, dtype=None):
+    def __init__(self, length: int, d_model: int, mid_dim: int, reparameterize: bool, device=None, dtype=None,
+                 init_std: float | None = INIT_STD):
         super().__init__()
         like = dict(device=device, dtype=dtype)
         self.embedding = nn.Embedding(length, d_model, **like)
         self.mlp = nn.Sequential(nn.Linear(d_model, mid_dim, **like), nn.Tanh(),
                                  nn.Linear(mid_dim, d_model, **like)) if reparameterize else None
+        if init_std is None:
+            return
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=INIT_STD)
+                nn.init.normal_(m.weight, std=init_std)
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
@@ -103,8 +118,13 @@ def apply_prompt(model: VLModel, cfg: PromptConfig, tasks: list[str]) -> list[st
 
     embeddings = model.backbone.get_input_embeddings().weight
     keys = [SHARED] if cfg.sharing == "single" else list(tasks)
+    # reference: built with PyTorch's default init, then re-initialised as the reference's BART did
+    init_std = None if cfg.init == "reference" else INIT_STD
     prompts = {k: Prompt(cfg.length, model.config.d_model, cfg.mid_dim, cfg.reparameterize,
-                         device=embeddings.device, dtype=embeddings.dtype) for k in keys}
+                         device=embeddings.device, dtype=embeddings.dtype, init_std=init_std) for k in keys}
+    if cfg.init == "reference":
+        for prompt in prompts.values():
+            reference_reinit(prompt, model)
     task_state = None if cfg.sharing == "single" else model.task_state
     model.encoder_prompt = EncoderPrompt(prompts, cfg.length, task_state).train(model.training)
 
