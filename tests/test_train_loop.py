@@ -89,12 +89,10 @@ def test_full_fine_tuning_overfits_eight_examples(world, tmp_path):
     cfg = load_config(TrainConfig, write_config(world, run), [
         f"tasks=[{{name: gqa, train_manifest: {m / 'gqa8.jsonl'}, store: {store}, batch_size: 8}}]",
         "epochs=120", "optim.lr=1e-2", "optim.warmup_ratio=0"])
-    start = time.perf_counter()
     loop.train(cfg)
     records = read_metrics(run)
     assert len(records) == 120 and records[-1]["step"] == 120  # one step an epoch
     assert records[0]["train_loss"] > 3.0 and records[-1]["train_loss"] < 0.5, records[-1]
-    assert time.perf_counter() - start < 30
 
 
 def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(world, tmp_path, monkeypatch):
