@@ -1,0 +1,105 @@
+"""The paper-fidelity switches measured on the demo world (issue #13, docs/fidelity.md).
+
+Each variant is a set of settings applied to both the caption pre-training and the compared
+run (a run starts from a pre-training made the same way); every variant starts from the same
+world and feature stores, trains the same epochs with the same seed, and is scored on val by
+`vl evaluate`, as `vl demo` does. Scores only compare variants with each other: the demo's
+random encoder and small T5 are not the paper's models.
+
+    python bench/fidelity_demo.py --demo vl_demo [--variants image-packed,image-reference] [--json out.json]
+
+`--demo` is a folder a full `vl demo --out DIR` made (its world and feature stores are reused).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from cli_run import machine, write_results
+
+# name -> (run kind, method, settings for the pre-training and the run). The baseline of each
+# kind is the demo's own recipe (packed inputs, span-cropped video clips).
+REFERENCE = {"visual_inputs": "reference", "extra_tokens": 200}
+VARIANTS: dict[str, tuple[str, str, dict]] = {
+    "image-packed": ("image", "adapter", {}),
+    "image-reference": ("image", "adapter", REFERENCE),
+    "image-reference-grid-boxes": ("image", "adapter", {**REFERENCE, "visual_boxes": "grid"}),
+    "image-packed-zero-boxes": ("image", "adapter", {"visual_boxes": "zero"}),
+    "video-packed-span": ("video", "adapter", {}),
+    "video-reference": ("video", "adapter", {**REFERENCE, "data": {"video_inputs": "reference"}}),
+}
+SCORES = {"image": ("vqa", "gqa", "nlvr2", "caption"), "video": ("tvqa", "how2qa", "tvc", "yc2c")}
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """base with extra laid over it, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def run_variant(demo: Path, out: Path, name: str) -> dict:
+    from vl.evaluate.demo import (IMAGE_TASKS, PRETRAIN, RECIPES, VIDEO_TASKS, run_vl, task_entries, train_once,
+                                  write_config)
+
+    kind, method, settings = VARIANTS[name]
+    recipe = RECIPES["full"]
+    world, features = demo / "world", demo / "features"
+    image_store, video_store = features / "demo_images.h5", features / "demo_videos.h5"
+    if not (world / "manifests").is_dir() or not image_store.is_file() or not video_store.is_file():
+        raise SystemExit(f"{demo} is not a full `vl demo --out` folder (world/manifests, features/*.h5)")
+    runs, configs = out / name, out / name / "configs"
+    started = time.perf_counter()
+    pretrain = runs / "pretrain"
+    caption = [t for t in task_entries("image", world, image_store, 32) if t["name"] == "caption"]
+    every_train = [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]
+    train_once(pretrain, write_config(configs / "pretrain.yaml", merged({
+        **recipe.train, **PRETRAIN, "run_dir": str(pretrain), "epochs": recipe.pretrain_epochs,
+        "tokenizer_manifests": every_train, "tasks": [{**t, "val_manifest": None} for t in caption]}, settings)),
+        recipe.pretrain_epochs)
+    run_name = f"{kind}-{method}"
+    epochs = recipe.epochs[run_name]
+    store = image_store if kind == "image" else video_store
+    run_settings = {k: v for k, v in settings.items() if k != "extra_tokens"}  # extra_tokens come from init_from
+    cfg = merged({**recipe.train, "init_from": str(pretrain), "run_dir": str(runs / run_name), "method": method,
+                  "epochs": epochs, "tasks": task_entries(kind, world, store, 32), **recipe.extra.get(run_name, {})},
+                 run_settings)
+    train_once(runs / run_name, write_config(configs / f"{run_name}.yaml", cfg), epochs)
+    first = SCORES[kind][0]
+    if not (runs / run_name / "eval" / "val" / f"{first}.json").is_file():
+        run_vl(["evaluate", "--run", str(runs / run_name), "--split", "val", "--checkpoint", "last"])
+    scores = {task: json.loads((runs / run_name / "eval" / "val" / f"{task}.json").read_text())["scores"]["overall"]
+              for task in SCORES[kind]}
+    return {"variant": name, "settings": settings, "seconds": round(time.perf_counter() - started, 1), **scores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", type=Path, required=True, help="a folder made by `vl demo --out DIR` (full)")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/fidelity"), help="where the variants' runs go")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    args = parser.parse_args()
+    names = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    rows = [run_variant(args.demo.resolve(), args.out.resolve(), name) for name in names]
+    print(machine())
+    for kind in ("image", "video"):
+        these = [r for r in rows if VARIANTS[r["variant"]][0] == kind]
+        if these:
+            print(f"| variant | {' | '.join(SCORES[kind])} | seconds |\n|---|{'---|' * len(SCORES[kind])}---|")
+            for r in these:
+                print(f"| {r['variant']} | {' | '.join(f'{r[t]:.2f}' for t in SCORES[kind])} | {r['seconds']:.0f} |")
+    if args.json:
+        write_results(args.json, " ".join(sys.argv), machine(), args, {"rows": rows})
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
