@@ -23,11 +23,25 @@ Give --images DIR (image datasets) or --videos DIR (video datasets) to record wh
 the media are; `vl extract` and `vl data check` use it.
 
 \b
-Example:
+Several files, one manifest (the paper's recipe):
+  vqa2   repeat --questions/--annotations (paired in order); --karpathy dataset_coco.json
+         --karpathy-split train|val|test keeps one Karpathy split (train = train + restval
+         images, from train2014 and val2014); --answer-min-count 9 limits the training labels
+         to the answers of >= 9 questions read (3,129 on train2014 + val2014), or
+         --answer-vocab trainval_ans2label.json reads the vocabulary
+  gqa    repeat --questions to merge splits (train + val, as the paper trains)
+
+\b
+Examples:
   vl data convert vqa2 --split val \\
       --questions v2_OpenEnded_mscoco_val2014_questions.json \\
       --annotations v2_mscoco_val2014_annotations.json \\
       --images /data/coco --out manifests/vqa2_val.jsonl
+  vl data convert vqa2 --split train \\
+      --questions v2_OpenEnded_mscoco_train2014_questions.json --annotations v2_mscoco_train2014_annotations.json \\
+      --questions v2_OpenEnded_mscoco_val2014_questions.json --annotations v2_mscoco_val2014_annotations.json \\
+      --karpathy dataset_coco.json --karpathy-split train --answer-min-count 9 \\
+      --images /data/coco --out manifests/vqa2_karpathy_train.jsonl
 """
 
 
@@ -45,27 +59,48 @@ def data() -> None:
 @data.command("convert", help=CONVERT_HELP)
 @click.argument("dataset")
 @click.option("--split", required=True, help="The split these files hold: train, val, test, ... (recorded on every line).")
-@click.option("--questions", type=click.Path(path_type=Path), help="Questions file (VQA v2, GQA).")
-@click.option("--annotations", type=click.Path(path_type=Path),
-              help="Annotation file (VQA v2 answers; the main file of NLVR2 and the VALUE datasets).")
+@click.option("--questions", type=click.Path(path_type=Path), multiple=True,
+              help="Questions file (VQA v2, GQA); repeat to merge files (vqa2, gqa).")
+@click.option("--annotations", type=click.Path(path_type=Path), multiple=True,
+              help="Annotation file (VQA v2 answers, one per --questions in the same order; the main file of NLVR2 "
+                   "and the VALUE datasets).")
 @click.option("--subtitles", type=click.Path(path_type=Path), help="VALUE subtitles JSONL (video datasets).")
-@click.option("--karpathy", type=click.Path(path_type=Path), help="Karpathy's dataset_coco.json (coco-caption).")
+@click.option("--karpathy", type=click.Path(path_type=Path),
+              help="Karpathy's dataset_coco.json (coco-caption; vqa2 with --karpathy-split).")
+@click.option("--karpathy-split", type=click.Choice(["train", "val", "test"]),
+              help="vqa2: keep the questions on the images of this Karpathy split (train: train + restval images).")
 @click.option("--images", type=click.Path(path_type=Path), help="Image folder (media root of image datasets).")
 @click.option("--videos", type=click.Path(path_type=Path), help="Video folder (media root of video datasets).")
 @click.option("--restval-into-train", is_flag=True, help="coco-caption: add the Karpathy restval images to --split train.")
 @click.option("--image-ids", type=click.Path(path_type=Path),
-              help="vqa2: keep only questions on these image ids (JSON list or one per line), e.g. a Karpathy split.")
+              help="vqa2: keep only questions on these image ids (JSON list or one per line).")
+@click.option("--answer-min-count", type=int, metavar="N",
+              help="vqa2: training labels only for the normalised multiple_choice_answers of >= N of the questions "
+                   "read (the paper: 9, over train2014 + val2014).")
+@click.option("--answer-vocab", type=click.Path(path_type=Path),
+              help="vqa2: training labels only for the answers in this file (JSON list, or LXMERT's "
+                   "trainval_ans2label.json).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The manifest to write (M.jsonl; M.meta.json beside it).")
-def convert(dataset, split, questions, annotations, subtitles, karpathy, images, videos, restval_into_train,
-            image_ids, out) -> None:
+def convert(dataset, split, questions, annotations, subtitles, karpathy, karpathy_split, images, videos,
+            restval_into_train, image_ids, answer_min_count, answer_vocab, out) -> None:
     from vl.data_manifests.registry import ConvertRequest, convert_dataset
 
-    req = ConvertRequest(split=split, questions=questions, annotations=annotations, subtitles=subtitles,
-                         karpathy=karpathy, images=images, videos=videos, restval_into_train=restval_into_train,
-                         image_ids=image_ids)
+    req = ConvertRequest(split=split, questions=list(questions), annotations=list(annotations), subtitles=subtitles,
+                         karpathy=karpathy, karpathy_split=karpathy_split, images=images, videos=videos,
+                         restval_into_train=restval_into_train, image_ids=image_ids,
+                         answer_min_count=answer_min_count, answer_vocab=answer_vocab)
     manifest = convert_dataset(dataset, req, out)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(manifest.counts().items()))
     click.echo(f"wrote {out} ({len(manifest.examples)} examples; {counts}; {len(manifest.media_ids())} media ids)")
+    extra = manifest.meta.extra if manifest.meta else {}
+    if "karpathy" in extra:
+        k = extra["karpathy"]
+        click.echo(f"Karpathy {k['split']} split: questions on {k['images_with_questions']} of its {k['images']} images")
+    if "answer_vocabulary" in extra:
+        v = extra["answer_vocabulary"]
+        rule = f"answers of >= {v['min_count']} questions" if v["rule"] == "min_count" else v["file"]
+        click.echo(f"answer vocabulary: {v['size']} answers ({rule}); {v['questions_without_label']} questions have "
+                   "no answer in it and are not trained on")
 
 
 @data.command("check")

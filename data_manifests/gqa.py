@@ -6,21 +6,49 @@
 The submission / challenge test files carry no `answer` (nor `fullAnswer`): their
 examples have no `answers`. The other fields (semantic program, annotations,
 entailed, groups ...) are left out.
+
+Several files make one manifest: VL-T5 and VL-Adapter train GQA on train + val
+(LXMERT's "train,valid"), so `--questions train_balanced_questions.json --questions
+val_balanced_questions.json --split train` writes that training set; question ids are
+unique across GQA's splits, a repeated one is an error. The meta counts the examples
+of each file.
 """
 from __future__ import annotations
 
-from vl.data_manifests.registry import ConvertRequest, register
-from vl.data_manifests.source_files import missing_fields, read_json
+from pathlib import Path
+
+from vl.data_manifests.registry import ConvertRequest, Converted, register
+from vl.data_manifests.source_files import duplicates, missing_fields, read_json
 from vl.shared.errors import VLError, collect_or_raise
 
 QUESTION_FIELDS = {"imageId": str, "question": str}
 GOLD_FIELDS = {"answer": str, "fullAnswer": str}
 
 
-@register("gqa", task="gqa", media="image", needs=("main",),
-          reads="GQA balanced questions JSON ({question id: {imageId, question, answer, fullAnswer, types, ...}})")
-def convert(req: ConvertRequest) -> list[dict]:
-    path = req.main_file()
+@register("gqa", task="gqa", media="image", needs=("main",), several=("questions", "annotations"),
+          reads="GQA balanced questions JSON ({question id: {imageId, question, answer, fullAnswer, types, ...}}); "
+                "repeat --questions to merge splits (train + val, as the paper trains)")
+def convert(req: ConvertRequest) -> Converted:
+    examples: list[dict] = []
+    wheres: list[str] = []
+    per_file: dict[str, int] = {}
+    answered: dict[Path, bool] = {}
+    for path in req.main_files():
+        found = _convert_file(path, req.split)
+        examples += found
+        wheres += [f"{path}: question {ex['id']!r}" for ex in found]
+        per_file[str(path.resolve())] = len(found)
+        answered[path] = "answers" in found[0] if found else True
+    problems = duplicates((ex["id"], where) for ex, where in zip(examples, wheres))
+    if len(set(answered.values())) > 1:
+        unanswered = [str(p) for p, has in answered.items() if not has]
+        problems.append(f"{', '.join(unanswered)}: no answers (a test file), while the other files have them; "
+                        "merge only answered files (train, val) and convert test files on their own")
+    collect_or_raise(problems, hint="Give each GQA questions file once; question ids are unique across GQA's splits.")
+    return Converted(examples, {"questions_per_file": per_file} if len(per_file) > 1 else {})
+
+
+def _convert_file(path: Path, split: str) -> list[dict]:
     doc = read_json(path, what="GQA questions JSON ({split}_balanced_questions.json)")
     if not isinstance(doc, dict):
         raise VLError(f"{path}: must be a JSON object keyed by question id; is this a GQA "
@@ -41,7 +69,7 @@ def convert(req: ConvertRequest) -> list[dict]:
         problems.extend(found)
         if found:
             continue
-        ex = {"id": qid, "task": "gqa", "split": req.split, "media": [q["imageId"]],
+        ex = {"id": qid, "task": "gqa", "split": split, "media": [q["imageId"]],
               "question": q["question"], "image_id": q["imageId"]}
         if "answer" in q:
             ex.update(answers=[q["answer"]], full_answer=q["fullAnswer"])

@@ -12,15 +12,31 @@ JSON list): [{"img_id": "COCO_val2014_000000393267", "question_id", "sent",
 "label": {answer: score}, "answer_type"?, "question_type"?}]. It keeps only the soft
 labels, not the ten human answers, so its examples carry `labels` (copied as given)
 and no `answers`; a file without `label` (their test split) gives neither.
+
+The paper's recipe (VL-T5 / VL-Adapter) reads several files into one manifest:
+
+- `--questions`/`--annotations` repeat, paired in order (train2014 and val2014);
+- `--karpathy dataset_coco.json --karpathy-split train|val|test` keeps the questions on
+  the images of one Karpathy split (train = Karpathy's train + restval images, which
+  span train2014 and val2014; val and test are 5,000 val2014 images each);
+- `--answer-min-count 9` limits the training `labels` to the answer vocabulary: the
+  normalised `multiple_choice_answer`s of at least 9 of the questions read (all of them,
+  before the Karpathy filter: over train2014 + val2014 that is the 3,129-answer list of
+  LXMERT and VL-T5); `--answer-vocab FILE` reads the vocabulary instead (a JSON list of
+  answers, or LXMERT's trainval_ans2label.json {answer: index}). `answers` stay whole:
+  the official accuracy scores against all ten. A question with no answer in the
+  vocabulary keeps empty `labels` and is not trained on.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from vl.data_manifests.registry import ConvertRequest, register
+from vl.data_manifests.karpathy import split_image_ids
+from vl.data_manifests.registry import ConvertRequest, Converted, register
 from vl.data_manifests.source_files import duplicates, missing_fields, read_json
-from vl.shared.answers import vqa_soft_scores
+from vl.shared.answers import normalize_vqa_answer, vqa_answer_vocabulary, vqa_soft_scores
+from vl.shared.digests import digest_json
 from vl.shared.errors import VLError, collect_or_raise
 
 QUESTION_FIELDS = {"image_id": int, "question": str, "question_id": int}
@@ -29,32 +45,150 @@ ANNOTATION_FIELDS = {"question_id": int, "image_id": int, "question_type": str, 
 HUMAN_ANSWER_FIELDS = {"answer": str, "answer_id": int}
 LXMERT_FIELDS = {"img_id": str, "question_id": int, "sent": str}
 ANSWERS_PER_QUESTION = 10
-# "COCO_val2014_000000393267" -> 393267
-_MEDIA_ID = re.compile(r"^COCO_\w+?_(\d+)$")
+# "COCO_val2014_000000393267" -> subtype "val2014", image id 393267
+_MEDIA_ID = re.compile(r"^COCO_(\w+?)_(\d+)$")
 
 
 @register("vqa2", task="vqa", media="image", needs=("questions",),
-          reads="VQA v2 questions JSON (+ --annotations JSON for train/val), or the LXMERT/VL-T5 JSON list "
-                "as --questions; --image-ids FILE keeps only the listed images")
-def convert(req: ConvertRequest) -> list[dict]:
-    # the id list is small: check it before reading the large files
+          accepts=("annotations", "image_ids", "karpathy", "karpathy_split", "answer_vocab", "answer_min_count"),
+          several=("questions", "annotations"),
+          reads="VQA v2 questions JSON (+ --annotations JSON for train/val; both repeat, paired in order), or the "
+                "LXMERT/VL-T5 JSON list as --questions; --karpathy F --karpathy-split S or --image-ids F keep "
+                "only some images; --answer-min-count N or --answer-vocab F limit the labels to a vocabulary")
+def convert(req: ConvertRequest) -> Converted:
+    collect_or_raise(_request_problems(req), hint="Run `vl data convert --help` for how vqa2 reads its files.")
+    # the small files first: a bad id list or vocabulary shows before the large files are read
     keep = _read_image_ids(req.image_ids) if req.image_ids is not None else None
-    questions = read_json(req.questions, what="VQA v2 questions JSON (or LXMERT/VL-T5 VQA JSON list)")
-    if isinstance(questions, list):
-        if req.annotations is not None:
-            raise VLError(f"{req.questions}: is a JSON list, the LXMERT/VL-T5 format, which carries its own labels; "
-                          "drop --annotations, or pass the official questions JSON as --questions")
-        examples = _from_lxmert(questions, req)
-    else:
-        examples = _from_official(questions, req)
+    karpathy = split_image_ids(req.karpathy, req.karpathy_split) if req.karpathy is not None else None
+    vocab_file = _read_vocabulary(req.answer_vocab) if req.answer_vocab is not None else None
+
+    examples: list[dict] = []
+    wheres: list[str] = []
+    per_file: dict[str, int] = {}
+    for i, path in enumerate(req.questions):
+        doc = read_json(path, what="VQA v2 questions JSON (or LXMERT/VL-T5 VQA JSON list)")
+        annotations = req.annotations[i] if req.annotations else None
+        if isinstance(doc, list):
+            if annotations is not None:
+                raise VLError(f"{path}: is a JSON list, the LXMERT/VL-T5 format, which carries its own labels; "
+                              "drop --annotations, or pass the official questions JSON as --questions")
+            found, found_wheres = _from_lxmert(doc, path, req.split)
+        else:
+            found, found_wheres = _from_official(doc, path, annotations, req.split)
+        examples += found
+        wheres += found_wheres
+        per_file[str(path.resolve())] = len(found)
+    collect_or_raise(duplicates((ex["id"], where) for ex, where in zip(examples, wheres)),
+                     hint="Each question may be read once: give each file once, and files of different splits.")
+
+    extra: dict = {}
+    if len(req.questions) > 1:
+        extra["questions_per_file"] = per_file
+    vocabulary = None
+    if req.answer_min_count is not None:  # counted over every question read, before any filter
+        vocabulary = vqa_answer_vocabulary((ex["multiple_choice_answer"] for ex in examples), req.answer_min_count)
+        extra["answer_vocabulary"] = {
+            "rule": "min_count", "min_count": req.answer_min_count, "questions_counted": len(examples),
+            "counted_in": [str(p.resolve()) for p in req.annotations],
+            "size": len(vocabulary), "sha256": digest_json(vocabulary)}
+    elif vocab_file is not None:
+        vocabulary, entries = vocab_file
+        extra["answer_vocabulary"] = {
+            "rule": "file", "file": str(req.answer_vocab.resolve()), "file_entries": entries,
+            "size": len(vocabulary), "sha256": digest_json(vocabulary)}
+
     if keep is not None:
         keep_ints, keep_media = keep
         examples = [ex for ex in examples if ex["image_id"] in keep_ints or ex["media"][0] in keep_media]
-    return examples
+    if karpathy is not None:
+        extra["karpathy"] = _karpathy_filter_facts(req, karpathy, examples)
+        examples = [ex for ex in examples if ex["image_id"] in karpathy]
+        extra["karpathy"]["images_with_questions"] = len({ex["image_id"] for ex in examples})
+    if vocabulary is not None:
+        allowed = set(vocabulary)
+        for ex in examples:
+            if "labels" in ex:
+                ex["labels"] = {a: s for a, s in ex["labels"].items() if a in allowed}
+        extra["answer_vocabulary"]["questions_without_label"] = sum(
+            1 for ex in examples if "labels" in ex and not ex["labels"])
+    return Converted(examples, extra)
 
 
-def _from_official(doc: object, req: ConvertRequest) -> list[dict]:
-    path = req.questions
+def _request_problems(req: ConvertRequest) -> list[str]:
+    """What is wrong with the combination of options (no file read)."""
+    problems = []
+    if req.annotations and len(req.annotations) != len(req.questions):
+        problems.append(f"give one --annotations per --questions, in the same order (got {len(req.questions)} "
+                        f"--questions, {len(req.annotations)} --annotations); test splits have no annotations: "
+                        "convert them on their own")
+    if req.karpathy is not None and req.image_ids is not None:
+        problems.append("give --karpathy (with --karpathy-split) or --image-ids, not both")
+    if req.karpathy is not None and req.karpathy_split is None:
+        problems.append("vqa2 --karpathy needs --karpathy-split train|val|test (train: Karpathy's train and restval "
+                        "images, as VL-T5 and VL-Adapter train on)")
+    if req.karpathy_split is not None and req.karpathy is None:
+        problems.append("--karpathy-split needs --karpathy dataset_coco.json (Karpathy's split file)")
+    if req.answer_min_count is not None and req.answer_vocab is not None:
+        problems.append("give --answer-min-count N or --answer-vocab FILE, not both")
+    if req.answer_min_count is not None:
+        if req.answer_min_count < 1:
+            problems.append(f"--answer-min-count must be >= 1 (got {req.answer_min_count}); the paper's is 9")
+        if not req.annotations:
+            problems.append("--answer-min-count counts the multiple_choice_answer of the official annotations: give "
+                            "--annotations for every --questions file (train2014 and val2014 for the paper's "
+                            "vocabulary), or read a vocabulary file with --answer-vocab")
+    return problems
+
+
+def _karpathy_filter_facts(req: ConvertRequest, karpathy: dict[int, str], examples: list[dict]) -> dict:
+    """The Karpathy filter's record for the meta; raises when a COCO subtype of the split's
+    images (train2014, val2014) has no questions file at all, the usual mistake being the
+    train split from the train2014 files alone (its restval images are val2014 images)."""
+    given = {m.group(1) for ex in examples if (m := _MEDIA_ID.match(ex["media"][0]))}
+    needed: dict[str, int] = {}
+    for subtype in karpathy.values():
+        needed[subtype] = needed.get(subtype, 0) + 1
+    missing = sorted(set(needed) - given)
+    if missing:
+        raise VLError([f"{req.karpathy}: Karpathy split {req.karpathy_split!r} holds {needed[s]} {s} images, but no "
+                       f"--questions file has questions on {s} images: add --questions "
+                       f"v2_OpenEnded_mscoco_{s}_questions.json --annotations v2_mscoco_{s}_annotations.json"
+                       for s in missing],
+                      hint="The paper's Karpathy splits read both the train2014 and the val2014 files.")
+    return {"split": req.karpathy_split, "images": len(karpathy), "images_per_subtype": dict(sorted(needed.items()))}
+
+
+def _read_vocabulary(path: Path) -> tuple[list[str], int]:
+    """(answers, entries in the file) of a vocabulary file: a JSON list of answers
+    (LXMERT's trainval_label2ans.json), or {answer: index} (trainval_ans2label.json).
+    Entries are normalised as the labels are, so an entry written another way still
+    matches; the result is sorted and unique."""
+    doc = read_json(path, what="answer vocabulary (a JSON list of answers, or {answer: index})")
+    problems: list[str] = []
+    if isinstance(doc, dict):
+        entries = list(doc)
+        problems += [f"{path}: answer {a!r}: index must be int (got {i!r:.40})" for a, i in doc.items()
+                     if not isinstance(i, int) or isinstance(i, bool)]
+        indices = [i for i in doc.values() if isinstance(i, int)]
+        if len(set(indices)) != len(indices):
+            problems.append(f"{path}: two answers share an index; is this an {{answer: index}} file such as "
+                            "trainval_ans2label.json?")
+    elif isinstance(doc, list):
+        entries = doc
+        problems += [f"{path}: [{i}] must be an answer string (got {e!r:.40})" for i, e in enumerate(doc)
+                     if not isinstance(e, str)]
+        problems += duplicates((e, f"{path}: [{i}]") for i, e in enumerate(doc) if isinstance(e, str))
+    else:
+        raise VLError(f"{path}: must be a JSON list of answers or an object {{answer: index}} "
+                      "(LXMERT's trainval_label2ans.json / trainval_ans2label.json)")
+    if not entries:
+        problems.append(f"{path}: holds no answers")
+    collect_or_raise(problems, hint=f"{path} should be an answer vocabulary.")
+    return sorted({normalize_vqa_answer(e) for e in entries}), len(entries)
+
+
+def _from_official(doc: object, path: Path, annotations: Path | None, split: str) -> tuple[list[dict], list[str]]:
+    """(examples, where each question is) of an official questions file, with its annotations."""
     if not isinstance(doc, dict) or not isinstance(doc.get("questions"), list):
         raise VLError(f"{path}: field 'questions' must be a list; is this the VQA v2 questions JSON "
                       "(v2_OpenEnded_mscoco_*_questions.json)?")
@@ -77,13 +211,13 @@ def _from_official(doc: object, req: ConvertRequest) -> list[dict]:
     examples = []
     for _, q in rows:
         examples.append({
-            "id": str(q["question_id"]), "task": "vqa", "split": req.split,
+            "id": str(q["question_id"]), "task": "vqa", "split": split,
             "media": [f"COCO_{image_subtype}_{q['image_id']:012d}"],
             "question": q["question"], "image_id": q["image_id"],
         })
-    if req.annotations is not None:
-        _add_annotations(examples, rows, subtype, req.annotations, path)
-    return examples
+    if annotations is not None:
+        _add_annotations(examples, rows, subtype, annotations, path)
+    return examples, [where for where, _ in rows]
 
 
 def _add_annotations(examples: list[dict], rows: list[tuple[str, dict]], subtype: str,
@@ -94,7 +228,8 @@ def _add_annotations(examples: list[dict], rows: list[tuple[str, dict]], subtype
                       "(v2_mscoco_*_annotations.json)?")
     if doc.get("data_subtype", subtype) != subtype:
         raise VLError(f"{path}: annotations of {doc['data_subtype']!r} do not belong to the questions of "
-                      f"{subtype!r} in {questions_path}; pass the annotations of the same split")
+                      f"{subtype!r} in {questions_path}; pass the annotations of the same split, each "
+                      "--annotations after its --questions")
     problems: list[str] = []
     by_qid: dict[int, tuple[str, dict]] = {}
     for i, a in enumerate(doc["annotations"]):
@@ -144,8 +279,8 @@ def _check_human_answers(answers: list, where: str) -> list[str]:
     return problems
 
 
-def _from_lxmert(records: list, req: ConvertRequest) -> list[dict]:
-    path = req.questions
+def _from_lxmert(records: list, path: Path, split: str) -> tuple[list[dict], list[str]]:
+    """(examples, where each record is) of an LXMERT / VL-T5 JSON list."""
     problems: list[str] = []
     examples, wheres = [], []
     for i, r in enumerate(records):
@@ -163,8 +298,8 @@ def _from_lxmert(records: list, req: ConvertRequest) -> list[dict]:
         problems.extend(found)
         if found:
             continue
-        ex = {"id": str(r["question_id"]), "task": "vqa", "split": req.split, "media": [r["img_id"]],
-              "question": r["sent"], "image_id": int(match.group(1))}
+        ex = {"id": str(r["question_id"]), "task": "vqa", "split": split, "media": [r["img_id"]],
+              "question": r["sent"], "image_id": int(match.group(2))}
         if "label" in r:
             ex["labels"] = dict(r["label"])
         ex.update({k: r[k] for k in ("answer_type", "question_type") if k in r})
@@ -173,7 +308,7 @@ def _from_lxmert(records: list, req: ConvertRequest) -> list[dict]:
     problems.extend(duplicates((ex["id"], where) for ex, where in zip(examples, wheres)))
     collect_or_raise(problems, hint=f"{path} should be an LXMERT/VL-T5 VQA file (a JSON list of "
                                     "{img_id, question_id, sent, label}).")
-    return examples
+    return examples, wheres
 
 
 def _read_image_ids(path: Path) -> tuple[set[int], set[str]]:

@@ -12,7 +12,7 @@ import click
 
 EXAMPLE = """\b
 Examples:
-  vl evaluate --run runs/vqa-gqa --split val              # every task of the run, best checkpoint
+  vl evaluate --run runs/vqa-gqa --split val              # every task, the checkpoint the run's config names
   vl evaluate --run runs/vqa-gqa --split test --tasks vqa --manifest vqa=manifests/vqa2_test.jsonl
   vl evaluate score --task vqa --predictions my_vqa.json --manifest manifests/vqa2_val.jsonl
 
@@ -42,8 +42,9 @@ def _manifest_overrides(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Which manifests to predict: each task's val_manifest or test_manifest in the run's config.")
 @click.option("--tasks", default=None, metavar="T1,T2", help="Only these tasks of the run (default: all).")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="best: the best validation epoch (last when the run never validated).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+              help="best: the best validation epoch (last when the run never validated); last: the last epoch, as "
+                   "the paper tested. Default: the run's eval_checkpoint setting (best unless its config says last).")
 @click.option("--manifest", "manifests", multiple=True, metavar="TASK=PATH",
               help="The manifest of a task for this split, instead of the config's (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -51,7 +52,7 @@ def _manifest_overrides(values: tuple[str, ...]) -> dict[str, str]:
               help="Examples per generation batch (default: the run's val_batch_size).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def evaluate(ctx: click.Context, run_dir: Path | None, split: str, tasks: str | None, checkpoint: str,
+def evaluate(ctx: click.Context, run_dir: Path | None, split: str, tasks: str | None, checkpoint: str | None,
              manifests: tuple[str, ...], device: str, batch_size: int | None, quiet: bool) -> None:
     """Stage 3: each task's official metric on a trained run's predictions.
 
@@ -69,6 +70,8 @@ def evaluate(ctx: click.Context, run_dir: Path | None, split: str, tasks: str | 
     results = evaluate_run(run_dir, split, chosen, checkpoint, device, _manifest_overrides(manifests), batch_size,
                            progress=not quiet)
     click.echo(results_table(results))
+    used = sorted({r.checkpoint for r in results})
+    click.echo(f"checkpoint: {', '.join(used)}" + ("" if checkpoint else " (the run's eval_checkpoint)"))
     click.echo(f"written to {run_dir / 'eval' / split}")
 
 

@@ -37,6 +37,7 @@ class TaskResult:
     scores: dict | None  # None: the split has no answers
     scores_file: Path
     predictions_file: Path
+    checkpoint: str = "best"  # the checkpoint scored
 
 
 def has_gold(task: Any, examples: Sequence[dict]) -> bool:
@@ -55,10 +56,11 @@ def pick_device(name: str) -> str:
 
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence[str] | None = None,
-                 checkpoint: str = "best", device: str = "auto", manifests: dict[str, str] | None = None,
+                 checkpoint: str | None = None, device: str = "auto", manifests: dict[str, str] | None = None,
                  batch_size: int | None = None, precision: str | None = None,
                  progress: bool = True) -> list[TaskResult]:
-    """Predict, score and write every chosen task of `run_dir` on `split` (see the module docstring)."""
+    """Predict, score and write every chosen task of `run_dir` on `split` (see the module docstring).
+    `checkpoint` None scores the one the run's config names (`eval_checkpoint`)."""
     import torch
 
     from vl.evaluate.formats import official_file_name, write_submission
@@ -122,7 +124,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
             "digests": {"run_json": run_digest, "checkpoint": checkpoint_meta.get("model_sha256"),
                         "manifest": sha256_file(manifests[name])},
         })
-        results.append(TaskResult(name, split, len(data.examples), scores, scores_file, Path(predictions_file)))
+        results.append(TaskResult(name, split, len(data.examples), scores, scores_file, Path(predictions_file),
+                                  trained.checkpoint))
     return results
 
 

@@ -10,11 +10,17 @@ answers normalised exactly this way; each is noted where it happens.
 `vqa_soft_scores` is the label of one question: every distinct normalised human
 answer with the score of `compute_softscore.py`'s `get_score` (1 match -> 0.3,
 2 -> 0.6, 3 -> 0.9, 4 or more -> 1.0).
+
+`vqa_answer_vocabulary` is the answer set those labels are limited to for training:
+`compute_softscore.py`'s `filter_answers` keeps the normalised `multiple_choice_answer`s
+that answer at least 9 questions of train2014 + val2014, which gives the 3,129 answers of
+LXMERT's and VL-T5's `trainval_ans2label.json`.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Iterable
 
 # The official list, in its order: each is removed or turned into a space (see below).
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
@@ -119,3 +125,14 @@ def vqa_soft_scores(answers: list[str]) -> dict[str, float]:
     the vocabulary is the model's business, not the manifest's."""
     counts = Counter(normalize_vqa_answer(a) for a in answers)
     return {answer: _SCORE_BY_COUNT.get(n, 1.0) for answer, n in counts.items()}
+
+
+# filter_answers(answers, 9) in compute_softscore.py, over train2014 + val2014
+PAPER_MIN_ANSWER_COUNT = 9
+
+
+def vqa_answer_vocabulary(multiple_choice_answers: Iterable[str], min_count: int = PAPER_MIN_ANSWER_COUNT) -> list[str]:
+    """The normalised answers that are the `multiple_choice_answer` of at least `min_count`
+    questions (one answer given per question), sorted."""
+    counts = Counter(normalize_vqa_answer(a) for a in multiple_choice_answers)
+    return sorted(answer for answer, n in counts.items() if n >= min_count)

@@ -75,3 +75,36 @@ def test_bad_requests_are_named(run, tmp_path):
     no_checkpoint = vl("evaluate", "--run", fresh)
     assert no_checkpoint.exit_code == 1 and "has no checkpoints yet" in no_checkpoint.output
     assert f"vl train --resume {fresh}" in no_checkpoint.output
+
+
+def test_the_runs_eval_checkpoint_decides_what_is_scored(run, tmp_path):
+    """`eval_checkpoint` (the paper presets: last, as the reference tested its last epoch)
+    picks the checkpoint unless --checkpoint is given; a config from before the setting
+    scores best, as then."""
+    import shutil
+
+    from vl.shared.config import load_config
+    from vl.shared.errors import VLError
+    from vl.train.config import TrainConfig
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+    config = json.loads((copy / "config.json").read_text())
+    assert config["eval_checkpoint"] == "best"  # the default, saved with every run
+
+    def scored(*args):
+        result = vl("evaluate", "--run", copy, "--tasks", "gqa", "--quiet", *args)
+        assert result.exit_code == 0, result.output
+        return json.loads((copy / "eval/val/gqa.json").read_text())["checkpoint"], result.output
+
+    del config["eval_checkpoint"]
+    (copy / "config.json").write_text(json.dumps(config))
+    name, output = scored()
+    assert name == "best" and "checkpoint: best (the run's eval_checkpoint)" in output
+    (copy / "config.json").write_text(json.dumps({**config, "eval_checkpoint": "last"}))
+    name, output = scored()
+    assert name == "last" and "checkpoint: last (the run's eval_checkpoint)" in output
+    name, output = scored("--checkpoint", "best")  # the command line wins
+    assert name == "best" and "checkpoint: best\n" in output
+    with pytest.raises(VLError, match="eval_checkpoint"):
+        load_config(TrainConfig, copy / "config.json", ["eval_checkpoint=first"])

@@ -132,6 +132,9 @@ class TrainConfig:
     val_every: int = 1  # validate every N epochs (and after the last); 0: never (`vl evaluate` scores later)
     val_batch_size: int = 64
     best_metric: str = "mean_score"  # mean_score (the tasks' average) or <task>_score; higher is better
+    # the checkpoint `vl evaluate --run` scores unless --checkpoint says otherwise: best (by best_metric)
+    # or last; the reference tested the model of its last epoch (the paper presets say last)
+    eval_checkpoint: Literal["best", "last"] = "best"
 
     def metric_names(self) -> list[str]:
         return [f"mean_{METRIC_SUFFIX}"] + [f"{t.name}_{METRIC_SUFFIX}" for t in self.tasks]

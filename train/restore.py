@@ -37,22 +37,23 @@ class TrainedRun:
     extra: dict  # the checkpoint's state: epoch, step, best, ...
 
 
-def load_trained(run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "cpu") -> TrainedRun:
-    """Rebuild the model of `run_dir` and load `checkpoints/<checkpoint>` into it
-    ("best" falls back to "last" when the run never validated)."""
+def load_trained(run_dir: str | os.PathLike, checkpoint: str | None = None, device: str = "cpu") -> TrainedRun:
+    """Rebuild the model of `run_dir` and load `checkpoints/<checkpoint>` into it; None: the
+    run's `eval_checkpoint` ("best" falls back to "last" when the run never validated)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise VLError(f"{run_dir} is not a vl run directory (no {CONFIG_FILE}): give a folder `vl train` made")
-    if checkpoint not in CHECKPOINTS:
+    if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise VLError(f"checkpoint must be one of {', '.join(CHECKPOINTS)} (got {checkpoint!r})")
     have = [c for c in CHECKPOINTS if (run_dir / "checkpoints" / c).is_dir()]
     if not have:
         raise VLError(f"{run_dir} has no checkpoints yet (training stopped before its first epoch ended): "
                       f"continue it with `vl train --resume {run_dir}`")
+    cfg = load_config(TrainConfig, run_dir / CONFIG_FILE, [f"run_dir={run_dir}"])
+    checkpoint = checkpoint or cfg.eval_checkpoint
     name = checkpoint if checkpoint in have else "last" if checkpoint == "best" and "last" in have else None
     if name is None:
         raise VLError(f"{run_dir} has no '{checkpoint}' checkpoint; it has: {', '.join(have)}")
-    cfg = load_config(TrainConfig, run_dir / CONFIG_FILE, [f"run_dir={run_dir}"])
     facts = read_run_json(run_dir).get("model") or {}
     if not facts.get("feat_dim") or not facts.get("vocab_size"):
         raise VLError(f"{run_dir}/run.json records no model facts (feat_dim, vocab_size): it was made by an older "
