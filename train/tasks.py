@@ -134,7 +134,8 @@ DEFAULT_LAYOUT = InputLayout()
 
 @dataclass
 class TrainItem:
-    """One training example: the input parts (prefix first) and what the decoder may be
+    """One training example: the input parts (prefix first, or last in the reference's video
+    layout) and what the decoder may be
     taught. VQA keeps all answers with their soft scores and draws one each time it is
     seen; a caption item holds one reference; every other item one target of weight 1."""
 
