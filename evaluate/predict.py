@@ -106,7 +106,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
         spec = specs[name]
         split_name = spec.val_split if split == "val" else spec.test_split
         store = stores.setdefault(str(spec.store), FeatureStore(spec.store))
-        data = TaskData(name, split_name, manifests[name], store, cfg.data)
+        data = TaskData(name, split_name, manifests[name], store, cfg.data, spec)
         data.check_media(skip_missing=False)
         ds = TaskDataset(data, tokenizer, seed=cfg.seed, predict=True)
         predictions = generate_predictions(model, ds, tokenizer, model.backbone.device,

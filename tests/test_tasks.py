@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from vl.shared.errors import VLError
-from vl.train.tasks import (TASKS, Generation, SourcePart, TrainItem, compose, count_words, get_task,
+from vl.train.tasks import (TASKS, Generation, InputLayout, SourcePart, TrainItem, compose, count_words, get_task,
                             subtitles_in_span)
 
 SUBS = [  # a whole video's subtitles, as value_common attaches them
@@ -230,3 +230,42 @@ def test_expand_names_every_problem():
     assert "gqa example '201307251': no gold ('answers')" in text
     assert "gqa example '201307251': missing field 'question'" in text
     assert "gqa example '42001': field 'task' is 'vqa', not 'gqa'" in text
+
+
+REFERENCE = InputLayout(video="reference")
+
+
+@pytest.mark.parametrize("name, expected", [
+    # every line of the video (not the span's), "[TS] (st-ed)", each choice stripped of dots and
+    # spaces then ended by one dot, the prefix last (video/tvqa_data.py L179-208)
+    ("tvqa", "[Subs] (Sheldon:) Hello. Penny, come in. Where is Leonard? He left. [Q] Who does Sheldon greet? "
+             "[TS] (1.0-3.0) [Choices] a0: Penny. a1: Leonard. a2: Howard. a3: Raj. a4: Amy. tvqa:"),
+    ("how2qa", "[Subs] (Sheldon:) Hello. Penny, come in. [Q] What is added first? [TS] (NaN-NaN) "
+               "[Choices] a0: Salt. a1: Flour. a2: Eggs. a3: Milk. how2qa:"),
+    ("tvc", "[Subs] (Sheldon:) Hello. Penny, come in. Where is Leonard? He left. [TS] ([10.0, 12.0]) tvc:"),
+    ("yc2c", "[Subs] (Sheldon:) Hello. Penny, come in. Where is Leonard? He left. yc2c:"),
+])
+def test_reference_video_layout(name, expected):
+    ex = dict(EXAMPLES[name])
+    if name == "tvqa":
+        ex["choices"] = ["Penny.", " Leonard ", "Howard..", "Raj", "Amy"]
+    task = get_task(name)
+    assert task.build_input(ex, layout=REFERENCE) == expected
+    assert task.build_input(ex, layout=InputLayout(prefix="", video="reference")) == expected.rsplit(" ", 1)[0]
+    assert task.build_input(EXAMPLES[name]) == EXPECTED_INPUT[name]  # the default layout is untouched
+
+
+def test_image_tasks_ignore_the_video_layout_and_take_the_runs_prefix():
+    ex = EXAMPLES["gqa"]
+    assert get_task("gqa").build_input(ex, layout=REFERENCE) == "gqa: Is the sky dark?"
+    assert get_task("gqa").build_input(ex, layout=InputLayout(prefix="gpa:")) == "gpa: Is the sky dark?"
+    assert get_task("caption").build_input(EXAMPLES["caption"], layout=InputLayout(prefix="")) == ""
+
+
+def test_candidates_of_the_rankable_tasks():
+    assert [n for n, t in TASKS.items() if t.rankable] == ["nlvr2", "tvqa", "how2qa"]
+    assert get_task("nlvr2").candidates(EXAMPLES["nlvr2"]) == ["true", "false"]
+    assert get_task("tvqa").candidates(EXAMPLES["tvqa"]) == ["a0", "a1", "a2", "a3", "a4"]
+    assert get_task("how2qa").candidates(EXAMPLES["how2qa"]) == ["a0", "a1", "a2", "a3"]
+    with pytest.raises(NotImplementedError):
+        get_task("vqa").candidates(EXAMPLES["vqa"])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vl.train.data import SAMPLING, DataSettings
+from vl.train.data import SAMPLING, DataSettings, TaskOptions
 from vl.train.model import VISUAL_BOXES, VISUAL_INPUTS
 from vl.train.peft.adapter import AdapterConfig
 from vl.train.peft.compacter import CompacterConfig
@@ -26,6 +26,7 @@ from vl.train.peft.hyperformer import HyperformerConfig
 from vl.train.peft.lora import LoRAConfig
 from vl.train.peft.methods import METHODS
 from vl.train.peft.prompt import PromptConfig
+from vl.train.tasks import TASKS
 from vl.train.weight_decay import DECAY_RULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -33,8 +34,10 @@ METRIC_SUFFIX = "score"  # <task>_score: the task's official main score, 0-100 (
 
 
 @dataclass
-class TaskSpec:
-    """One task trained in the run: where its examples and features are."""
+class TaskSpec(TaskOptions):
+    """One task trained in the run: where its examples and features are, and (the fields
+    of TaskOptions, vl.train.data: prefix, max_text_tokens, truncate, max_target_tokens,
+    num_beams, max_new_tokens, decision) how it is read and answered."""
 
     name: str  # a registered task: vqa, gqa, nlvr2, caption, tvqa, how2qa, tvc, yc2c
     train_manifest: Path
@@ -50,7 +53,12 @@ class TaskSpec:
     batch_size: int = 32
 
     def check(self) -> list[str]:
-        return [] if self.batch_size >= 1 else [f"batch_size must be >= 1 (got {self.batch_size})"]
+        problems = super().check()
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 (got {self.batch_size})")
+        if self.name in TASKS:  # an unknown name is reported when the task is looked up, naming the choices
+            problems += self.task_problems(TASKS[self.name])
+        return problems
 
 
 @dataclass

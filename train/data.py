@@ -1,11 +1,14 @@
 """Training data: a task's examples with their cached CLIP features, batched one task at a time.
 
 - `DataSettings`: how features and text are cut to size (typed config, `check()`ed).
+- `TaskOptions`: one task's own settings in a run (prefix, text budget and how it is cut,
+  target length, decoding, generate or rank); a TaskSpec of the config carries them.
 - `TaskData`: one task and split: its manifest examples, the task definition, the
-  feature store, the settings. `check_media` finds media missing from the store before
-  anything is loaded (an error naming the fix, or `--skip-missing`).
+  feature store, the settings and options. `check_media` finds media missing from the
+  store before anything is loaded (an error naming the fix, or `--skip-missing`).
 - `TaskDataset`: `task.expand(examples)` as items: source text within the token budget
-  (only subtitles are ever cut), a target and its loss weight, visual tokens (V, D).
+  (only subtitles are cut, or the tokenizer cuts the end: `truncate`), a target and its
+  loss weight, visual tokens (V, D).
 - `MultiTaskDataset`: several `TaskDataset`s addressed by `ItemKey(task, index, epoch)`.
 - `MultiTaskSampler`: a `batch_sampler` whose every batch comes from one task; the order
   is drawn from (seed, epoch) alone, so every rank builds the same plan and takes its share.
@@ -30,17 +33,20 @@ from typing import Any, Iterator, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, sidecar_path
 from vl.shared.manifest import DatasetManifest
 from vl.train.model import pool_grid
-from vl.train.tasks import Task, TrainItem, get_task
+from vl.train.tasks import TASKS, VIDEO_INPUTS, Generation, InputLayout, Task, TrainItem, get_task
 
 log = logging.getLogger(__name__)
 
 SAMPLING = ("proportional", "temperature")
+TRUNCATIONS = ("subtitles", "end")
+DECISIONS = ("generate", "rank")
 
 
 @dataclass
@@ -52,6 +58,13 @@ class DataSettings:
     max_frames: int = 64  # video: frames of the clip, subsampled uniformly to at most this many
     max_text_tokens: int | None = 600  # encoder text budget (special tokens included); only subtitles are cut
     max_target_tokens: int | None = None  # None: the task's generation.max_new_tokens (VQA 10, captions 40)
+    # Video inputs. span: the frames inside the question's or clip's span (the whole video when it
+    # has none), subsampled to at most max_frames, padding masked; our text layout (tasks.py).
+    # reference: as the reference (video/tvqa_data.py L34-44, L164-168): the whole video's frames,
+    # adaptive-max-pooled along time to max_frames when longer, zero-padded to max_frames when
+    # shorter, every one attended (it had no mask); the reference's text template, prefix last,
+    # cut at its end by the tokenizer (tasks' `truncate` default).
+    video_inputs: Literal["span", "reference"] = "span"
 
     def check(self) -> list[str]:
         problems = []
@@ -59,7 +72,51 @@ class DataSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1 (got {value})")
+        if self.video_inputs not in VIDEO_INPUTS:
+            problems.append(f"video_inputs must be one of: {', '.join(VIDEO_INPUTS)} (got {self.video_inputs!r})")
         return problems
+
+
+@dataclass(kw_only=True)
+class TaskOptions:
+    """One task's own settings in a run; every None keeps the default, today's behaviour.
+    `TaskSpec` (vl.train.config) inherits these fields, so a config sets them per task:
+    `{name: vqa, ..., prefix: "vqa:", max_text_tokens: 20, truncate: end}`."""
+
+    prefix: str | None = None  # None: the task's own ("vqa:", ...); "": none; else this ("gpa:": the reference's GQA)
+    max_text_tokens: int | None = None  # None: data.max_text_tokens; special tokens included
+    # How a text over max_text_tokens is cut. subtitles: only the subtitles, from their end (the
+    # prefix, question and choices stay whole); end: the tokenizer cuts the whole text's end, as the
+    # reference (its VQA/GQA questions, prefix included, at 20; its video texts at 600). None: end for
+    # video tasks under data.video_inputs=reference, else subtitles.
+    truncate: Literal["subtitles", "end"] | None = None
+    max_target_tokens: int | None = None  # None: data.max_target_tokens, else this task's max_new_tokens
+    num_beams: int | None = None  # None: the task's (beam 5 for captions, greedy for answers)
+    max_new_tokens: int | None = None  # None: the task's (captions 40, VQA/GQA/NLVR2 10, choice labels 4)
+    # generate: decode text, read it back as an answer. rank: score each candidate answer of the
+    # example (NLVR2 true/false, multiple choice a0..aN) and take the best, so the answer is always
+    # one of them (vl.train.loop.rank_candidates). None: generate.
+    decision: Literal["generate", "rank"] | None = None
+
+    def check(self) -> list[str]:
+        problems = []
+        for name in ("max_text_tokens", "max_target_tokens", "num_beams", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be >= 1 or null (got {value})")
+        if self.truncate is not None and self.truncate not in TRUNCATIONS:
+            problems.append(f"truncate must be one of: {', '.join(TRUNCATIONS)} or null (got {self.truncate!r})")
+        if self.decision is not None and self.decision not in DECISIONS:
+            problems.append(f"decision must be one of: {', '.join(DECISIONS)} or null (got {self.decision!r})")
+        return problems
+
+    def task_problems(self, task: Task) -> list[str]:
+        """What these options cannot do for `task`."""
+        if self.decision == "rank" and not task.rankable:
+            closed = ", ".join(name for name, t in TASKS.items() if t.rankable)
+            return [f"task {task.name}: decision=rank picks among a closed set of answers, which only {closed} "
+                    f"have; set decision to generate (or leave it unset) for {task.name}"]
+        return []
 
 
 class ItemKey(NamedTuple):
@@ -74,20 +131,25 @@ class ItemKey(NamedTuple):
 # -- one task's data ------------------------------------------------------------------------
 
 class TaskData:
-    """One task and split: its examples, the task definition, the feature store, the settings.
+    """One task and split: its examples, the task definition, the feature store, the
+    settings (shared by the run's tasks) and this task's options (a TaskSpec, or
+    TaskOptions); the properties below resolve the options against the defaults.
 
     Construction checks everything cheap (the store holds this task's media kind, the
-    feature exists and fits the settings, the split has examples) and raises one VLError
-    listing every problem. `check_media` then compares the examples' media with the store.
+    feature exists and fits the settings, the split has examples, the options suit the
+    task) and raises one VLError listing every problem. `check_media` then compares the
+    examples' media with the store.
     """
 
     def __init__(self, task: str | Task, split: str, manifest: DatasetManifest | str | os.PathLike,
-                 store: FeatureStore | str | os.PathLike, settings: DataSettings | None = None):
+                 store: FeatureStore | str | os.PathLike, settings: DataSettings | None = None,
+                 options: TaskOptions | None = None):
         self.task = get_task(task) if isinstance(task, str) else task
         self.split = split
         self.manifest = manifest if isinstance(manifest, DatasetManifest) else DatasetManifest.read(manifest)
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         self.settings = settings or DataSettings()
+        self.options = options or TaskOptions()
         self.examples: list[dict] = [ex for ex in self.manifest.examples
                                      if ex["task"] == self.task.name and ex["split"] == split]
         self.media_checked = False
@@ -96,6 +158,8 @@ class TaskData:
         self.feature = self.settings.feature or (
             "pooled" if video and "pooled" in self.store.features else self.store.default_feature)
         problems = [f"data settings: {p}" for p in self.settings.check()]
+        problems += [f"task {self.task.name}: {p}" for p in self.options.check()]
+        problems += self.options.task_problems(self.task)
         if not self.examples:
             has = ", ".join(sorted(self.manifest.counts())) or "nothing"
             problems.append(f"task {self.task.name!r} split {split!r} has no examples in manifest "
@@ -119,6 +183,10 @@ class TaskData:
         shape = self.store.item_shape(self.feature)
         where = f"{self.name}: feature '{self.feature}' of {self.store.path} is {shape}"
         if video:
+            if len(shape) != 1 and self.reference_video:
+                return [f"{where} per frame; data.video_inputs=reference pools one vector a frame along time to "
+                        f"max_frames={self.settings.max_frames} tokens and cannot read a grid a frame: extract the "
+                        "videos with `vl extract videos --layer pooled`, or set data.video_inputs=span"]
             if len(shape) != 1:
                 return [f"{where} per frame; video tasks read one vector per frame: extract with `--layer pooled`"]
             return []
@@ -151,9 +219,45 @@ class TaskData:
             return 1
         return self.settings.visual_pool ** 2 if self.settings.visual_pool else int(shape[0])
 
+    # -- the options resolved against the settings and the task's defaults --
+
+    @property
+    def reference_video(self) -> bool:
+        """Video read as the reference did (data.video_inputs=reference)."""
+        return self.task.media_kind == "video" and self.settings.video_inputs == "reference"
+
+    @property
+    def layout(self) -> InputLayout:
+        return InputLayout(prefix=self.options.prefix, video=self.settings.video_inputs)
+
+    @property
+    def truncate(self) -> str:
+        if self.options.truncate is not None:
+            return self.options.truncate
+        return "end" if self.reference_video else "subtitles"
+
+    @property
+    def max_text_tokens(self) -> int | None:
+        return self.settings.max_text_tokens if self.options.max_text_tokens is None else self.options.max_text_tokens
+
+    @property
+    def token_cut(self) -> int | None:
+        """The length the tokenizer cuts every source to (`truncate: end`); None: no cut there."""
+        return self.max_text_tokens if self.truncate == "end" else None
+
+    @property
+    def generation(self) -> Generation:
+        default = self.task.generation
+        return Generation(max_new_tokens=self.options.max_new_tokens or default.max_new_tokens,
+                          num_beams=self.options.num_beams or default.num_beams)
+
+    @property
+    def decision(self) -> str:
+        return self.options.decision or "generate"
+
     @property
     def max_target_tokens(self) -> int:
-        return self.settings.max_target_tokens or self.task.generation.max_new_tokens
+        return self.options.max_target_tokens or self.settings.max_target_tokens or self.generation.max_new_tokens
 
     def check_media(self, skip_missing: bool = False) -> int:
         """Compare the examples' media ids with the store; returns how many examples were dropped.
@@ -198,8 +302,8 @@ class TaskDataset(Dataset):
         self.data, self.tokenizer, self.seed, self.epoch = data, tokenizer, seed, 0
         self.task_name = data.task.name
         # predict: one item per example and no targets (test splits need no answers)
-        self.items: list[TrainItem] = (data.task.prediction_items(data.examples) if predict
-                                       else data.task.expand(data.examples))
+        self.items: list[TrainItem] = (data.task.prediction_items(data.examples, data.layout) if predict
+                                       else data.task.expand(data.examples, data.layout))
         if not self.items:
             raise VLError(f"{data.name}: none of its {len(data.examples)} examples has a target to train on "
                           f"(manifest {data.manifest.path})")
@@ -215,7 +319,11 @@ class TaskDataset(Dataset):
         return len(self.tokenizer(text)["input_ids"])  # special tokens included: the encoder's length
 
     def source(self, index: int) -> str:
-        return self.items[index].text(self.data.settings.max_text_tokens, self.count_tokens)
+        """The encoder text: subtitles cut to the budget here (`truncate: subtitles`), or whole
+        (`truncate: end`: the collate's tokenizer cuts its end, at `data.token_cut` tokens)."""
+        if self.data.truncate == "end":
+            return self.items[index].text()
+        return self.items[index].text(self.data.max_text_tokens, self.count_tokens)
 
     def target(self, index: int, epoch: int) -> tuple[str, float]:
         """The target and its loss weight. VQA draws one answer in proportion to its soft score,
@@ -231,6 +339,11 @@ class TaskDataset(Dataset):
     def visual(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Visual tokens (V, D) float32 and their image ids (V,) long."""
         item, store, feature = self.items[index], self.data.store, self.data.feature
+        if self.data.reference_video:
+            (video,) = item.media
+            frames = torch.from_numpy(np.asarray(store.get(video, feature), dtype=np.float32))  # (n, D): whole video
+            feats = pool_or_pad_frames(frames, self.data.settings.max_frames)  # (max_frames, D), all attended
+            return feats, torch.zeros(len(feats), dtype=torch.long)
         if self.data.task.media_kind == "video":
             (video,) = item.media
             ts = self._ts.get(item.example_id)
@@ -286,22 +399,40 @@ class MultiTaskDataset(Dataset):
         return ds.item(index, epoch[0] if epoch else ds.epoch)
 
     def collator(self, tokenizer: Any) -> "Collator":
-        """A collate function that cuts each task's targets to its own limit."""
-        return Collator(tokenizer, {name: ds.data.max_target_tokens for name, ds in self.datasets.items()})
+        """A collate function that cuts each task's targets (and, with `truncate: end`, its
+        sources) to its own limits."""
+        return Collator(tokenizer, {name: ds.data.max_target_tokens for name, ds in self.datasets.items()},
+                        {name: ds.data.token_cut for name, ds in self.datasets.items()})
+
+
+def pool_or_pad_frames(frames: torch.Tensor, length: int) -> torch.Tensor:
+    """(n, D) frame vectors -> exactly (length, D), as the reference's resize()
+    (video/tvqa_data.py L34-44): adaptive max pooling along time when n > length (output
+    frame i is the max over frames floor(i*n/length) .. ceil((i+1)*n/length) - 1), zero
+    frames appended when n < length."""
+    n, dim = frames.shape
+    if n > length:
+        return F.adaptive_max_pool1d(frames.t()[None], length)[0].t()  # (D, n) -> (D, length) -> (length, D)
+    if n < length:
+        return torch.cat([frames, frames.new_zeros(length - n, dim)])
+    return frames
 
 
 # -- batching -------------------------------------------------------------------------------
 
-def collate(batch: Sequence[dict[str, Any]], tokenizer: Any,
-            max_target_tokens: int | None = None) -> dict[str, Any]:
-    """Items of one task -> tensors for `VLModel.forward` (plus `weights`, `task`, `ids`)."""
+def collate(batch: Sequence[dict[str, Any]], tokenizer: Any, max_target_tokens: int | None = None,
+            max_text_tokens: int | None = None) -> dict[str, Any]:
+    """Items of one task -> tensors for `VLModel.forward` (plus `weights`, `task`, `ids`).
+    Targets are cut to max_target_tokens and sources to max_text_tokens tokens (special
+    tokens included, the end cut as the tokenizer does); None: not cut here."""
     tasks = {x["task"] for x in batch}
     if len(tasks) != 1:
         raise VLError(f"a batch mixes tasks {sorted(tasks)}: batch with MultiTaskSampler (one task per batch)")
     if getattr(tokenizer, "padding_side", "right") != "right":
         raise VLError("the tokenizer pads on the left; VLModel needs right-padded text: "
                       "set tokenizer.padding_side = 'right'")
-    src = tokenizer([x["source"] for x in batch], padding=True, return_tensors="pt")  # (B, T_text)
+    src = tokenizer([x["source"] for x in batch], padding=True, truncation=max_text_tokens is not None,
+                    max_length=max_text_tokens, return_tensors="pt")  # (B, T_text)
     tgt = tokenizer([x["target"] for x in batch], padding=True, truncation=max_target_tokens is not None,
                     max_length=max_target_tokens, return_tensors="pt")  # (B, T_target)
     labels = tgt["input_ids"].masked_fill(tgt["attention_mask"] == 0, -100)  # (B, T_target)
@@ -347,17 +478,20 @@ def make_loader(dataset: "MultiTaskDataset", sampler: "MultiTaskSampler", tokeni
 
 
 class Collator:
-    """`collate` with its tokenizer and target limits bound: a picklable DataLoader collate_fn.
-    max_target_tokens: one limit, or one per task name."""
+    """`collate` with its tokenizer and limits bound: a picklable DataLoader collate_fn.
+    max_target_tokens, max_text_tokens: one limit each, or one per task name."""
 
-    def __init__(self, tokenizer: Any, max_target_tokens: int | Mapping[str, int] | None = None):
-        self.tokenizer, self.max_target_tokens = tokenizer, max_target_tokens
+    def __init__(self, tokenizer: Any, max_target_tokens: int | Mapping[str, int | None] | None = None,
+                 max_text_tokens: int | Mapping[str, int | None] | None = None):
+        self.tokenizer, self.max_target_tokens, self.max_text_tokens = tokenizer, max_target_tokens, max_text_tokens
 
     def __call__(self, batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        limit = self.max_target_tokens
-        if isinstance(limit, Mapping):
-            limit = limit.get(batch[0]["task"])
-        return collate(batch, self.tokenizer, limit)
+        task = batch[0]["task"]
+
+        def limit(value: int | Mapping[str, int | None] | None) -> int | None:
+            return value.get(task) if isinstance(value, Mapping) else value
+
+        return collate(batch, self.tokenizer, limit(self.max_target_tokens), limit(self.max_text_tokens))
 
 
 class MultiTaskSampler:

@@ -3,15 +3,21 @@
 Every task is generation with a task prefix (VL-T5 / VL-Adapter). A definition reads
 the manifest fields of docs/manifests.md and says:
 
-- `prefix`: always the first words of the input, for every method (the original used
-  prefixes only in some runs, spelt GQA's "gpa:", and appended the video prefix after
-  600 tokens of subtitles, where truncation could cut it away);
+- `prefix`: the task's own prefix, the first words of the input by default; a run may
+  name another per task or none (`InputLayout.prefix`, a TaskSpec's `prefix`): the
+  original used prefixes only in some runs and spelt GQA's "gpa:";
 - `source_parts(example)`: the input after the prefix, as `SourcePart`s; only a part
   with `may_cut` (subtitles) is ever shortened, so `build_input(example, budget, count)`
   keeps the prefix, the question and the choices whole, whatever the budget;
+- `reference_parts(example)` (video tasks): the input as the reference wrote it,
+  `[Subs] <every subtitle line> [Q] .. [TS] (..) [Choices] a0: ..`, which a run asks for
+  with `data.video_inputs: reference` (`InputLayout.video`); the prefix then goes last,
+  where the reference appended it;
 - `targets(example)`: training targets with weights; `expand(examples)` makes the
   training items (one per caption reference, one per example otherwise);
 - `read_prediction(text, example)`: a generated string back to an answer;
+- `candidates(example)` (`rankable` tasks: NLVR2, multiple choice): the closed set of
+  answers that `decision: rank` picks from;
 - `media_kind`, `generation` defaults, and the `metric` key the evaluation looks up.
 
 Multiple choice (TVQA, How2QA) is answered as the choice label: the target is "a2",
@@ -24,7 +30,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Literal, NamedTuple, Sequence
 
 from vl.shared.answers import vqa_soft_scores
 from vl.shared.errors import VLError, collect_or_raise
@@ -109,9 +115,27 @@ class Generation:
     num_beams: int = 1
 
 
+VIDEO_INPUTS = ("span", "reference")
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """How one run writes one task's encoder text (tasks are shared singletons: a run's
+    choices travel in this, never on the task)."""
+
+    prefix: str | None = None  # None: the task's own prefix; "": none; any other string replaces it
+    # video tasks: "span" (ours: prefix, question, choices, then the subtitles of the question's
+    # span) or "reference" (the reference's template over the whole video's subtitles, prefix last)
+    video: Literal["span", "reference"] = "span"
+
+
+DEFAULT_LAYOUT = InputLayout()
+
+
 @dataclass
 class TrainItem:
-    """One training example: the input parts (prefix first) and what the decoder may be
+    """One training example: the input parts (prefix first, or last in the reference's video
+    layout) and what the decoder may be
     taught. VQA keeps all answers with their soft scores and draws one each time it is
     seen; a caption item holds one reference; every other item one target of weight 1."""
 
@@ -143,9 +167,18 @@ class Task:
     inputs: ClassVar[tuple[str, ...]] = ()  # manifest fields the input is made from
     gold: ClassVar[tuple[str, ...]] = ("answers",)  # training needs at least one of these
     one_item_per_target: ClassVar[bool] = False  # captions: one training item per reference
+    rankable: ClassVar[bool] = False  # has `candidates`: a closed answer set that `decision: rank` picks from
 
     def source_parts(self, example: dict) -> list[SourcePart]:
         return []
+
+    def reference_parts(self, example: dict) -> list[SourcePart]:
+        """The input (without prefix) as the reference built it; video tasks define it."""
+        raise NotImplementedError(f"task {self.name} has no reference template (video tasks only)")
+
+    def candidates(self, example: dict) -> list[str]:
+        """Every answer `example` may have, as target strings (`rankable` tasks only)."""
+        raise NotImplementedError(f"task {self.name} has no closed answer set to rank")
 
     def targets(self, example: dict) -> list[Target]:
         raise NotImplementedError
@@ -161,12 +194,18 @@ class Task:
         """The encoder text after the prefix, uncut."""
         return compose(self.source_parts(example))
 
-    def input_parts(self, example: dict) -> list[SourcePart]:
-        return [SourcePart(self.prefix), *self.source_parts(example)]
+    def input_parts(self, example: dict, layout: InputLayout = DEFAULT_LAYOUT) -> list[SourcePart]:
+        """The encoder input as parts: the prefix (the layout's, else the task's; an empty
+        one is no part at all) first, or last after a video task's reference template."""
+        prefix = SourcePart(self.prefix if layout.prefix is None else layout.prefix)
+        if layout.video == "reference" and self.media_kind == "video":
+            return [*self.reference_parts(example), prefix]  # appended, as video/tvqa_data.py L208
+        return [prefix, *self.source_parts(example)]
 
-    def build_input(self, example: dict, budget: int | None = None, count: Count = count_words) -> str:
+    def build_input(self, example: dict, budget: int | None = None, count: Count = count_words,
+                    layout: InputLayout = DEFAULT_LAYOUT) -> str:
         """Prefix and source within `budget` (as `count` measures it), cutting only subtitles."""
-        return compose(self.input_parts(example), budget, count)
+        return compose(self.input_parts(example, layout), budget, count)
 
     def sample_target(self, example: dict, rng: random.Random) -> Target:
         return sample_weighted(self.targets(example), rng)
@@ -184,14 +223,14 @@ class Task:
                          "training needs a split converted with its answers")
         return found
 
-    def prediction_items(self, examples: Sequence[dict]) -> list[TrainItem]:
+    def prediction_items(self, examples: Sequence[dict], layout: InputLayout = DEFAULT_LAYOUT) -> list[TrainItem]:
         """One item per example, without targets: what a model reads to predict (test
         splits without answers included)."""
         collect_or_raise([p for ex in examples for p in self.problems(ex, need_gold=False)],
                          hint="Check the manifest with `vl data check`, or convert it again with `vl data convert`.")
-        return [TrainItem(ex["id"], self.name, list(ex["media"]), self.input_parts(ex), []) for ex in examples]
+        return [TrainItem(ex["id"], self.name, list(ex["media"]), self.input_parts(ex, layout), []) for ex in examples]
 
-    def expand(self, examples: Sequence[dict]) -> list[TrainItem]:
+    def expand(self, examples: Sequence[dict], layout: InputLayout = DEFAULT_LAYOUT) -> list[TrainItem]:
         """Training items, one per example (one per reference for captions). A VQA example
         whose labels are empty (every answer outside the LXMERT vocabulary) has nothing to
         learn and is skipped, as its zero score made its loss zero in the original."""
@@ -199,7 +238,7 @@ class Task:
                          hint="Check the manifest with `vl data check`, or convert it again with `vl data convert`.")
         items = []
         for ex in examples:
-            parts, targets = self.input_parts(ex), self.targets(ex)
+            parts, targets = self.input_parts(ex, layout), self.targets(ex)
             groups = [[t] for t in targets] if self.one_item_per_target else ([targets] if targets else [])
             items += [TrainItem(ex["id"], self.name, list(ex["media"]), parts, group) for group in groups]
         return items
@@ -263,6 +302,7 @@ class GQA(Task):
 class NLVR2(Task):
     prefix, media_kind, metric, generation = "nlvr:", "image", "nlvr2_accuracy", _SHORT_ANSWER
     inputs = ("sentence",)
+    rankable = True
 
     def source_parts(self, example: dict) -> list[SourcePart]:
         return [SourcePart(example["sentence"])]
@@ -272,6 +312,9 @@ class NLVR2(Task):
 
     def read_prediction(self, text: str, example: dict | None = None) -> str:
         return _clean(text).lower().strip(" .!")  # "True." -> "true"
+
+    def candidates(self, example: dict) -> list[str]:
+        return ["true", "false"]
 
 
 @register_task("caption")
@@ -297,6 +340,33 @@ def _subtitle_part(example: dict) -> list[SourcePart]:
     return [SourcePart(text, may_cut=True, label="subtitles:")] if text.strip() else []
 
 
+# The reference's video inputs (video/tvqa_data.py L179-208; how2qa_data.py L174-203,
+# tvc_data.py L189-207, yc2c_data.py L187-203): "[Subs]" and every subtitle line of the
+# whole video in file order, each stripped, joined by spaces; then per task "[Q] <question>",
+# "[TS] (<ts>)", "[Choices] a0: <choice>. a1: ..."; the task prefix last; the whole string
+# cut by the tokenizer at 600 tokens (`truncate: end`). "[Subs]" stays even when a cut (or
+# an empty video) leaves no subtitle.
+
+def _reference_subtitles(example: dict) -> list[SourcePart]:
+    lines = " ".join(line["text"].strip() for line in example["subtitles"])
+    return [SourcePart("[Subs]"), SourcePart(lines, may_cut=True)]
+
+
+def _seconds(value: float) -> str:
+    return repr(float(value))  # the shortest text of the number: 20.16 -> "20.16"
+
+
+def reference_ts(ts: Sequence[float] | None, style: Literal["range", "list"]) -> str:
+    """A span as the reference printed the release's own `ts` field: TVQA/How2QA's
+    "st-ed" string ("20.16-25.12"; "NaN-NaN" where the span is unknown), TVC's [st, ed]
+    list as Python prints it ("[35.73, 40.9]"). The manifest keeps the numbers, so a
+    release text with trailing zeros ("25.10") comes back without them."""
+    if style == "list":
+        assert ts is not None, "a caption clip always has its span (value_caption checks it)"
+        return f"[{_seconds(ts[0])}, {_seconds(ts[1])}]"
+    return "NaN-NaN" if ts is None else f"{_seconds(ts[0])}-{_seconds(ts[1])}"
+
+
 class MultipleChoiceQA(Task):
     """Question, the choices labelled a0..aN, then the subtitles of the question's span.
     The answer is the choice label ("a2"), which the metric compares with `answer_idx`."""
@@ -305,10 +375,20 @@ class MultipleChoiceQA(Task):
     generation = Generation(max_new_tokens=4, num_beams=1)
     inputs = ("question", "choices", "subtitles")
     gold = ("answer_idx",)
+    rankable = True
 
     def source_parts(self, example: dict) -> list[SourcePart]:
         choices = " ".join(f"a{i}: {_clean(c)}" for i, c in enumerate(example["choices"]))
         return [SourcePart(example["question"]), SourcePart(choices), *_subtitle_part(example)]
+
+    def reference_parts(self, example: dict) -> list[SourcePart]:
+        # each choice stripped of dots and spaces at both ends, then one dot (tvqa_data.py L195-200)
+        choices = " ".join(f"a{i}: {c.strip('. ')}." for i, c in enumerate(example["choices"]))
+        return [*_reference_subtitles(example), SourcePart(f"[Q] {example['question'].strip()}"),
+                SourcePart(f"[TS] ({reference_ts(example.get('ts'), 'range')})"), SourcePart(f"[Choices] {choices}")]
+
+    def candidates(self, example: dict) -> list[str]:
+        return [f"a{i}" for i in range(len(example["choices"]))]
 
     def targets(self, example: dict) -> list[Target]:
         return [(f"a{example['answer_idx']}", 1.0)]
@@ -357,7 +437,13 @@ class VideoCaption(Caption):
 class TVC(VideoCaption):
     prefix = "tvc:"
 
+    def reference_parts(self, example: dict) -> list[SourcePart]:
+        return [*_reference_subtitles(example), SourcePart(f"[TS] ({reference_ts(example['ts'], 'list')})")]
+
 
 @register_task("yc2c")
 class YC2C(VideoCaption):
     prefix = "yc2c:"
+
+    def reference_parts(self, example: dict) -> list[SourcePart]:
+        return _reference_subtitles(example)  # no span in the text (yc2c_data.py L201)

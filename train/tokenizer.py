@@ -42,14 +42,14 @@ import math
 import string
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal, Mapping
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.manifest import DatasetManifest
-from vl.train.tasks import TASKS, Count
+from vl.train.tasks import DEFAULT_LAYOUT, TASKS, Count, InputLayout
 
 Kind = Literal["t5", "bart"]
 KINDS = ("t5", "bart")
@@ -106,11 +106,13 @@ def token_counter(tok: PreTrainedTokenizerFast) -> Count:
     return count
 
 
-def manifest_texts(manifests: Iterable[DatasetManifest]) -> Iterator[str]:
+def manifest_texts(manifests: Iterable[DatasetManifest],
+                   layouts: Mapping[str, InputLayout] | None = None) -> Iterator[str]:
     """Every text a model reads or writes for these manifests: each example's whole
-    encoder input (task prefix, question, choices "a0: ..", subtitles; uncut) and each of
-    its training targets (answers, choice labels "a2", captions). Examples without gold
-    (test splits) give their input only."""
+    encoder input (task prefix, question, choices "a0: ..", subtitles; uncut), written
+    with its task's layout in `layouts` (the run's prefix and video template; default:
+    the task's own), and each of its training targets (answers, choice labels "a2",
+    captions). Examples without gold (test splits) give their input only."""
     for manifest in manifests:
         problems = []
         for ex in manifest.examples:
@@ -123,7 +125,7 @@ def manifest_texts(manifests: Iterable[DatasetManifest]) -> Iterator[str]:
                          hint="Check the manifest with `vl data check`, or convert it again with `vl data convert`.")
         for ex in manifest.examples:
             task = TASKS[ex["task"]]
-            yield task.build_input(ex)
+            yield task.build_input(ex, layout=(layouts or {}).get(task.name, DEFAULT_LAYOUT))
             if any(ex.get(f) is not None for f in task.gold):
                 yield from (text for text, _weight in task.targets(ex))
 
