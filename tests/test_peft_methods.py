@@ -56,7 +56,7 @@ def test_dry_run_through_the_cli_lists_groups_and_needs_no_files(tmp_path):
 def demo_config(world: Path, run: Path, preset: str) -> TrainConfig:
     """The preset's method and settings on a tiny random BART and two demo tasks."""
     cfg = load_config(TrainConfig, PRESETS / f"{preset}.yaml", [
-        "backbone=tiny-bart", "init=random", "tokenizer=null", "tokenizer_vocab_size=400", "extra_tokens=0",
+        "backbone=tiny-bart", "init=random", "tokenizer=null", "tokenizer_vocab_size=400", "extra_tokens=200",
         "feat_dim=null", "epochs=1", "workers=0", "device=cpu", "precision=fp32", "data.visual_pool=null",
         "optim.lr=3e-3"])
     demo = load_config(TrainConfig, write_config(world, run, batch_size=16))
@@ -111,3 +111,36 @@ def test_a_rebuilt_model_that_differs_from_the_run_is_refused(world, tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(Exception, match="frozen weights rebuilt"):
         load_trained(run)
+
+
+# The reference's scripts (VL-T5/scripts/image/*.sh) passed --use_tasks_prompts in these runs only.
+PREFIXED = {"image/single_adapter", "image/single_compacter", "image/single_lora", "image/single_prompt"}
+INIT_SECTIONS = {"adapter": "adapter", "hyperformer": "hyperformer", "compacter": "compacter", "prompt": "prompt"}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER_SHARES))
+def test_each_preset_runs_in_paper_mode(preset):
+    """The settings docs/fidelity.md lists, as each preset's script ran them."""
+    cfg = load_config(TrainConfig, PRESETS / f"{preset}.yaml")
+    assert (cfg.visual_inputs, cfg.visual_boxes, cfg.extra_tokens) == ("reference", None, 200)
+    assert cfg.eval_checkpoint == "last" and cfg.optim.decay == "reference"
+    if cfg.method in INIT_SECTIONS:
+        assert getattr(cfg, INIT_SECTIONS[cfg.method]).init == "reference"
+    tasks = {t.name: t for t in cfg.tasks}
+    if preset.startswith("image/"):
+        prefixes = ({"vqa": "vqa:", "gqa": "gpa:", "nlvr2": "nlvr:", "caption": "caption:"} if preset in PREFIXED
+                    else dict.fromkeys(tasks, ""))
+        assert {name: t.prefix for name, t in tasks.items()} == prefixes
+        for name in ("vqa", "gqa"):  # question + prefix cut to 20 tokens, greedy
+            t = tasks[name]
+            assert (t.max_text_tokens, t.truncate, t.num_beams, t.max_new_tokens) == (20, "end", 1, 19)
+        assert tasks["nlvr2"].decision == "rank"
+        c = tasks["caption"]
+        assert (c.num_beams, c.max_new_tokens, c.max_target_tokens) == (5, 19, 40)
+        assert tasks["vqa"].train_manifest.name == "vqa2_karpathy_train.jsonl"
+        assert tasks["gqa"].train_manifest.name == "gqa_trainval.jsonl" and tasks["gqa"].val_split == "testdev"
+        assert cfg.data.visual_pool == 6
+    else:
+        assert (cfg.data.video_inputs, cfg.data.max_frames, cfg.data.max_text_tokens) == ("reference", 64, 600)
+        assert all(t.prefix is None and t.num_beams == 5 and t.max_new_tokens == 19 for t in tasks.values())
+        assert tasks["tvc"].max_target_tokens == tasks["yc2c"].max_target_tokens == 20
