@@ -18,11 +18,13 @@ Initialisation (`init`):
              the same as normal; on T5 they keep PyTorch's default (E ~ N(0, 1),
              Kaiming-uniform Linears), which its VL-T5 `_init_weights` left alone
 
-Where this differs from the reference: its BART prepended the prompts after adding the
-learned positions to the text, so the prompts had none and the text kept positions
-0..L-1. Our BART encoder adds positions to all of `inputs_embeds`: the prompts take
-positions 0..P-1 and the text starts at P (T5's relative position bias is unaffected
-among text and visual tokens). Doing otherwise would need a fork of the encoder.
+Positions: the reference's BART prepended the prompts after adding the learned positions
+to the text, so the prompts had none and the text kept positions 0..L-1; with
+`visual_inputs: reference` (the presets) VLModel does the same. With packed inputs the
+BART encoder adds positions to all of `inputs_embeds`: the prompts take positions
+0..P-1 and the text starts at P. T5's relative position bias covers prompt and text in
+reference mode (as its reference, which counted the prompt into the text length), the
+whole row in packed mode.
 """
 from __future__ import annotations
 
