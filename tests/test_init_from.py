@@ -18,6 +18,7 @@ from vl.train import loop
 from vl.train.data import TaskDataset, collate
 from vl.train.restore import inherit_from_run, load_trained, starting_model
 from vl.train.run_dir import read_run_json
+from vl.train.tokenizer import vis_token_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,7 +68,8 @@ def test_a_run_starts_from_the_source_weights_and_tokenizer_and_reloads_exactly(
     source, trained = load_trained(sources["full"], "last"), load_trained(run, "last")
     embeddings = trained.model.backbone.get_input_embeddings().weight
     assert torch.equal(embeddings, source.model.backbone.get_input_embeddings().weight)  # frozen: as pre-trained
-    fresh, _ = loop.build_model(demo_config(world, run, "image/full"), feat_dim(run), len(trained.tokenizer), ["vqa"])
+    fresh, _ = loop.build_model(demo_config(world, run, "image/full"), feat_dim(run), len(trained.tokenizer), ["vqa"],
+                                vis_token_ids(trained.tokenizer))
     assert not torch.equal(embeddings, fresh.backbone.get_input_embeddings().weight)  # not a random start
     assert torch.equal(logits(trained.model, trained.cfg, trained.tokenizer),
                        logits(kept["last"], trained.cfg, trained.tokenizer))
