@@ -75,15 +75,26 @@ def write_photos(folder: Path, n: int, start_seed: int = 0, ext: str = ".jpg") -
     return paths
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny matrices: one thread is much faster than a contended pool (and as deterministic)."""
+def _one_thread():
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matrices: one thread is much faster than a contended pool (and as deterministic)."""
+    yield from _one_thread()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_module():
+    """one_torch_thread for a whole module, its module-scoped model fixtures included
+    (`pytestmark = pytest.mark.usefixtures("one_torch_thread_module")`)."""
+    yield from _one_thread()
 
 
 @pytest.fixture

@@ -33,12 +33,7 @@ METHODS = {
 PER_TASK = [m for m, spec in METHODS.items() if spec[4]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 def tiny(kind: str) -> VLModel:

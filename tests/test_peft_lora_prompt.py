@@ -26,13 +26,7 @@ SMALL_PROMPT = dict(length=3, mid_dim=16)
 LABELS = torch.tensor([[5, 6, 7], [8, 9, -100]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run in milliseconds on one thread; a second one only waits for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 def fresh(kind: str) -> VLModel:

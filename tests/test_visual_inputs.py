@@ -14,12 +14,7 @@ from vl.train.peft.prompt import PromptConfig, apply_prompt
 FEAT, VOCAB, VIS_IDS = 12, 140, list(range(130, 140))  # <vis_extra_id_0..9> as the last ten rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 def reference_model(kind: str, **kwargs) -> VLModel:

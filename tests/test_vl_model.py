@@ -26,13 +26,7 @@ FEAT = 12  # visual feature size of the fake CLIP features
 KINDS = ["tiny-t5", "tiny-bart"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run in milliseconds on one thread; a second one only waits for a busy core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 @pytest.fixture(scope="module", params=KINDS)

@@ -22,12 +22,7 @@ TASKS = ["vqa", "gqa"]
 REFERENCE_NO_DECAY = ["bias", "LayerNorm.weight"]  # trainer_base.py L420
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 # -- our names -> the reference's ------------------------------------------------------------
