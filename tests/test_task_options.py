@@ -442,3 +442,12 @@ def test_settings_that_cannot_work_are_named(options, message):
         config_from_dict(TrainConfig, cfg)
     with pytest.raises(VLError, match="video_inputs"):
         config_from_dict(TrainConfig, {"data": {"video_inputs": "whole"}})
+
+
+def test_answer_text_is_for_multiple_choice_only():
+    from vl.train.data import TaskOptions
+    from vl.train.tasks import get_task
+
+    assert TaskOptions(answer="text").task_problems(get_task("tvqa")) == []
+    assert "not multiple choice" in TaskOptions(answer="text").task_problems(get_task("nlvr2"))[0]
+    assert "answer must be one of" in TaskOptions(answer="words").check()[0]

@@ -269,3 +269,16 @@ def test_candidates_of_the_rankable_tasks():
     assert get_task("how2qa").candidates(EXAMPLES["how2qa"]) == ["a0", "a1", "a2", "a3"]
     with pytest.raises(NotImplementedError):
         get_task("vqa").candidates(EXAMPLES["vqa"])
+
+
+def test_multiple_choice_answered_by_the_choice_text():
+    """answer=text: the decoder learns the right choice's own text, ranks the choice texts, and the
+    chosen text reads back as its label, which the metric compares with answer_idx."""
+    task, ex = get_task("tvqa"), EXAMPLES["tvqa"]
+    text = InputLayout(answer="text")
+    right = " ".join(ex["choices"][ex["answer_idx"]].split())
+    assert [t for t, _ in task.layout_targets(ex, text)] == [right]
+    assert [t for t, _ in task.layout_targets(ex, InputLayout())] == [f"a{ex['answer_idx']}"]
+    assert task.candidates(ex, text) == [" ".join(c.split()) for c in ex["choices"]]
+    assert task.metric_value(task.read_prediction(right, ex)) == ex["answer_idx"]
+    assert [item.targets for item in task.expand([ex], text)] == [[(right, 1.0)]]

@@ -401,3 +401,23 @@ def test_dataloader_with_two_workers_matches_the_main_process(world, tok):
             assert torch.equal(a[key], b[key]), key
     assert Counter(b["task"] for b in with_workers) == {"vqa": 2, "nlvr2": 2, "caption": 2, "tvqa": 2}
     assert multi[("vqa", 0, 2)]["id"] == "q0" and multi[ItemKey("tvqa", 1)]["visual_feats"].shape == (4, 6)
+
+
+def test_a_grid_a_frame_is_pooled_like_an_image_and_laid_frame_after_frame(world, tok, tmp_path):
+    """Span inputs (the default) read a video store of grids too: each frame's grid max-pooled to
+    visual_pool x visual_pool, the frames' tokens one after another."""
+    rng = np.random.default_rng(1)
+    grids = rng.standard_normal((30, 9, 4)).astype(np.float32)  # 3 videos x 10 frames of a 3x3x4 grid
+    with StoreBuilder(tmp_path / "grids.h5", dict(SETTINGS), {"grid": (9, 4)}, "float32", layout="frames") as b:
+        b.add([f"vid{i}" for i in range(3)], {"grid": grids},
+              FrameInfo([10] * 3, [FRAME_STEP * t for _ in range(3) for t in range(10)], [15.0] * 3))
+        b.finish({}, retried_ids={"vid0", "vid1", "vid2"})
+    data = TaskData("tvqa", "train", world["manifests"]["tvqa"], FeatureStore(tmp_path / "grids.h5"),
+                    DataSettings(visual_pool=2, max_frames=4))
+    assert data.tokens_per_image == 4 * 4  # four frames of 2x2
+    clip = TaskDataset(data, tok)[0]  # ts [1.0, 4.0]: frames 1 and 2
+    want = np.concatenate([adaptive_max_pool_3x3_to_2x2(grids[f]) for f in (1, 2)])  # (8, 4)
+    np.testing.assert_array_equal(clip["visual_feats"].numpy(), want)
+    with pytest.raises(VLError, match="cannot pool it to 4x4"):
+        TaskData("tvqa", "train", world["manifests"]["tvqa"], FeatureStore(tmp_path / "grids.h5"),
+                 DataSettings(visual_pool=4))

@@ -40,11 +40,13 @@ from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, sidecar_path
 from vl.shared.manifest import DatasetManifest
 from vl.train.model import pool_grid
-from vl.train.tasks import TASKS, VIDEO_INPUTS, Generation, InputLayout, Task, TrainItem, get_task
+from vl.train.tasks import (MC_ANSWERS, TASKS, VIDEO_INPUTS, Generation, InputLayout, MultipleChoiceQA, Task,
+                            TrainItem, get_task)
 
 log = logging.getLogger(__name__)
 
 SAMPLING = ("proportional", "temperature")
+TEXT_ANSWER_TOKENS = 20  # generation / target limit of multiple-choice answers written as the choice's text
 TRUNCATIONS = ("subtitles", "end")
 DECISIONS = ("generate", "rank")
 
@@ -97,6 +99,9 @@ class TaskOptions:
     # example (NLVR2 true/false, multiple choice a0..aN) and take the best, so the answer is always
     # one of them (vl.train.loop.rank_candidates). None: generate.
     decision: Literal["generate", "rank"] | None = None
+    # multiple choice: what the decoder writes, the choice's label "a2" (None: label, the paper's)
+    # or its text; with text, targets and generation default to 20 tokens instead of the label's 4
+    answer: Literal["label", "text"] | None = None
 
     def check(self) -> list[str]:
         problems = []
@@ -108,10 +113,15 @@ class TaskOptions:
             problems.append(f"truncate must be one of: {', '.join(TRUNCATIONS)} or null (got {self.truncate!r})")
         if self.decision is not None and self.decision not in DECISIONS:
             problems.append(f"decision must be one of: {', '.join(DECISIONS)} or null (got {self.decision!r})")
+        if self.answer is not None and self.answer not in MC_ANSWERS:
+            problems.append(f"answer must be one of: {', '.join(MC_ANSWERS)} or null (got {self.answer!r})")
         return problems
 
     def task_problems(self, task: Task) -> list[str]:
         """What these options cannot do for `task`."""
+        if self.answer is not None and not isinstance(task, MultipleChoiceQA):
+            return [f"task {task.name}: answer={self.answer} chooses how multiple-choice answers are written; "
+                    f"{task.name} is not multiple choice: leave answer unset"]
         if self.decision == "rank" and not task.rankable:
             closed = ", ".join(name for name, t in TASKS.items() if t.rankable)
             return [f"task {task.name}: decision=rank picks among a closed set of answers, which only {closed} "
@@ -187,8 +197,11 @@ class TaskData:
                 return [f"{where} per frame; data.video_inputs=reference pools one vector a frame along time to "
                         f"max_frames={self.settings.max_frames} tokens and cannot read a grid a frame: extract the "
                         "videos with `vl extract videos --layer pooled`, or set data.video_inputs=span"]
+            if len(shape) == 2:  # a grid a frame: pooled like an image's, frame after frame
+                return self._pool_problems(where, shape)
             if len(shape) != 1:
-                return [f"{where} per frame; video tasks read one vector per frame: extract with `--layer pooled`"]
+                return [f"{where} per frame; video tasks read one vector or one grid per frame: extract with "
+                        "`--layer pooled` or `--layer grid`"]
             return []
         if len(shape) == 1:
             if self.settings.visual_pool is not None:
@@ -197,6 +210,10 @@ class TaskData:
             return []
         if len(shape) != 2:
             return [f"{where}; image features must be (tokens, channels) or (channels,)"]
+        return self._pool_problems(where, shape)
+
+    def _pool_problems(self, where: str, shape: tuple[int, ...]) -> list[str]:
+        """A (tokens, channels) grid that visual_pool must be able to pool."""
         pool = self.settings.visual_pool
         side = math.isqrt(shape[0])
         if pool is not None and (side * side != shape[0] or pool > side):
@@ -211,13 +228,14 @@ class TaskData:
 
     @property
     def tokens_per_image(self) -> int:
-        """Visual tokens of one image (after pooling) or the most frames of one video."""
-        if self.task.media_kind == "video":
-            return self.settings.max_frames
+        """Visual tokens of one image (after pooling), or the most of one video (frames, times
+        the tokens of each frame's grid when the store holds a grid a frame)."""
         shape = self.store.item_shape(self.feature)
-        if len(shape) == 1:
-            return 1
-        return self.settings.visual_pool ** 2 if self.settings.visual_pool else int(shape[0])
+        per_grid = 1 if len(shape) == 1 else (self.settings.visual_pool ** 2 if self.settings.visual_pool
+                                              else int(shape[0]))
+        if self.task.media_kind == "video":
+            return self.settings.max_frames * per_grid
+        return per_grid
 
     # -- the options resolved against the settings and the task's defaults --
 
@@ -228,7 +246,8 @@ class TaskData:
 
     @property
     def layout(self) -> InputLayout:
-        return InputLayout(prefix=self.options.prefix, video=self.settings.video_inputs)
+        return InputLayout(prefix=self.options.prefix, video=self.settings.video_inputs,
+                           answer=self.options.answer or "label")
 
     @property
     def truncate(self) -> str:
@@ -248,6 +267,8 @@ class TaskData:
     @property
     def generation(self) -> Generation:
         default = self.task.generation
+        if self.options.answer == "text":  # a choice's text, not a 2-token label
+            default = Generation(max_new_tokens=max(default.max_new_tokens, TEXT_ANSWER_TOKENS), num_beams=default.num_beams)
         return Generation(max_new_tokens=self.options.max_new_tokens or default.max_new_tokens,
                           num_beams=self.options.num_beams or default.num_beams)
 
@@ -353,7 +374,11 @@ class TaskDataset(Dataset):
                 frames, _ = store.get_span(video, float(ts[0]), float(ts[1]), feature)  # (n, D) inside ts
             if len(frames) > self.data.settings.max_frames:  # uniform subsample, first and last kept
                 frames = frames[np.round(np.linspace(0, len(frames) - 1, self.data.settings.max_frames)).astype(int)]
-            feats = torch.from_numpy(np.asarray(frames, dtype=np.float32))  # (V, D)
+            feats = torch.from_numpy(np.asarray(frames, dtype=np.float32))  # (n, D), or (n, T, C): a grid a frame
+            if feats.dim() == 3:  # each frame's grid pooled like an image's, then frame after frame
+                if self.data.settings.visual_pool:
+                    feats = pool_grid(feats, self.data.settings.visual_pool)  # (n, N*N, C)
+                feats = feats.flatten(0, 1)  # (n * tokens, C)
             return feats, torch.zeros(len(feats), dtype=torch.long)
         per_image = []
         for media_id in item.media:  # one image; NLVR2 two, left then right

@@ -143,8 +143,8 @@ def generate_predictions(model: VLModel, ds: TaskDataset, tokenizer: Any, device
         batch = to_device(collate(items, tokenizer, max_text_tokens=data.token_cut), device)
         with autocast():
             if data.decision == "rank":
-                texts = rank_candidates(model, batch, [task.candidates(examples[i]) for i in batch["ids"]],
-                                        tokenizer)
+                candidates = [task.candidates(examples[i], data.layout) for i in batch["ids"]]
+                texts = rank_candidates(model, batch, candidates, tokenizer)
             else:
                 out = model.generate(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"],
                                      max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)

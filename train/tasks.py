@@ -20,7 +20,8 @@ the manifest fields of docs/manifests.md and says:
   answers that `decision: rank` picks from;
 - `media_kind`, `generation` defaults, and the `metric` key the evaluation looks up.
 
-Multiple choice (TVQA, How2QA) is answered as the choice label: the target is "a2",
+Multiple choice (TVQA, How2QA) is answered as the choice label by default (a run may set
+`answer: text` to have the choice's own text written instead): the target is "a2",
 not the choice's text, as in the original.
 
 Pure Python on strings: the tokenizer comes later and passes its own `count`.
@@ -127,8 +128,12 @@ class InputLayout:
     # video tasks: "span" (ours: prefix, question, choices, then the subtitles of the question's
     # span) or "reference" (the reference's template over the whole video's subtitles, prefix last)
     video: Literal["span", "reference"] = "span"
+    # multiple choice: the decoder writes the choice's label ("a2", the paper) or the choice's
+    # own text ("It moves up."): then a tiny model need not learn to point from label to text
+    answer: Literal["label", "text"] = "label"
 
 
+MC_ANSWERS = ("label", "text")
 DEFAULT_LAYOUT = InputLayout()
 
 
@@ -176,12 +181,16 @@ class Task:
         """The input (without prefix) as the reference built it; video tasks define it."""
         raise NotImplementedError(f"task {self.name} has no reference template (video tasks only)")
 
-    def candidates(self, example: dict) -> list[str]:
+    def candidates(self, example: dict, layout: InputLayout = DEFAULT_LAYOUT) -> list[str]:
         """Every answer `example` may have, as target strings (`rankable` tasks only)."""
         raise NotImplementedError(f"task {self.name} has no closed answer set to rank")
 
     def targets(self, example: dict) -> list[Target]:
         raise NotImplementedError
+
+    def layout_targets(self, example: dict, layout: InputLayout) -> list[Target]:
+        """`targets` as a run with `layout` writes them (multiple choice: label or text)."""
+        return self.targets(example)
 
     def read_prediction(self, text: str, example: dict | None = None) -> str:
         return _clean(text).lower()
@@ -238,7 +247,7 @@ class Task:
                          hint="Check the manifest with `vl data check`, or convert it again with `vl data convert`.")
         items = []
         for ex in examples:
-            parts, targets = self.input_parts(ex, layout), self.targets(ex)
+            parts, targets = self.input_parts(ex, layout), self.layout_targets(ex, layout)
             groups = [[t] for t in targets] if self.one_item_per_target else ([targets] if targets else [])
             items += [TrainItem(ex["id"], self.name, list(ex["media"]), parts, group) for group in groups]
         return items
@@ -313,7 +322,7 @@ class NLVR2(Task):
     def read_prediction(self, text: str, example: dict | None = None) -> str:
         return _clean(text).lower().strip(" .!")  # "True." -> "true"
 
-    def candidates(self, example: dict) -> list[str]:
+    def candidates(self, example: dict, layout: InputLayout = DEFAULT_LAYOUT) -> list[str]:
         return ["true", "false"]
 
 
@@ -387,11 +396,18 @@ class MultipleChoiceQA(Task):
         return [*_reference_subtitles(example), SourcePart(f"[Q] {example['question'].strip()}"),
                 SourcePart(f"[TS] ({reference_ts(example.get('ts'), 'range')})"), SourcePart(f"[Choices] {choices}")]
 
-    def candidates(self, example: dict) -> list[str]:
+    def candidates(self, example: dict, layout: InputLayout = DEFAULT_LAYOUT) -> list[str]:
+        if layout.answer == "text":
+            return [_clean(c) for c in example["choices"]]
         return [f"a{i}" for i in range(len(example["choices"]))]
 
     def targets(self, example: dict) -> list[Target]:
         return [(f"a{example['answer_idx']}", 1.0)]
+
+    def layout_targets(self, example: dict, layout: InputLayout) -> list[Target]:
+        if layout.answer == "text":
+            return [(_clean(example["choices"][example["answer_idx"]]), 1.0)]
+        return self.targets(example)
 
     def metric_value(self, prediction: str) -> int | None:
         """"a2" -> 2, the answer index the metric compares with `answer_idx`; None for anything else."""

@@ -127,7 +127,8 @@ def manifest_texts(manifests: Iterable[DatasetManifest],
             task = TASKS[ex["task"]]
             yield task.build_input(ex, layout=(layouts or {}).get(task.name, DEFAULT_LAYOUT))
             if any(ex.get(f) is not None for f in task.gold):
-                yield from (text for text, _weight in task.targets(ex))
+                layout = (layouts or {}).get(task.name, DEFAULT_LAYOUT)
+                yield from (text for text, _weight in task.layout_targets(ex, layout))
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: Kind,
