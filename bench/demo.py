@@ -3,6 +3,8 @@
 Targets (issue #8): on 2 CPU cores `--quick` finishes in under 2 minutes and the full demo
 in under 10; in the full demo, full fine-tuning, the single adapter and single LoRA each
 beat the VQA majority-answer baseline by a clear margin (here: 10 points or more).
+Issue #13: the video adapter beats chance by 10 points on TVQA (5 choices) and How2QA (4),
+and prompt tuning scores above 0 on NLVR2.
 
 Each demo runs in its own process from an empty folder (a fresh world, stores and runs),
 one after the other; the wall time, the peak memory of the process tree and the time of
@@ -26,6 +28,17 @@ from cli_run import machine, markdown_table, run_measured, write_results
 TARGET_S = {"quick": 120.0, "full": 600.0}
 MARGIN = 10.0  # VQA points above the majority baseline that count as "a clear margin"
 MUST_BEAT = ("image-full", "image-adapter", "image-lora")
+# (run, task): the score it must reach on val in the full demo
+SCORE_TARGETS = {("video-adapter", "tvqa"): 100 / 5 + MARGIN, ("video-adapter", "how2qa"): 100 / 4 + MARGIN,
+                 ("image-prompt", "nlvr2"): 0.0}
+
+
+def report_scores(report: str) -> dict[tuple[str, str], float]:
+    """{(run, task): score} from the Markdown table of report.md ('-' cells left out)."""
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in report.splitlines() if line.startswith("|")]
+    header, body = rows[0], [r for r in rows[2:] if len(r) == len(rows[0])]
+    tasks = range(header.index("trainable %") + 1, header.index("average"))  # the task columns
+    return {(r[0], header[i]): float(r[i]) for r in body for i in tasks if r[i] != "-"}
 
 
 def step_times(output: str) -> dict[str, float]:
@@ -88,6 +101,13 @@ def main() -> None:
             rows.append((f"{size}: VQA val, {name}", f"{score:.2f}",
                          f"majority baseline {r['vqa_majority_baseline']:.2f}"
                          + (f"; target >= baseline + {MARGIN:.0f}" if beat else ""), beat))
+        if size == "full":
+            scores = report_scores(r["report"])
+            for (run, task), least in SCORE_TARGETS.items():
+                got = scores.get((run, task))
+                ok = "PASS" if got is not None and (got > least if least == 0 else got >= least) else "FAIL"
+                rows.append((f"full: {task} val, {run}", "missing" if got is None else f"{got:.2f}",
+                             f"target {'> 0' if least == 0 else f'>= {least:.0f} (chance + {MARGIN:.0f})'}", ok))
     print(f"Machine: {mach}\n")
     print(markdown_table(rows))
     for size, r in results.items():
