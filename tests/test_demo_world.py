@@ -15,7 +15,7 @@ from PIL import Image
 
 from vl.data_manifests.demo import convert_commands, write_demo_world
 from vl.data_manifests.demo.scenes import COLORS, SHAPES
-from vl.data_manifests.demo.videos import write_video
+from vl.data_manifests.demo.videos import _yuv420p, write_video
 from vl.data_manifests.demo.world import plan_world
 from vl.shared.errors import VLError
 from vl.shared.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, index_media_files
@@ -116,6 +116,21 @@ def test_sizes_too_small_are_refused(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(VLError, match="is a file"):
         write_demo_world(tmp_path / "f", **SMALL)
+
+
+def test_frames_go_to_the_encoder_as_bt601_yuv420p():
+    """The planes given to x264, against BT.601 limited range computed here in float64:
+    Y per pixel, U and V as the mean of each 2x2 block, rows of U then V stacked below Y."""
+    rgb = np.random.default_rng(0).integers(0, 256, (8, 6, 3)).astype(np.uint8)  # heights a multiple of 4
+    x = rgb.astype(np.float64)
+    y = 16 + x @ np.array([65.481, 128.553, 24.966]) / 255
+    blocks = x.reshape(4, 2, 3, 2, 3).mean(axis=(1, 3))  # (4, 3, 3): the 2x2 blocks' mean RGB
+    u = 128 + blocks @ np.array([-37.797, -74.203, 112.0]) / 255
+    v = 128 + blocks @ np.array([112.0, -93.786, -18.214]) / 255
+    planes = _yuv420p(rgb)
+    assert planes.shape == (12, 6) and planes.dtype == np.uint8
+    assert np.abs(planes[:8] - y).max() <= 0.5 + 1e-4
+    assert np.abs(planes[8:].astype(float).reshape(2, 4, 3) - np.stack([u, v])).max() <= 0.5 + 1e-4
 
 
 def test_images_decode_in_varied_sizes_as_jpeg_and_png(world, truth):
