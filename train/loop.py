@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
 
 from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
@@ -167,8 +168,8 @@ def rank_candidates(model: VLModel, batch: dict[str, Any], candidates: list[list
     the same way over its tokens. When one candidate's tokens begin another's, the end
     token counts too, so the shorter does not win by having fewer terms.
 
-    All (row, candidate) pairs go through `model` as one batch of rows: the encoder runs
-    once per pair."""
+    The encoder runs once per row (`VLModel.encode`); the decoder scores all (row,
+    candidate) pairs as one batch, reading its row's encoder output."""
     pairs = [(row, text) for row, texts in enumerate(candidates) for text in texts]  # (P,)
     assert all(candidates), "every row needs at least one candidate"
     device = batch["input_ids"].device
@@ -183,10 +184,13 @@ def rank_candidates(model: VLModel, batch: dict[str, Any], candidates: list[list
         if row not in nested and len(body[p]) < len(tokens[p]):
             counted[p, len(tokens[p]) - 1] = 0
     rows = torch.tensor([row for row, _ in pairs], device=device)
-    inputs = {k: batch[k].index_select(0, rows) for k in MODEL_INPUTS}  # each row once per candidate
+    encoded, enc_mask = model.encode(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"])  # (B, S, d), (B, S)
+    hidden = encoded.last_hidden_state.index_select(0, rows)  # (P, S, d): each row's once per candidate
     labels = ids.masked_fill(mask == 0, -100)  # (P, T)
     decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=labels)
-    logits = model(**inputs, decoder_input_ids=decoder_input_ids, task=batch["task"]).logits  # (P, T, V)
+    logits = model.backbone(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                            attention_mask=enc_mask.index_select(0, rows),
+                            decoder_input_ids=decoder_input_ids).logits  # (P, T, V)
     token_logp = logits.float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (P, T)
     scores = (token_logp * counted).sum(1).tolist()  # (P,)
     best: dict[int, tuple[float, str]] = {}

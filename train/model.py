@@ -557,14 +557,23 @@ class VLModel(nn.Module):
         """Decode answers: (B, T_out) token ids starting with the decoder start token.
         generate_kwargs go to the backbone's `generate` (max_new_tokens, num_beams, ...).
         The encoder runs once here; beam search reuses its output for every beam."""
+        encoded, mask = self.encode(input_ids, attention_mask, visual_feats, visual_mask, image_ids, task=task)
+        return self.backbone.generate(encoder_outputs=encoded, attention_mask=mask, **generate_kwargs)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,
+               visual_mask: torch.Tensor, image_ids: torch.Tensor | None = None, task: str | None = None
+               ) -> tuple[BaseModelOutput, torch.Tensor]:
+        """The encoder's output for these inputs (`.last_hidden_state` (B, P + L + V, d)) and
+        its attention mask (B, P + L + V), for the backbone's decoder to read any number of
+        times: `backbone(encoder_outputs=, attention_mask=, decoder_input_ids=)` or `generate`.
+        Leaves `task` routing the per-task modules, as the decoder needs."""
         self.task_state.name = task
         embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
         prompt = embeds.shape[1] - input_ids.shape[1] - visual_feats.shape[1]
         with self._encoder_layout(prompt, input_ids.shape[1], embeds.shape[1]):
             encoded = self.backbone.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
         hidden = encoded.last_hidden_state if hasattr(encoded, "last_hidden_state") else encoded[0]
-        return self.backbone.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                                      attention_mask=mask, **generate_kwargs)
+        return BaseModelOutput(last_hidden_state=hidden), mask
 
 
 def build_vl_model(backbone: str, feat_dim: int, init: str = "pretrained", vocab_size: int | None = None,
