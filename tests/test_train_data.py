@@ -172,6 +172,56 @@ def test_text_budget_in_tokenizer_tokens_cuts_only_subtitles(world, tok):
     assert tight == "tvqa: who says hello a0: amy a1: raj a2: penny a3: leonard a4: howard"
 
 
+class CountingStore:
+    """A feature store that counts its reads (the real one behind it)."""
+
+    def __init__(self, store):
+        self.store, self.reads = store, 0
+
+    def get(self, *args, **kwargs):
+        self.reads += 1
+        return self.store.get(*args, **kwargs)
+
+    def get_span(self, *args, **kwargs):
+        self.reads += 1
+        return self.store.get_span(*args, **kwargs)
+
+
+@pytest.mark.parametrize("task, settings", [("vqa", {"visual_pool": 2}), ("nlvr2", {}), ("tvqa", {"max_frames": 4}),
+                                            ("tvqa", {"video_inputs": "reference", "max_frames": 4})])
+def test_visual_tokens_are_read_once_and_kept_within_the_cache_budget(world, tok, task, settings):
+    expected = [dataset(world, task, tok, feature_cache_mb=0, **settings)[i] for i in range(3)]
+    for budget, reads_again in ((256, 0), (0, None)):
+        ds = dataset(world, task, tok, feature_cache_mb=budget, **settings)
+        ds.data.store = counting = CountingStore(ds.data.store)
+        first = [ds[i] for i in range(3)]
+        reads = counting.reads
+        assert reads >= 3
+        again = [ds[i] for i in range(3)]
+        assert counting.reads - reads == (reads if reads_again is None else reads_again)
+        for a, b, c in zip(expected, first, again):  # the same tokens, cached or not
+            for x in (b, c):
+                torch.testing.assert_close(x["visual_feats"], a["visual_feats"], rtol=0, atol=0)
+                assert x["image_ids"].tolist() == a["image_ids"].tolist() and x["source"] == a["source"]
+    # a budget smaller than one item's tokens keeps nothing
+    ds = dataset(world, task, tok, feature_cache_mb=1, **settings)
+    ds._visual_cache_left = 8
+    ds.data.store = counting = CountingStore(ds.data.store)
+    ds[0], ds[0]
+    assert counting.reads == 2 * (2 if task == "nlvr2" else 1) and not ds._visual_cache
+
+
+def test_a_batch_does_not_write_into_the_cached_tokens(world, tok):
+    ds = dataset(world, "vqa", tok)
+    batch = collate([ds[0], ds[1]], tok)
+    batch["visual_feats"].zero_()
+    np.testing.assert_array_equal(ds[0]["visual_feats"].numpy(), world["grid"]["img0"])
+
+
+def test_a_negative_cache_budget_is_refused():
+    assert any("feature_cache_mb" in p for p in DataSettings(feature_cache_mb=-1).check())
+
+
 # -- collate ----------------------------------------------------------------------------------
 
 def test_collate_pads_right_masks_and_labels(world, tok):

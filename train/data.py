@@ -29,7 +29,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +67,10 @@ class DataSettings:
     # shorter, every one attended (it had no mask); the reference's text template, prefix last,
     # cut at its end by the tokenizer (tasks' `truncate` default).
     video_inputs: Literal["span", "reference"] = "span"
+    # Each task's dataset keeps the visual tokens it has read (pooled, per image or clip) in
+    # memory up to this many MiB, so later epochs skip the store and the pooling; per process
+    # (each loader worker fills its own). 0: read the store every time.
+    feature_cache_mb: int = 256
 
     def check(self) -> list[str]:
         problems = []
@@ -74,6 +78,8 @@ class DataSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1 (got {value})")
+        if self.feature_cache_mb < 0:
+            problems.append(f"feature_cache_mb must be >= 0 (got {self.feature_cache_mb}); 0 turns the cache off")
         if self.video_inputs not in VIDEO_INPUTS:
             problems.append(f"video_inputs must be one of: {', '.join(VIDEO_INPUTS)} (got {self.video_inputs!r})")
         return problems
@@ -329,6 +335,9 @@ class TaskDataset(Dataset):
             raise VLError(f"{data.name}: none of its {len(data.examples)} examples has a target to train on "
                           f"(manifest {data.manifest.path})")
         self._ts = {ex["id"]: ex.get("ts") for ex in data.examples}  # video clip spans, seconds
+        self._sources: dict[int, str] = {}  # index -> encoder text (cut to its budget by the tokenizer's count)
+        self._visual_cache: dict[tuple, torch.Tensor] = {}  # (kind, media[, span]) -> visual tokens
+        self._visual_cache_left = data.settings.feature_cache_mb * 2**20  # bytes it may still take
 
     def __len__(self) -> int:
         return len(self.items)
@@ -344,7 +353,21 @@ class TaskDataset(Dataset):
         (`truncate: end`: the collate's tokenizer cuts its end, at `data.token_cut` tokens)."""
         if self.data.truncate == "end":
             return self.items[index].text()
-        return self.items[index].text(self.data.max_text_tokens, self.count_tokens)
+        if index not in self._sources:
+            self._sources[index] = self.items[index].text(self.data.max_text_tokens, self.count_tokens)
+        return self._sources[index]
+
+    def _cached(self, key: tuple, read: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """read(), kept for the next call with `key` while the cache has room (data.feature_cache_mb).
+        Callers must not change the tensor in place (collate copies it into the batch)."""
+        hit = self._visual_cache.get(key)
+        if hit is not None:
+            return hit
+        value = read()
+        size = value.element_size() * value.nelement()
+        if size <= self._visual_cache_left:
+            self._visual_cache[key], self._visual_cache_left = value, self._visual_cache_left - size
+        return value
 
     def target(self, index: int, epoch: int) -> tuple[str, float]:
         """The target and its loss weight. VQA draws one answer in proportion to its soft score,
@@ -359,38 +382,53 @@ class TaskDataset(Dataset):
 
     def visual(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Visual tokens (V, D) float32 and their image ids (V,) long."""
-        item, store, feature = self.items[index], self.data.store, self.data.feature
+        item = self.items[index]
         if self.data.reference_video:
             (video,) = item.media
-            frames = torch.from_numpy(np.asarray(store.get(video, feature), dtype=np.float32))  # (n, D): whole video
-            feats = pool_or_pad_frames(frames, self.data.settings.max_frames)  # (max_frames, D), all attended
+            feats = self._cached(("reference", video), lambda: self._reference_frames(video))
             return feats, torch.zeros(len(feats), dtype=torch.long)
         if self.data.task.media_kind == "video":
             (video,) = item.media
             ts = self._ts.get(item.example_id)
-            if ts is None:
-                frames = store.get(video, feature)  # (n, D): the whole video
-            else:
-                frames, _ = store.get_span(video, float(ts[0]), float(ts[1]), feature)  # (n, D) inside ts
-            if len(frames) > self.data.settings.max_frames:  # uniform subsample, first and last kept
-                frames = frames[np.round(np.linspace(0, len(frames) - 1, self.data.settings.max_frames)).astype(int)]
-            feats = torch.from_numpy(np.asarray(frames, dtype=np.float32))  # (n, D), or (n, T, C): a grid a frame
-            if feats.dim() == 3:  # each frame's grid pooled like an image's, then frame after frame
-                if self.data.settings.visual_pool:
-                    feats = pool_grid(feats, self.data.settings.visual_pool)  # (n, N*N, C)
-                feats = feats.flatten(0, 1)  # (n * tokens, C)
+            span = None if ts is None else (float(ts[0]), float(ts[1]))
+            feats = self._cached(("span", video, span), lambda: self._span_frames(video, span))
             return feats, torch.zeros(len(feats), dtype=torch.long)
-        per_image = []
-        for media_id in item.media:  # one image; NLVR2 two, left then right
-            x = torch.from_numpy(np.asarray(store.get(media_id, feature), dtype=np.float32))
-            if x.dim() == 1:
-                x = x[None]  # (1, D): a pooled vector is one token
-            elif self.data.settings.visual_pool:
-                x = pool_grid(x[None], self.data.settings.visual_pool)[0]  # (T, C) -> (N*N, C)
-            per_image.append(x)
+        per_image = [self._cached(("image", media_id), lambda: self._image_tokens(media_id))
+                     for media_id in item.media]  # one image; NLVR2 two, left then right
         feats = torch.cat(per_image)  # (sum of tokens, D)
         image_ids = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, x in enumerate(per_image)])
         return feats, image_ids
+
+    def _reference_frames(self, video: str) -> torch.Tensor:
+        """(max_frames, D): the whole video's vectors pooled or zero-padded along time, all attended."""
+        frames = np.asarray(self.data.store.get(video, self.data.feature), dtype=np.float32)  # (n, D)
+        return pool_or_pad_frames(torch.from_numpy(frames), self.data.settings.max_frames)
+
+    def _span_frames(self, video: str, span: tuple[float, float] | None) -> torch.Tensor:
+        """(n, D) or (n * tokens, C): the frames inside `span` (the whole video for None), at most
+        max_frames of them; a grid a frame pooled like an image's, frame after frame."""
+        store, feature, settings = self.data.store, self.data.feature, self.data.settings
+        if span is None:
+            frames = store.get(video, feature)  # (n, D): the whole video
+        else:
+            frames, _ = store.get_span(video, span[0], span[1], feature)  # (n, D) inside the span
+        if len(frames) > settings.max_frames:  # uniform subsample, first and last kept
+            frames = frames[np.round(np.linspace(0, len(frames) - 1, settings.max_frames)).astype(int)]
+        feats = torch.from_numpy(np.asarray(frames, dtype=np.float32))  # (n, D), or (n, T, C): a grid a frame
+        if feats.dim() == 3:
+            if settings.visual_pool:
+                feats = pool_grid(feats, settings.visual_pool)  # (n, N*N, C)
+            feats = feats.flatten(0, 1)  # (n * tokens, C)
+        return feats
+
+    def _image_tokens(self, media_id: str) -> torch.Tensor:
+        """(tokens, D): one image's grid pooled to visual_pool x visual_pool, or its pooled vector."""
+        x = torch.from_numpy(np.asarray(self.data.store.get(media_id, self.data.feature), dtype=np.float32))
+        if x.dim() == 1:
+            return x[None]  # (1, D): a pooled vector is one token
+        if self.data.settings.visual_pool:
+            return pool_grid(x[None], self.data.settings.visual_pool)[0]  # (T, C) -> (N*N, C)
+        return x
 
     def item(self, index: int, epoch: int) -> dict[str, Any]:
         target, weight = self.target(index, epoch)

@@ -76,7 +76,7 @@ def compose(parts: Sequence[SourcePart], budget: int | None = None, count: Count
         return " ".join(pieces)
 
     text = render(cuttable)
-    if budget is None or count(text) <= budget:
+    if budget is None or not cuttable or count(text) <= budget:  # nothing to cut: no need to count
         return text
     lo, hi = 0, cuttable - 1  # the largest keep in [lo, hi] that fits; 0 if none does
     while lo < hi:
