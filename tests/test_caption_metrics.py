@@ -142,3 +142,46 @@ def test_scores_equal_pycocoevalcaps_own_pipeline_on_a_small_set(tmp_path, monke
     assert ours["meteor"] == round(100 * meteor_score, 2)
     assert ours["rouge_l"] == round(100 * rouge, 2)
     assert ours["cider"] == round(100 * cider, 2) and 0 < ours["cider"] < 1000
+
+
+@needs_java
+def test_one_meteor_process_serves_every_scoring_and_is_replaced_when_it_dies():
+    refs = {"1": ["a man rides a brown horse", "man on horseback"], "2": ["two dogs play in the green grass"]}
+    first = {"1": "a man riding a horse", "2": "two dogs on the grass"}
+    second = {"1": "a horse", "2": "dogs play in green grass"}
+    a = captions.caption_scores(first, refs, metrics=["meteor"])["meteor"]
+    process = captions._METEOR.meteor_p
+    b = captions.caption_scores(second, refs, metrics=["meteor"])["meteor"]
+    assert captions._METEOR.meteor_p is process and process.poll() is None  # the same process, still running
+    process.kill()
+    process.wait()
+    assert captions.caption_scores(first, refs, metrics=["meteor"])["meteor"] == a  # a new one, the same score
+    assert captions._METEOR.meteor_p is not process
+    assert captions.caption_scores(second, refs, metrics=["meteor"])["meteor"] == b != a
+    captions._close_meteor()
+    assert captions._METEOR is None
+
+
+@needs_java
+def test_a_meteor_process_that_dies_mid_scoring_is_one_clear_error_and_the_next_call_starts_afresh(monkeypatch):
+    import subprocess
+    import threading
+
+    import pycocoevalcap.meteor.meteor as meteor_module
+
+    class Dying:  # reads one line, says something on stderr and exits: compute_score reads an empty answer
+        def __init__(self):
+            self.meteor_p = subprocess.Popen(["sh", "-c", "read x; echo 'java.lang.OutOfMemoryError' >&2"],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.lock = threading.Lock()
+
+        compute_score, _stat = meteor_module.Meteor.compute_score, meteor_module.Meteor._stat
+
+    refs, preds = {"1": ["a man rides a brown horse"]}, {"1": "a man riding a horse"}
+    captions._close_meteor()
+    with monkeypatch.context() as m:
+        m.setattr(meteor_module, "Meteor", Dying)
+        with pytest.raises(VLError, match="METEOR's Java process failed .*OutOfMemoryError"):
+            captions.caption_scores(preds, refs, metrics=["meteor"])
+        assert captions._METEOR is None  # dropped, its lock released
+    assert 0 < captions.caption_scores(preds, refs, metrics=["meteor"])["meteor"] <= 100

@@ -15,7 +15,9 @@ What `COCOEvalCap.evaluate` does, with four changes that leave every score the s
   (`get_stanford_models` would download them at run time); otherwise it is skipped
   with a note in the result. SPICE is known to fail on Java newer than 11
   (salaniz/pycocoevalcap#25); a failure of an automatic SPICE run is a note too;
-- the METEOR Java process is closed when done, not left to the garbage collector.
+- one METEOR Java process serves every scoring in this Python process (it takes seconds
+  to start: the demo scores six caption runs), and is closed at exit or when it fails,
+  not left to the garbage collector.
 
 CIDEr here is CIDEr-D (sigma 6, clipped counts, x10) with document frequencies from
 the references scored, so it depends on the set of images scored. All scores are on
@@ -23,6 +25,7 @@ the references scored, so it depends on the set of images scored. All scores are
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -88,22 +91,45 @@ def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
     return out
 
 
+_METEOR: Any = None  # the running pycocoevalcap Meteor scorer, see _meteor
+
+
 def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
+    """METEOR 1.5 over every caption, from the one Java process this Python process keeps
+    (started on first use, again if it has exited). Each call's score depends only on its
+    captions: the process keeps no state between EVAL lines."""
+    global _METEOR
     from pycocoevalcap.meteor.meteor import Meteor
 
-    scorer = Meteor()
-    process = scorer.meteor_p
+    if _METEOR is None or _METEOR.meteor_p.poll() is not None:
+        _close_meteor()
+        _METEOR = Meteor()
+    scorer = _METEOR
     try:
         score, _ = scorer.compute_score(gts, res)
     except (ValueError, BrokenPipeError) as e:  # the Java process died: its answer line is empty
-        process.kill()
-        raise VLError(f"METEOR's Java process failed ({e}): {process.stderr.read().decode()[-500:]}") from None
-    finally:
-        with contextlib.suppress(OSError):  # a dead process leaves a broken pipe
-            process.stdin.close()
-        process.kill()
-        process.wait()
+        if scorer.lock.locked():  # compute_score leaves its lock held when it raises
+            scorer.lock.release()
+        _close_meteor()
+        raise VLError(f"METEOR's Java process failed ({e}): {scorer.meteor_p.stderr.read().decode()[-500:]}"
+                      ) from None
     return score
+
+
+def _close_meteor() -> None:
+    """Stop the kept METEOR process, if any (at exit, or after it failed)."""
+    global _METEOR
+    scorer, _METEOR = _METEOR, None
+    if scorer is None:
+        return
+    process = scorer.meteor_p
+    with contextlib.suppress(OSError):  # a dead process leaves a broken pipe
+        process.stdin.close()
+    process.kill()
+    process.wait()
+
+
+atexit.register(_close_meteor)
 
 
 def _spice(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
