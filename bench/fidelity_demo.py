@@ -20,17 +20,22 @@ from pathlib import Path
 
 from cli_run import machine, write_results
 
-# name -> (run kind, method, settings for the pre-training and the run). The baseline of each
-# kind is the demo's own recipe (packed inputs, span-cropped video clips).
+# name -> (run kind, method, settings for the pre-training and the run, video features). The
+# baseline of each kind is the demo's own recipe (packed inputs, span-cropped video clips read as
+# a 3x3 grid a frame). Video features: "grid" is the demo's store; "pooled" is one pooled vector
+# a frame (what the reference's video features were, and all its video mode reads), extracted
+# from the same world by the same encoder into --out on first use.
 REFERENCE = {"visual_inputs": "reference", "extra_tokens": 200}
-VARIANTS: dict[str, tuple[str, str, dict]] = {
-    "image-packed": ("image", "adapter", {}),
-    "image-reference": ("image", "adapter", REFERENCE),
-    "image-reference-grid-boxes": ("image", "adapter", {**REFERENCE, "visual_boxes": "grid"}),
-    "image-packed-zero-boxes": ("image", "adapter", {"visual_boxes": "zero"}),
-    "video-packed-span": ("video", "adapter", {}),
-    "video-reference": ("video", "adapter", {**REFERENCE, "data": {"video_inputs": "reference"}}),
+VARIANTS: dict[str, tuple[str, str, dict, str | None]] = {
+    "image-packed": ("image", "adapter", {}, None),
+    "image-reference": ("image", "adapter", REFERENCE, None),
+    "image-reference-grid-boxes": ("image", "adapter", {**REFERENCE, "visual_boxes": "grid"}, None),
+    "image-packed-zero-boxes": ("image", "adapter", {"visual_boxes": "zero"}, None),
+    "video-packed-span": ("video", "adapter", {}, "grid"),
+    "video-packed-span-pooled": ("video", "adapter", {}, "pooled"),
+    "video-reference": ("video", "adapter", {**REFERENCE, "data": {"video_inputs": "reference"}}, "pooled"),
 }
+POOLED_VIDEO = ("--layer", "pooled", "--fps", "1")  # as the demo's VIDEO_GRID, one vector a frame
 SCORES = {"image": ("vqa", "gqa", "nlvr2", "caption"), "video": ("tvqa", "how2qa", "tvc", "yc2c")}
 
 
@@ -42,16 +47,32 @@ def merged(base: dict, extra: dict) -> dict:
     return out
 
 
+def pooled_video_store(demo: Path, out: Path) -> Path:
+    """The demo world's clips as one pooled vector a frame, by the demo's encoder (made once)."""
+    from vl.evaluate.demo import RECIPES, VIDEO_TASKS, run_vl
+
+    store, world = out / "features" / "demo_videos_pooled.h5", demo / "world"
+    max_frames = RECIPES["full"].video_extract[RECIPES["full"].video_extract.index("--max-frames") + 1]
+    model = ["--model-config", str(demo / "models" / "demo-clip.json"), "--pretrained", "none", "--seed", "0"]
+    for _, stem in VIDEO_TASKS:
+        for split in ("train", "val"):  # `vl extract` skips what the store already holds
+            run_vl(["extract", "videos", "--manifest", str(world / "manifests" / f"{stem}_{split}.jsonl"),
+                    "--out", str(store), *model, *POOLED_VIDEO, "--max-frames", max_frames])
+    return store
+
+
 def run_variant(demo: Path, out: Path, name: str) -> dict:
     from vl.evaluate.demo import (IMAGE_TASKS, PRETRAIN, RECIPES, VIDEO_TASKS, run_vl, task_entries, train_once,
                                   write_config)
 
-    kind, method, settings = VARIANTS[name]
+    kind, method, settings, video_features = VARIANTS[name]
     recipe = RECIPES["full"]
     world, features = demo / "world", demo / "features"
     image_store, video_store = features / "demo_images.h5", features / "demo_videos.h5"
     if not (world / "manifests").is_dir() or not image_store.is_file() or not video_store.is_file():
         raise SystemExit(f"{demo} is not a full `vl demo --out` folder (world/manifests, features/*.h5)")
+    if video_features == "pooled":
+        video_store = pooled_video_store(demo, out)
     runs, configs = out / name, out / name / "configs"
     started = time.perf_counter()
     pretrain = runs / "pretrain"
@@ -74,7 +95,7 @@ def run_variant(demo: Path, out: Path, name: str) -> dict:
         run_vl(["evaluate", "--run", str(runs / run_name), "--split", "val", "--checkpoint", "last"])
     scores = {task: json.loads((runs / run_name / "eval" / "val" / f"{task}.json").read_text())["scores"]["overall"]
               for task in SCORES[kind]}
-    return {"variant": name, "settings": settings, "seconds": round(time.perf_counter() - started, 1), **scores}
+    return {"variant": name, "settings": settings, "video_features": video_features, "seconds": round(time.perf_counter() - started, 1), **scores}
 
 
 def main() -> None:
