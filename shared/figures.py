@@ -110,16 +110,17 @@ def _new_figure(width: int, height: int) -> Figure:
     return fig
 
 
-def _dress(ax: Axes, title: str, x_label: str, y_label: str, log_x: bool, log_y: bool,
+def _set_up_axes(ax: Axes, title: str, x_label: str, y_label: str, log_x: bool, log_y: bool,
            xs: np.ndarray, ys: np.ndarray) -> None:
     """Title, axis labels, log scales (refused for non-positive values) and a light grid."""
+    from matplotlib.ticker import LogFormatter
+
     for name, log, v in (("x", log_x, xs), ("y", log_y, ys)):
         if log and (v <= 0).any():
             raise ValueError(f"a log {name} axis needs positive values; got {v[v <= 0][0]:g}")
     ax.set_title(title)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    from matplotlib.ticker import LogFormatter
 
     class PlainLogFormatter(LogFormatter):
         """matplotlib's choice of which log ticks get a label, written %g (0.01, 1, 100): a
@@ -147,7 +148,7 @@ def _line_figure(panels: Sequence[Panel], panel_size: tuple[int, int]) -> Figure
     pw, ph = panel_size
     fig = _new_figure(pw * len(panels), ph)
     for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        _dress(ax, panel.title, panel.x_label, panel.y_label, panel.log_x, panel.log_y,
+        _set_up_axes(ax, panel.title, panel.x_label, panel.y_label, panel.log_x, panel.log_y,
                np.concatenate([s.xs[s.finite] for s in panel.series]),
                np.concatenate([s.ys[s.finite] for s in panel.series]))
         for j, s in enumerate(panel.series):
@@ -184,7 +185,7 @@ def _scatter_figure(points: Sequence[Point], title: str, x_label: str, y_label: 
         raise ValueError(f"scatter points need finite x and y; not so for {bad}")
     fig = _new_figure(*size)
     ax = fig.subplots()
-    _dress(ax, title, x_label, y_label, log_x, False, xs, ys)
+    _set_up_axes(ax, title, x_label, y_label, log_x, False, xs, ys)
     ax.scatter(xs, ys, s=49, c=[PALETTE[i % len(PALETTE)] for i in range(len(points))], zorder=2)
     ax.margins(0.1)
     fig.draw_without_rendering()  # runs the layout: from here data -> pixel positions hold
