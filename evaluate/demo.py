@@ -238,7 +238,7 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
          f"  world/       the shapes world and its manifests (world/manifests/)\n"
          f"  features/    the feature stores (reused by every run)\n"
          f"  configs/     the training configs; runs/ the run directories (eval/val/ holds the scores)\n"
-         f"  report/      report.md, report.csv, score_vs_params.png, curves.png")
+         f"  report/      report.md, report.csv, score_vs_params.png, curves.png (and .svg of both)")
     return report
 
 

@@ -13,10 +13,10 @@ score is not averaged with a validation one).
 
 Written into the output folder: report.md and report.csv (the table),
 score_vs_params.png (average against trainable share, log x) and curves.png (training
-loss and validation mean score by epoch, one line per run).
+loss and validation mean score by epoch, one line per run), each figure also as .svg.
 
-Only light imports at module level: `vl.train.run_dir` imports torch, `vl.shared.plot`
-numpy; both are imported inside the functions that need them.
+Only light imports at module level: `vl.train.run_dir` imports torch, `vl.shared.figures`
+numpy and matplotlib; both are imported inside the functions that need them.
 """
 from __future__ import annotations
 
@@ -307,7 +307,7 @@ def report_csv(rows: Sequence[RunRow]) -> str:
 
 def _score_vs_params(rows: Sequence[RunRow], path: Path) -> tuple[bool, str | None]:
     """Draw the teaser figure; return (drawn, a note on what it leaves out)."""
-    from vl.shared.plot import Point, scatter_chart
+    from vl.shared.figures import Point, scatter_chart
 
     placed = [r for r in rows if r.average is not None and r.trainable_percent and r.trainable_percent > 0]
     if not placed:
@@ -325,7 +325,7 @@ def _score_vs_params(rows: Sequence[RunRow], path: Path) -> tuple[bool, str | No
 
 def _curves(rows: Sequence[RunRow], path: Path) -> tuple[bool, str | None]:
     """Draw training loss and validation mean_score by epoch; return (drawn, a note on what is missing)."""
-    from vl.shared.plot import Panel, Series, line_chart
+    from vl.shared.figures import Panel, Series, line_chart
 
     def series(key: str) -> list[Series]:
         return [Series(r.label, [m["epoch"] for m in r.metrics], [m.get(key) if _finite(m.get(key)) else None
@@ -343,7 +343,7 @@ def _curves(rows: Sequence[RunRow], path: Path) -> tuple[bool, str | None]:
 
 
 def _write_files(rows: Sequence[RunRow], out_dir: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
-    """Write the four files (or those that can be drawn); return their paths and the notes."""
+    """Write the table and the figures (those that can be drawn); return their paths and the notes."""
     from vl.shared.atomic import write_text_atomic
 
     out = Path(out_dir)
@@ -352,10 +352,12 @@ def _write_files(rows: Sequence[RunRow], out_dir: str | os.PathLike) -> tuple[di
     for key, draw in (("score_vs_params", _score_vs_params), ("curves", _curves)):
         target = out / FILES[key]
         drawn, note = draw(rows, target)
+        svg = target.with_suffix(".svg")  # vl.shared.figures writes one beside each PNG
         if drawn:
-            paths[key] = target
+            paths[key], paths[f"{key}_svg"] = target, svg
         else:  # a figure left by an earlier report here would no longer match the table
             target.unlink(missing_ok=True)
+            svg.unlink(missing_ok=True)
         if note:
             notes.append(note)
     text = ("# Runs compared\n\n" + report_table(rows)
@@ -372,9 +374,10 @@ def _write_files(rows: Sequence[RunRow], out_dir: str | os.PathLike) -> tuple[di
 
 def write_report(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                  split: str | None = None) -> dict[str, Path]:
-    """Write report.md, report.csv, score_vs_params.png and curves.png into `out_dir` and
-    return {"markdown", "csv", "score_vs_params", "curves"} -> path; a figure with nothing
-    to draw is left out (and report.md says why)."""
+    """Write report.md, report.csv, score_vs_params.png and curves.png (each figure with
+    an .svg beside it) into `out_dir` and return {"markdown", "csv", "score_vs_params",
+    "score_vs_params_svg", "curves", "curves_svg"} -> path; a figure with nothing to draw
+    is left out (and report.md says why)."""
     return _write_files(collect_runs(run_dirs, split), out_dir)[0]
 
 
@@ -390,7 +393,7 @@ Examples:
 Writes into --out: report.md and report.csv (the table printed here),
 score_vs_params.png (average score against the trainable share of parameters, log x,
 as the paper's teaser figure) and curves.png (training loss and validation mean score
-by epoch, one line per run)."""
+by epoch, one line per run); each figure also as .svg, for papers."""
 
 
 @click.command("report", epilog=EXAMPLE, context_settings={"max_content_width": 100})

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -209,15 +210,24 @@ def _png_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
+def _svg_texts(path: Path) -> set[str]:
+    root = ET.parse(path).getroot()  # fails on a file that is not XML
+    return {"".join(t.itertext()) for t in root.iter("{http://www.w3.org/2000/svg}text")}
+
+
 def test_write_report_writes_the_table_and_both_figures(tmp_path):
     a = make_run(tmp_path / "runs", "adapter", metrics=VALIDATED)
     b = make_run(tmp_path / "runs", "full", method="full", percent=100.0, metrics=VALIDATED[:2])
     c = make_run(tmp_path / "runs", "untrained", metrics=[])
     paths = write_report([a, b, c], tmp_path / "out")
-    assert list(paths) == ["markdown", "csv", "score_vs_params", "curves"]
+    assert list(paths) == ["markdown", "csv", "score_vs_params", "score_vs_params_svg", "curves", "curves_svg"]
     assert all(p.parent == tmp_path / "out" for p in paths.values())
     assert _png_size(paths["score_vs_params"]) == (800, 500)
     assert _png_size(paths["curves"]) == (1600, 500)  # two panels: loss, validation
+    teaser = _svg_texts(paths["score_vs_params_svg"])
+    assert {"trainable parameters (%, log scale)", "average score", "adapter", "full"} <= teaser
+    assert "untrained" not in teaser
+    assert {"training loss", "validation mean score", "epoch", "adapter", "full"} <= _svg_texts(paths["curves_svg"])
     md = paths["markdown"].read_text()
     assert report_table(collect_runs([a, b, c])) in md
     assert "leaves out the runs without an average: untrained" in md
@@ -228,9 +238,11 @@ def test_no_average_no_teaser_figure_and_an_old_one_is_removed(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "score_vs_params.png").write_bytes(b"from an earlier report")
+    (out / "score_vs_params.svg").write_bytes(b"from an earlier report")
     run = make_run(tmp_path, "loss-only", metrics=[epoch(1, 3.0), epoch(2, 2.0)])
     paths = write_report([run], out)
-    assert "score_vs_params" not in paths and not (out / "score_vs_params.png").exists()
+    assert "score_vs_params" not in paths and "score_vs_params_svg" not in paths
+    assert not (out / "score_vs_params.png").exists() and not (out / "score_vs_params.svg").exists()
     assert _png_size(paths["curves"]) == (800, 500)  # the loss panel only
     md = paths["markdown"].read_text()
     assert "score_vs_params.png not drawn: no run has an average score" in md
@@ -241,7 +253,8 @@ def test_no_average_no_teaser_figure_and_an_old_one_is_removed(tmp_path):
 def test_a_run_without_metrics_is_a_row_not_a_crash(tmp_path):
     run = make_run(tmp_path, "just-started")
     paths = write_report([run], tmp_path / "out")
-    assert set(paths) == {"markdown", "csv"}
+    assert set(paths) == {"markdown", "csv"} and sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "report.csv", "report.md"]
     cells = table_rows(paths["markdown"].read_text().split("\n\n")[1])["just-started"]
     assert cells[3:] == ["-"] * 5 + ["no metrics yet (no epoch finished)"]
     assert "curves.png not drawn: no run has finished an epoch yet" in paths["markdown"].read_text()
@@ -255,7 +268,8 @@ def test_command_prints_the_table_and_where_the_files_went(tmp_path):
     assert result.exit_code == 0, result.output
     assert report_table(collect_runs([a, b])) in result.output
     assert f"wrote {out / 'report.md'}, {out / 'report.csv'}" in result.output
-    assert {p.name for p in out.iterdir()} == {"report.md", "report.csv", "score_vs_params.png", "curves.png"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.csv", "score_vs_params.png", "score_vs_params.svg",
+                                               "curves.png", "curves.svg"}
 
     result = CliRunner().invoke(report, [str(a), "--split", "test", "--out", str(out)])
     assert result.exit_code == 0 and "val (best epoch 2)" in result.output  # no test results: validation

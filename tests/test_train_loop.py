@@ -71,6 +71,7 @@ def test_vqa_and_gqa_at_once_through_the_cli(world, tmp_path):
     assert "per_answer_type" in evals["tasks"]["vqa"]["scores"]
     assert records[-1]["mean_score"] == pytest.approx((records[-1]["vqa_score"] + records[-1]["gqa_score"]) / 2)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "curves.svg").read_text().lstrip().startswith("<?xml")
     assert (run / "eval/epoch_1.json").is_file() and (run / "checkpoints/best/model.safetensors").is_file()
     # only trainable tensors, each once (T5 ties the LM head to the shared embedding)
     saved = trainable_tensors(run)

@@ -452,10 +452,10 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def plot_curves(run_dir: str | os.PathLike) -> Path | None:
-    """`<run_dir>/curves.png` from metrics.jsonl: the training loss (overall and per task)
-    and, where the run validates, the validation scores, by epoch. None when there is
-    nothing to plot yet."""
-    from vl.shared.plot import Panel, Series, line_chart
+    """`<run_dir>/curves.png` (and curves.svg beside it) from metrics.jsonl: the training
+    loss (overall and per task) and, where the run validates, the validation scores, by
+    epoch. None when there is nothing to plot yet."""
+    from vl.shared.figures import Panel, Series, line_chart
 
     records = read_metrics(run_dir)
     if not records:
