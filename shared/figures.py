@@ -111,7 +111,7 @@ def _new_figure(width: int, height: int) -> Figure:
 
 
 def _set_up_axes(ax: Axes, title: str, x_label: str, y_label: str, log_x: bool, log_y: bool,
-           xs: np.ndarray, ys: np.ndarray) -> None:
+                 xs: np.ndarray, ys: np.ndarray) -> None:
     """Title, axis labels, log scales (refused for non-positive values) and a light grid."""
     from matplotlib.ticker import LogFormatter
 
@@ -149,8 +149,8 @@ def _line_figure(panels: Sequence[Panel], panel_size: tuple[int, int]) -> Figure
     fig = _new_figure(pw * len(panels), ph)
     for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         _set_up_axes(ax, panel.title, panel.x_label, panel.y_label, panel.log_x, panel.log_y,
-               np.concatenate([s.xs[s.finite] for s in panel.series]),
-               np.concatenate([s.ys[s.finite] for s in panel.series]))
+                     np.concatenate([s.xs[s.finite] for s in panel.series]),
+                     np.concatenate([s.ys[s.finite] for s in panel.series]))
         for j, s in enumerate(panel.series):
             dots = None if s.marker else np.flatnonzero(s.isolated).tolist()
             ax.plot(s.xs, s.ys, color=PALETTE[j % len(PALETTE)], linewidth=1.5, label=s.label or "_nolegend_",
