@@ -14,10 +14,10 @@ import torch
 from test_peft_methods import demo_config
 from test_train_loop import vl_train
 from vl.shared.errors import VLError
+from vl.shared.run_dir import read_run_json
 from vl.train import loop
 from vl.train.data import TaskDataset, collate
 from vl.train.restore import inherit_from_run, load_trained, starting_model
-from vl.train.run_dir import read_run_json
 from vl.train.tokenizer import vis_token_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

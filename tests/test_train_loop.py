@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from vl.shared.cli import cli
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
+from vl.shared.run_dir import read_metrics
 from vl.train import loop
 from vl.train.config import TrainConfig
-from vl.train.run_dir import read_metrics
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -74,7 +74,9 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
     if resume_dir is not None:
         if config_path is not None:
             raise VLError("give either -c CONFIG (a new run) or --resume RUN_DIR (its saved config.json), not both")
-        saved = resume_dir / "config.json"
+        from vl.shared.run_dir import config_path
+
+        saved = config_path(resume_dir)
         if not saved.is_file():
             raise VLError(f"{saved} not found: {resume_dir} is not a vl run directory (or it never started)")
         cfg = load_config(TrainConfig, saved, [f"run_dir={resume_dir}", *overrides])
@@ -115,4 +117,6 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
     finally:
         distributed.close()
     if ranks.is_main:
-        click.echo(f"done: {run_dir} (metrics in {run_dir / 'metrics.jsonl'})")
+        from vl.shared.run_dir import metrics_path
+
+        click.echo(f"done: {run_dir} (metrics in {metrics_path(run_dir)})")

@@ -41,28 +41,27 @@ from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.feature_store import FeatureStore, settings_differences, store_settings
+from vl.shared.feature_store import FeatureStore, check_store_matches, settings_differences, store_settings
 from vl.shared.manifest import DatasetManifest
+from vl.shared.run_dir import (
+    BEST,
+    LAST,
+    append_metrics,
+    checkpoints_dir,
+    config_path,
+    epoch_eval_path,
+    has_checkpoint,
+    read_run_json,
+    run_json_path,
+    tokenizer_dir,
+)
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
 from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, collate, make_loader
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model, count_parameters
 from vl.train.peft.methods import apply_method, budget_table, uses_every_parameter_each_step
-from vl.train.run_dir import (
-    RUN_JSON,
-    append_metrics,
-    check_store_matches,
-    load_checkpoint,
-    plot_curves,
-    read_run_json,
-    save_checkpoint,
-    write_run_json,
-)
+from vl.train.run_dir import load_checkpoint, plot_curves, save_checkpoint, write_run_json
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer, vis_token_ids
 from vl.train.weight_decay import decay_groups
-
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
-EVAL_DIR = "eval"
 
 
 # -- what trains: freeze all, apply the method, unfreeze exactly what it names -------------
@@ -383,9 +382,9 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     # 1. Cheap checks first: files exist, the run dir is fresh (or resumable), the device works.
     check_files(cfg)
     if resume:
-        if not (run_dir / "checkpoints" / "last").is_dir():
+        if not has_checkpoint(run_dir, LAST):
             raise VLError(f"nothing to resume in {run_dir}: it has no checkpoints/last (start it without --resume)")
-    elif (run_dir / RUN_JSON).exists() or (run_dir / "checkpoints").exists():
+    elif run_json_path(run_dir).exists() or checkpoints_dir(run_dir).exists():
         raise VLError(f"run dir {run_dir} already holds a run: continue it with `vl train --resume {run_dir}`, "
                       "or set run_dir to a new folder")
     device = pick_device(cfg, ranks)
@@ -420,7 +419,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         run_dir.mkdir(parents=True, exist_ok=True)
 
     # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
-    tok_dir = run_dir / TOKENIZER_DIR
+    tok_dir = tokenizer_dir(run_dir)
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
     elif resume or tok_dir.is_dir():
@@ -475,14 +474,14 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     start_epoch, step, best = 0, 0, None
     if resume:
         check_stores_unchanged(run_dir, stores)
-        extra = load_checkpoint(run_dir, "last", model, optimizer, scheduler, restore_rng=True)
+        extra = load_checkpoint(run_dir, LAST, model, optimizer, scheduler, restore_rng=True)
         if extra.get("stopped"):
             raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "
                           "(e.g. with a lower optim.lr)")
         start_epoch, step, best = extra["epoch"] + 1, extra["step"], extra.get("best")
         print(f"resuming {run_dir} after epoch {extra['epoch']} (step {step})", flush=True)
     elif main:
-        save_config(cfg, run_dir / CONFIG_FILE)
+        save_config(cfg, config_path(run_dir))
         write_run_json(run_dir, cfg, model, manifests=dict.fromkeys(
             p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
             stores=list(stores.values()))
@@ -520,7 +519,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
                     what = (f"loss is {step_loss} at step {step + 1} (epoch {epoch + 1}) on a batch of task "
                             f"{batch['task']} (examples {', '.join(map(str, batch['ids'][:3]))})")
                     if main:
-                        save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch, stopped=what))
+                        save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch, stopped=what))
                     raise VLError(f"{what}; stopped, the weights before this step are in {run_dir}/checkpoints/last",
                                   hint="Lower optim.lr, set optim.grad_clip, or use precision=fp32/bf16 instead of "
                                        "fp16.")
@@ -559,7 +558,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
             continue
         if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
-            write_json_atomic(run_dir / EVAL_DIR / f"epoch_{epoch + 1}.json",
+            write_json_atomic(epoch_eval_path(run_dir, epoch + 1),
                               {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
             record.update(metrics)
             value = metrics.get(cfg.best_metric)
@@ -568,8 +567,8 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         append_metrics(run_dir, record)
         plot_curves(run_dir)
         print(json.dumps(record, sort_keys=True), flush=True)
-        save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch))
+        save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch))
         if improved:
-            save_checkpoint(run_dir, "best", model, None, None, extra_state(epoch))
+            save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch))
         ranks.barrier()
     return run_dir

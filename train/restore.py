@@ -18,13 +18,14 @@ import torch
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
 from vl.train.config import TrainConfig
-from vl.train.loop import CONFIG_FILE, TOKENIZER_DIR, build_model
+from vl.shared.run_dir import BEST, CONFIG_FILE, LAST, config_path, has_checkpoint, read_run_json, tokenizer_dir
+from vl.train.loop import build_model
 from vl.train.model import VLModel
 from vl.train.peft.methods import METHODS
-from vl.train.run_dir import frozen_sha256, load_checkpoint, read_run_json
+from vl.train.run_dir import frozen_sha256, load_checkpoint
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
 
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = (BEST, LAST)  # the ones a run can be evaluated with
 
 
 @dataclass
@@ -41,24 +42,24 @@ def load_trained(run_dir: str | os.PathLike, checkpoint: str | None = None, devi
     """Rebuild the model of `run_dir` and load `checkpoints/<checkpoint>` into it; None: the
     run's `eval_checkpoint` ("best" falls back to "last" when the run never validated)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
+    if not config_path(run_dir).is_file():
         raise VLError(f"{run_dir} is not a vl run directory (no {CONFIG_FILE}): give a folder `vl train` made")
     if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise VLError(f"checkpoint must be one of {', '.join(CHECKPOINTS)} (got {checkpoint!r})")
-    have = [c for c in CHECKPOINTS if (run_dir / "checkpoints" / c).is_dir()]
+    have = [c for c in CHECKPOINTS if has_checkpoint(run_dir, c)]
     if not have:
         raise VLError(f"{run_dir} has no checkpoints yet (training stopped before its first epoch ended): "
                       f"continue it with `vl train --resume {run_dir}`")
-    cfg = load_config(TrainConfig, run_dir / CONFIG_FILE, [f"run_dir={run_dir}"])
+    cfg = load_config(TrainConfig, config_path(run_dir), [f"run_dir={run_dir}"])
     checkpoint = checkpoint or cfg.eval_checkpoint
-    name = checkpoint if checkpoint in have else "last" if checkpoint == "best" and "last" in have else None
+    name = checkpoint if checkpoint in have else LAST if checkpoint == BEST and LAST in have else None
     if name is None:
         raise VLError(f"{run_dir} has no '{checkpoint}' checkpoint; it has: {', '.join(have)}")
     facts = read_run_json(run_dir).get("model") or {}
     if not facts.get("feat_dim") or not facts.get("vocab_size"):
         raise VLError(f"{run_dir}/run.json records no model facts (feat_dim, vocab_size): it was made by an older "
                       "vl; train the run again with this version")
-    tokenizer = load_tokenizer(cfg.tokenizer if cfg.tokenizer is not None else str(run_dir / TOKENIZER_DIR))
+    tokenizer = load_tokenizer(cfg.tokenizer if cfg.tokenizer is not None else str(tokenizer_dir(run_dir)))
     add_extra_tokens(tokenizer, cfg.extra_tokens)
     tokenizer.padding_side = "right"
     model, _ = build_model(cfg, facts["feat_dim"], facts["vocab_size"], [t.name for t in cfg.tasks],
@@ -79,10 +80,10 @@ INHERITED = ("backbone", "init", "tokenizer", "extra_tokens")  # what a run take
 
 
 def _source_config(source: Path) -> TrainConfig:
-    if not (source / CONFIG_FILE).is_file():
+    if not config_path(source).is_file():
         raise VLError(f"init_from {source} is not a vl run directory (no {CONFIG_FILE}): give a folder `vl train` "
                       "made, e.g. a pre-training run")
-    return load_config(TrainConfig, source / CONFIG_FILE, [f"run_dir={source}"])
+    return load_config(TrainConfig, config_path(source), [f"run_dir={source}"])
 
 
 def inherit_from_run(cfg: TrainConfig) -> TrainConfig:
@@ -95,7 +96,7 @@ def inherit_from_run(cfg: TrainConfig) -> TrainConfig:
     source = Path(cfg.init_from)
     src = _source_config(source)
     wanted = {"backbone": src.backbone, "init": src.init, "extra_tokens": src.extra_tokens,
-              "tokenizer": src.tokenizer if src.tokenizer is not None else str(source / TOKENIZER_DIR)}
+              "tokenizer": src.tokenizer if src.tokenizer is not None else str(tokenizer_dir(source))}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in INHERITED}
     clashes = [f"{key}: {getattr(cfg, key)!r} here, {wanted[key]!r} in {source}" for key in INHERITED
                if getattr(cfg, key) not in (defaults[key], wanted[key])]
@@ -110,7 +111,7 @@ def starting_model(cfg: TrainConfig, feat_dim: int, vocab_size: int) -> VLModel:
     """The weights of cfg.init_from's best checkpoint (else its last) as a plain VLModel: a
     run whose method adds no modules as it is, a single LoRA merged into its base weights."""
     source = Path(cfg.init_from)
-    src = load_trained(source, "best")
+    src = load_trained(source, BEST)
     facts = read_run_json(source)["model"]
     if facts["feat_dim"] != feat_dim:
         raise VLError(f"{source} (init_from) was trained on features {facts['feat_dim']} wide, but this run's stores "
