@@ -67,8 +67,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
     from vl.evaluate.metrics import score
     from vl.shared.feature_store import FeatureStore
     from vl.train.data import TaskData, TaskDataset
-    from vl.train.loop import generate_predictions
-    from vl.train.restore import load_trained
+    from vl.train.build import load_trained
+    from vl.train.predict import generate_predictions
 
     run_dir = Path(run_dir)
     if split not in SPLITS:

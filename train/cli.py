@@ -88,14 +88,14 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
                                "see `vl train --help` for an example")
     else:
         cfg = load_config(TrainConfig, config_path, list(overrides))
-    from vl.train.restore import inherit_from_run
+    from vl.train.build import inherit_from_run
 
     cfg = inherit_from_run(cfg)  # init_from: the backbone and tokenizer of the run it starts from
     if print_config:
         click.echo(dump_config(cfg))
         return
     if dry_run:
-        from vl.train.loop import dry_run as budget
+        from vl.train.build import dry_run as budget
 
         click.echo(f"method {cfg.method} on {cfg.backbone}, tasks: {', '.join(t.name for t in cfg.tasks)}")
         click.echo(budget(cfg))

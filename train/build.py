@@ -1,9 +1,12 @@
-"""A finished (or stopped) run back in memory: its config, tokenizer, and model with the
-method applied and a checkpoint loaded, as `vl evaluate` and the tests use it.
+"""The model of a run: built from its config (with the method applied), started from
+another run's weights (init_from), or rebuilt from a run directory with a checkpoint
+loaded, as `vl evaluate` and the tests use it.
 
 Checkpoints hold only the trainable tensors, so the rest is rebuilt: the backbone from its
 hub id or folder (init=pretrained), or from the run's seed (init=random); run.json keeps
-a digest of those frozen weights, and a rebuild that does not match it is refused.
+a digest of those frozen weights, and a rebuild that does not match it is refused. A run
+started from another rebuilds that one first (build_model -> starting_model ->
+load_trained -> build_model), so these live in one module.
 """
 from __future__ import annotations
 
@@ -17,13 +20,79 @@ import torch
 
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
-from vl.train.config import TrainConfig
+from vl.shared.feature_store import FeatureStore
 from vl.shared.run_dir import BEST, CONFIG_FILE, LAST, config_path, has_checkpoint, read_run_json, tokenizer_dir
-from vl.train.loop import build_model
-from vl.train.model import VLModel
-from vl.train.peft.methods import METHODS
+from vl.train.config import TrainConfig
+from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
+from vl.train.peft.methods import METHODS, apply_method, budget_table
 from vl.train.run_dir import frozen_sha256, load_checkpoint
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
+
+# -- what trains: freeze all, apply the method, unfreeze exactly what it names -------------
+
+def set_trainable(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[str]:
+    """Freeze everything, add the method's modules (vl.train.peft.methods), unfreeze exactly
+    the parameters the method names; returns those names."""
+    model.requires_grad_(False)
+    names = apply_method(model, cfg.method, cfg, tasks)  # may add modules: look parameters up after
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    assert not unknown, f"method {cfg.method} named parameters the model does not have: {unknown[:5]}"
+    for name in names:
+        params[name].requires_grad_(True)
+    return sorted(names)
+
+
+# -- a new run's model ---------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[str],
+                object_order_ids: list[int] | None = None) -> tuple[VLModel, list[str]]:
+    """The run's model with its method applied, and the names of what trains. Seeded here,
+    so that with init=random the frozen weights (never in a checkpoint) are rebuilt exactly
+    from the config (load_trained checks them against run.json). object_order_ids: the
+    tokenizer's <vis_extra_id_k> ids (`vis_token_ids`), for visual_inputs=reference."""
+    if cfg.init_from is not None:  # another run's weights, themselves checked against that run's run.json
+        model = starting_model(cfg, feat_dim, vocab_size)
+        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, object_order_ids)  # this run's, not the source's
+        torch.manual_seed(cfg.seed)  # the method's new modules
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout,
+                               visual_inputs=cfg.visual_inputs, visual_boxes=cfg.visual_boxes,
+                               object_order_ids=object_order_ids)
+    return model, set_trainable(model, cfg, tasks)
+
+
+def dry_run(cfg: TrainConfig) -> str:
+    """Build the model with the method applied, offline (random weights, no memory: the
+    meta device) and return the table of trainable parameters (vl.train.peft.methods). The
+    feature width comes from cfg.feat_dim or the first task's store; the vocabulary from a
+    local tokenizer folder, else the backbone's config; plus cfg.extra_tokens."""
+    cfg = inherit_from_run(cfg)
+    feat_dim = cfg.feat_dim
+    if feat_dim is None:
+        stores = [t.store for t in cfg.tasks if t.store is not None and Path(t.store).is_file()]
+        if not stores:
+            raise VLError("a dry run needs the feature width: set feat_dim (2048 for RN101 grids, 512 for ViT-B/32) "
+                          "or make the tasks' feature stores first")
+        store = FeatureStore(stores[0])
+        feat_dim = int(store.item_shape(store.default_feature)[-1])
+    if cfg.tokenizer is not None and Path(cfg.tokenizer).expanduser().is_dir():
+        vocab = len(load_tokenizer(cfg.tokenizer)) + cfg.extra_tokens
+    elif cfg.backbone in BACKBONE_SHAPES:
+        vocab = BACKBONE_SHAPES[cfg.backbone].config["vocab_size"] + cfg.extra_tokens
+    else:
+        vocab = None  # the backbone folder's own config
+    with torch.device("meta"):
+        model = build_vl_model(cfg.backbone, feat_dim, init="random", vocab_size=vocab)
+        # the same parameters either way; <vis_extra_id_k> are the last extra_tokens // 2 rows
+        rows = model.backbone.get_input_embeddings().num_embeddings
+        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, range(rows - cfg.extra_tokens // 2, rows))
+        set_trainable(model, cfg, [t.name for t in cfg.tasks])
+    return budget_table(model)
+
+
+# -- a trained run back in memory ------------------------------------------------------------
 
 CHECKPOINTS = (BEST, LAST)  # the ones a run can be evaluated with
 
