@@ -74,9 +74,9 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
     if resume_dir is not None:
         if config_path is not None:
             raise VLError("give either -c CONFIG (a new run) or --resume RUN_DIR (its saved config.json), not both")
-        from vl.shared.run_dir import config_path
+        from vl.shared.run_dir import CONFIG_FILE
 
-        saved = config_path(resume_dir)
+        saved = resume_dir / CONFIG_FILE
         if not saved.is_file():
             raise VLError(f"{saved} not found: {resume_dir} is not a vl run directory (or it never started)")
         cfg = load_config(TrainConfig, saved, [f"run_dir={resume_dir}", *overrides])
