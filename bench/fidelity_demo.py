@@ -64,6 +64,7 @@ def pooled_video_store(demo: Path, out: Path) -> Path:
 def run_variant(demo: Path, out: Path, name: str) -> dict:
     from vl.evaluate.demo import (IMAGE_TASKS, PRETRAIN, RECIPES, VIDEO_TASKS, run_vl, task_entries, train_once,
                                   write_config)
+    from vl.shared.run_dir import eval_scores_path
 
     kind, method, settings, video_features = VARIANTS[name]
     recipe = RECIPES["full"]
@@ -91,9 +92,9 @@ def run_variant(demo: Path, out: Path, name: str) -> dict:
                  run_settings)
     train_once(runs / run_name, write_config(configs / f"{run_name}.yaml", cfg), epochs)
     first = SCORES[kind][0]
-    if not (runs / run_name / "eval" / "val" / f"{first}.json").is_file():
+    if not eval_scores_path(runs / run_name, "val", first).is_file():
         run_vl(["evaluate", "--run", str(runs / run_name), "--split", "val", "--checkpoint", "last"])
-    scores = {task: json.loads((runs / run_name / "eval" / "val" / f"{task}.json").read_text())["scores"]["overall"]
+    scores = {task: json.loads(eval_scores_path(runs / run_name, "val", task).read_text())["scores"]["overall"]
               for task in SCORES[kind]}
     return {"variant": name, "settings": settings, "video_features": video_features, "seconds": round(time.perf_counter() - started, 1), **scores}
 

@@ -76,7 +76,8 @@ class Setup:
 
         from vl.shared.manifest import DatasetManifest
         from vl.train.data import DataSettings, MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset
-        from vl.train.loop import build_optimizer, set_trainable, tokenizer_kind
+        from vl.train.build import set_trainable
+        from vl.train.loop import build_optimizer, tokenizer_kind
         from vl.train.config import TrainConfig
         from vl.train.model import build_vl_model
         from vl.train.tokenizer import manifest_texts, train_tokenizer
@@ -107,7 +108,8 @@ class Setup:
     def step(self, batch: dict) -> None:
         import torch
 
-        from vl.train.loop import MODEL_INPUTS, to_device, weighted_sequence_loss
+        from vl.train.loop import weighted_sequence_loss
+        from vl.train.predict import MODEL_INPUTS, to_device
 
         batch = to_device(batch, self.device)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):

@@ -35,6 +35,7 @@ import click
 
 from vl.shared.atomic import write_text_atomic
 from vl.shared.errors import VLError
+from vl.shared.run_dir import LAST, eval_scores_path, has_checkpoint, metrics_path, read_metrics
 
 IMAGE_TASKS = (("vqa", "vqa2"), ("gqa", "gqa"), ("nlvr2", "nlvr2"), ("caption", "coco_caption"))
 VIDEO_TASKS = (("tvqa", "tvqa"), ("how2qa", "how2qa"), ("tvc", "tvc"), ("yc2c", "yc2c"))
@@ -151,7 +152,7 @@ def train_once(run_dir: Path, config: Path, epochs: int) -> None:
     """`vl train -c config`, or `--resume` a stopped run, or nothing for a finished one."""
     if run_done(run_dir, epochs):
         return
-    if (run_dir / "checkpoints" / "last").is_dir():
+    if has_checkpoint(run_dir, LAST):
         run_vl(["train", "--resume", str(run_dir)])
     elif not run_dir.exists() or not any(run_dir.iterdir()):
         run_vl(["train", "-c", str(config)])
@@ -160,10 +161,9 @@ def train_once(run_dir: Path, config: Path, epochs: int) -> None:
 
 
 def run_done(run_dir: Path, epochs: int) -> bool:
-    metrics = run_dir / "metrics.jsonl"
-    if not (run_dir / "checkpoints" / "last").is_dir() or not metrics.is_file():
+    if not has_checkpoint(run_dir, LAST) or not metrics_path(run_dir).is_file():
         return False
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     return bool(records) and records[-1].get("epoch") == epochs
 
 
@@ -220,14 +220,14 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
                **recipe.extra.get(name, {})}
         train_once(runs / name, write_config(configs / f"{name}.yaml", cfg), recipe.epochs[name])
         first_task = (IMAGE_TASKS if kind == "image" else VIDEO_TASKS)[0][0]
-        if not (runs / name / "eval" / "val" / f"{first_task}.json").is_file():
+        if not eval_scores_path(runs / name, "val", first_task).is_file():
             run_vl(["evaluate", "--run", str(runs / name), "--split", "val", "--checkpoint", "last"])
 
     # 5. the report, with the majority baseline beside it
     report = out / "report"
     run_vl(["report", *[str(runs / name) for name, _, _ in recipe.runs], "--out", str(report), "--split", "val"])
     answer, baseline = majority_baseline(world / "manifests" / "vqa2_train.jsonl", world / "manifests" / "vqa2_val.jsonl")
-    vqa = {name: json.loads((runs / name / "eval" / "val" / "vqa.json").read_text())["scores"]["overall"]
+    vqa = {name: json.loads(eval_scores_path(runs / name, "val", "vqa").read_text())["scores"]["overall"]
            for name, _, kind in recipe.runs if kind == "image"}
     echo(f"\nVQA val accuracy: {', '.join(f'{name} {score:.2f}' for name, score in vqa.items())}; "
          f"majority baseline (always answering {answer!r}): {baseline:.2f}")

@@ -16,7 +16,6 @@ A split without answers (a test split) gets its predictions written and no score
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Sequence
 from vl.shared.atomic import write_json_atomic
 from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.run_dir import eval_dir, eval_scores_path, read_checkpoint_meta, run_json_path
 
 SPLITS = ("val", "test")
 
@@ -67,8 +67,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
     from vl.evaluate.metrics import score
     from vl.shared.feature_store import FeatureStore
     from vl.train.data import TaskData, TaskDataset
-    from vl.train.loop import generate_predictions
-    from vl.train.restore import load_trained
+    from vl.train.build import load_trained
+    from vl.train.predict import generate_predictions
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
@@ -98,9 +98,9 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
     def autocast():
         return torch.autocast("cuda", dtype=amp) if use_amp else contextlib.nullcontext()
 
-    run_digest = sha256_file(run_dir / "run.json")
-    checkpoint_meta = json.loads((run_dir / "checkpoints" / trained.checkpoint / "meta.json").read_text())
-    out_dir = run_dir / "eval" / split
+    run_digest = sha256_file(run_json_path(run_dir))
+    checkpoint_meta = read_checkpoint_meta(run_dir, trained.checkpoint)
+    out_dir = eval_dir(run_dir, split)
     results, stores = [], {}
     for name in chosen:
         spec = specs[name]
@@ -114,7 +114,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
         scores = score(data.task.metric, predictions, data.examples) if has_gold(data.task, data.examples) else None
         predictions_file = write_submission(name, predictions, data.examples,
                                             out_dir / official_file_name(name, split))
-        scores_file = out_dir / f"{name}.json"
+        scores_file = eval_scores_path(run_dir, split, name)
         write_json_atomic(scores_file, {
             "task": name, "split": split, "manifest_split": split_name, "checkpoint": trained.checkpoint,
             "epoch": trained.extra["epoch"] + 1 if "epoch" in trained.extra else None,  # 1-based, as metrics.jsonl

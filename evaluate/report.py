@@ -15,8 +15,8 @@ Written into the output folder: report.md and report.csv (the table),
 score_vs_params.png (average against trainable share, log x) and curves.png (training
 loss and validation mean score by epoch, one line per run), each figure also as .svg.
 
-Only light imports at module level: `vl.train.run_dir` imports torch, `vl.shared.figures`
-numpy and matplotlib; both are imported inside the functions that need them.
+The run folders are read through vl.shared.run_dir, so a report imports no torch;
+`vl.shared.figures` (numpy, matplotlib) is imported inside the functions that need it.
 """
 from __future__ import annotations
 
@@ -32,10 +32,18 @@ from typing import Iterable, Sequence
 import click
 
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.run_dir import (
+    CONFIG_FILE,
+    RUN_JSON,
+    config_path,
+    eval_scores_path,
+    is_run_dir,
+    read_metrics,
+    read_run_json,
+)
 
 # The paper's column order (image tasks, then video tasks); a task outside it goes last.
 TASK_ORDER = ("vqa", "gqa", "nlvr2", "caption", "tvqa", "how2qa", "tvc", "yc2c")
-EVAL_DIR = "eval"
 DEFAULT_SPLITS = ("test", "val")  # split=None: a task's test result, else its val result
 MISSING = "-"
 FILES = {"markdown": "report.md", "csv": "report.csv",
@@ -136,7 +144,7 @@ def _eval_score(run_dir: Path, task: str, splits: Sequence[str],
     score, or None; the splits passed over because their file holds predictions only)."""
     unscored = []
     for split in splits:
-        path = run_dir / EVAL_DIR / split / f"{task}.json"
+        path = eval_scores_path(run_dir, split, task)
         if not path.is_file():
             continue
         fix = f"score it again: `vl evaluate --run {run_dir} --split {split}`"
@@ -165,18 +173,17 @@ def _not_a_run_dir(path: Path) -> str | None:
         return f"{path} not found; check the path (a run folder is the run_dir `vl train` wrote)"
     if not path.is_dir():
         return f"{path} is a file, not a run folder; pass the folder `vl train` wrote (its run_dir)"
-    has_config, has_run = (path / "config.json").is_file(), (path / "run.json").is_file()
-    if has_config and has_run:
+    if is_run_dir(path):
         return None
-    if has_config:
-        return (f"{path} has config.json but no run.json: its training never got past building the model; "
+    if config_path(path).is_file():
+        return (f"{path} has {CONFIG_FILE} but no {RUN_JSON}: its training never got past building the model; "
                 f"start it again (`vl train --resume {path}`) or leave it out")
-    inner = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file() and (p / "run.json").is_file())
+    inner = sorted(p.name for p in path.iterdir() if is_run_dir(p))
     if inner:
         shown = ", ".join(inner[:5]) + (", ..." if len(inner) > 5 else "")
         return (f"{path} is not a run folder but holds {len(inner)} ({shown}); pass those instead, "
                 f"e.g. `vl report {path}/*`")
-    return (f"{path} is not a run folder (no config.json and run.json); pass the folder `vl train` wrote "
+    return (f"{path} is not a run folder (no {CONFIG_FILE} and {RUN_JSON}); pass the folder `vl train` wrote "
             "(the run_dir of its config)")
 
 
@@ -199,13 +206,11 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], split: str | None = None
         if all(p.resolve() != q.resolve() for q in paths):
             paths.append(p)
     collect_or_raise([why for why in map(_not_a_run_dir, paths) if why],
-                     hint="every RUN_DIR must be a folder made by `vl train` (it holds config.json and run.json)")
-    from vl.train.run_dir import read_metrics, read_run_json  # imports torch: after the cheap checks
-
+                     hint=f"every RUN_DIR must be a folder made by `vl train` (it holds {CONFIG_FILE} and {RUN_JSON})")
     splits = DEFAULT_SPLITS if split is None else (split,)
     rows, problems = [], []
     for path, label in zip(paths, _labels(paths)):
-        config = _read_json(path / "config.json", problems, "it is written by `vl train`; restore it or rerun")
+        config = _read_json(config_path(path), problems, "it is written by `vl train`; restore it or rerun")
         if config is None:
             continue
         try:

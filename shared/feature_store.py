@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from vl.shared.errors import VLError
+from vl.shared.errors import VLError, collect_or_raise
 
 STORE_FORMAT = "vl.feature_store"
 STORE_SCHEMA_VERSION = 1
@@ -68,6 +68,27 @@ def settings_differences(have: Any, want: Any, prefix: str = "") -> list[tuple[s
         return [(prefix.rstrip("."), have, want)]
     return []
 
+
+
+def _prune_to(have: Any, want: Any) -> Any:
+    """`have` restricted to the keys `want` names, so a partial `want` compares only what it says."""
+    if isinstance(want, dict):
+        have = have if isinstance(have, dict) else {}
+        return {k: _prune_to(have.get(k), v) for k, v in want.items()}
+    return have
+
+
+def check_store_matches(store: FeatureStore, expected: dict) -> None:
+    """Raise one VLError naming every provenance field of `store` that differs from the
+    partial settings tree `expected` (e.g. {"encoder": {"model": "RN101"}})."""
+    want = json.loads(json.dumps(expected))  # tuples -> lists, as the provenance JSON has them
+    diffs = settings_differences(_prune_to(store.provenance, want), want)
+    problems = [f"{store.path}: {path} is {'not recorded' if have is None else repr(have)}, "
+                f"the config asks for {w!r}" for path, have, w in diffs]
+    kind = "videos" if store.layout == "frames" else "images"
+    collect_or_raise(problems, hint=(
+        f"re-extract the features with the settings the config names (`vl extract {kind} ... --out <new store>`) "
+        "or change the config to match the store"))
 
 class FeatureStore:
     """Read features by media id.

@@ -10,7 +10,7 @@ import torch
 
 from vl.extract.store_builder import StoreBuilder, chunk_rows
 from vl.shared import FeatureStore, VLError
-from vl.shared.feature_store import parts_dir, settings_differences
+from vl.shared.feature_store import check_store_matches, parts_dir, settings_differences
 
 SETTINGS = {"encoder": {"model": "toy"}, "preprocess": {"size": [8, 8]}, "features": {"layer": "both"}}
 
@@ -271,3 +271,28 @@ def test_held_in_memory_reads_equal_file_reads_and_touch_no_file(tmp_path, monke
     monkeypatch.setattr(feature_store, "available_memory_bytes", lambda: grid.nbytes)
     with pytest.raises(VLError, match="more than 50% of the .* available: it does not fit"):
         small.hold_in_memory("grid")
+
+
+def build_store(path, model_name="toy-RN50", layer="grid"):
+    settings = {"encoder": {"model": model_name, "pretrained": "none"}, "preprocess": {"size": [8, 8]},
+                "features": {"layer": layer, "pool": 2}}
+    ids = ["a", "b", "c"]
+    with StoreBuilder(path, settings, {"grid": (4, 8)}, "float32") as b:
+        b.add(ids, {"grid": np.zeros((3, 4, 8), np.float32)})
+        b.finish({"extracted": 3}, retried_ids=set(ids))
+    return FeatureStore(path)
+
+
+def test_check_store_matches_names_the_differing_fields(tmp_path):
+    store = build_store(tmp_path / "coco.h5", model_name="RN50", layer="grid")
+    check_store_matches(store, {"encoder": {"model": "RN50"}, "features": {"layer": "grid"}})
+    check_store_matches(store, {"preprocess": {"size": (8, 8)}})  # tuples compare as the JSON lists
+    with pytest.raises(VLError) as e:
+        check_store_matches(store, {"encoder": {"model": "RN101"}, "features": {"layer": "grid", "pool": 6,
+                                                                             "dtype": "float16"}})
+    msg = str(e.value)
+    assert f"{store.path}: encoder.model is 'RN50', the config asks for 'RN101'" in msg
+    assert "features.pool is 2, the config asks for 6" in msg
+    assert "features.dtype is not recorded, the config asks for 'float16'" in msg
+    assert "layer" not in msg.replace("features.", "")  # matching fields are not named
+    assert "vl extract images" in msg and "change the config" in msg

@@ -14,10 +14,10 @@ import torch
 from test_peft_methods import demo_config
 from test_train_loop import vl_train
 from vl.shared.errors import VLError
-from vl.train import loop
+from vl.shared.run_dir import read_run_json
+from vl.train import loop, predict
+from vl.train.build import build_model, inherit_from_run, load_trained, starting_model
 from vl.train.data import TaskDataset, collate
-from vl.train.restore import inherit_from_run, load_trained, starting_model
-from vl.train.run_dir import read_run_json
 from vl.train.tokenizer import vis_token_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,7 +46,7 @@ def logits(model, cfg, tokenizer) -> torch.Tensor:
     data = loop.task_data(cfg, lambda t: (t.train_split, t.train_manifest), {})["vqa"]
     batch = collate([TaskDataset(data, tokenizer, seed=0).item(i, 0) for i in range(4)], tokenizer)
     with torch.no_grad():
-        return model.eval()(**{k: batch[k] for k in loop.MODEL_INPUTS}, labels=batch["labels"], task="vqa").logits
+        return model.eval()(**{k: batch[k] for k in predict.MODEL_INPUTS}, labels=batch["labels"], task="vqa").logits
 
 
 def test_a_run_starts_from_the_source_weights_and_tokenizer_and_reloads_exactly(world, sources, tmp_path,
@@ -68,7 +68,7 @@ def test_a_run_starts_from_the_source_weights_and_tokenizer_and_reloads_exactly(
     source, trained = load_trained(sources["full"], "last"), load_trained(run, "last")
     embeddings = trained.model.backbone.get_input_embeddings().weight
     assert torch.equal(embeddings, source.model.backbone.get_input_embeddings().weight)  # frozen: as pre-trained
-    fresh, _ = loop.build_model(demo_config(world, run, "image/full"), feat_dim(run), len(trained.tokenizer), ["vqa"],
+    fresh, _ = build_model(demo_config(world, run, "image/full"), feat_dim(run), len(trained.tokenizer), ["vqa"],
                                 vis_token_ids(trained.tokenizer))
     assert not torch.equal(embeddings, fresh.backbone.get_input_embeddings().weight)  # not a random start
     assert torch.equal(logits(trained.model, trained.cfg, trained.tokenizer),

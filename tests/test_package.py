@@ -1,5 +1,6 @@
 """The package shape: subpackages of the namespace package `vl` from the card's
-top-level folders, the `vl` command, placeholders that refuse, import directions."""
+top-level folders, the `vl` command, placeholders that refuse, import directions,
+no import cycles between modules, and the metrics a leaf."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +9,9 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from pathlib import Path
 
+import pytest
 
 from conftest import REPO, run_vl
 
@@ -66,6 +69,131 @@ def test_import_directions():
                         if not any(target == a or target.startswith(a + ".") for a in allowed):
                             problems.append(f"{py.relative_to(REPO)} imports {name}")
     assert problems == []
+
+
+def vl_modules() -> dict[str, Path]:
+    """Every module of `vl` by its dotted name (a package by its __init__.py)."""
+    modules = {}
+    for name, folder in STAGES.items():
+        for py in (REPO / folder).rglob("*.py"):
+            parts = py.relative_to(REPO / folder).with_suffix("").parts
+            modules[".".join([name, *(parts[:-1] if parts[-1] == "__init__" else parts)])] = py
+    return modules
+
+
+def _module_level_imports(tree: ast.Module):
+    """The import statements that run when the module is imported: those in its body and in
+    module-level if/try/with blocks and class bodies, not those inside functions or under
+    `if TYPE_CHECKING:`."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            stack += node.orelse
+        else:
+            stack += [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
+            stack += [h for h in getattr(node, "handlers", [])]
+
+
+def import_graph(modules: dict[str, Path], deferred: bool = False) -> dict[str, set[str]]:
+    """module -> the vl modules its module-level imports load (with `deferred`, its imports
+    inside functions too): `import a.b`, `from a.b import c` (and a.b.c when c is a
+    module), relative imports resolved."""
+    graph = {}
+    for name, py in modules.items():
+        package = name if py.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(py.read_text())
+        statements = (n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))) if deferred else (
+            _module_level_imports(tree))
+        targets = set()
+        for node in statements:
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+                continue
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            targets.add(base)
+            targets.update(f"{base}.{a.name}" for a in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, on_stack, stack, cycles = {}, {}, set(), [], []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(cycles)
+
+
+def test_import_cycles_are_found_and_named():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"f"}, "f": {"e"}, "g": set()}
+    assert import_cycles(graph) == [["a", "b", "c"], ["e", "f"]]
+    code = "import os\nfrom . import sibling\nfrom .. import up\ndef f():\n    import inside\n"
+    tree = ast.parse(code)
+    assert [ast.unparse(n) for n in _module_level_imports(tree)][::-1] == [
+        "import os", "from . import sibling", "from .. import up"]
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["module-level", "with-imports-in-functions"])
+def test_no_import_cycles_between_vl_modules(deferred):
+    """Module level: a cycle there breaks an import half-way. With the imports inside
+    functions as well: moving one side of a loop into a function hides it, and does not
+    remove it (train.loop and train.restore once imported each other that way)."""
+    modules = vl_modules()
+    graph = import_graph(modules, deferred)
+    assert graph["vl.train.loop"] >= {"vl.train.build", "vl.train.predict", "vl.shared.run_dir"}  # the graph sees edges
+    cycles = import_cycles(graph)
+    where = "inside functions or at module level" if deferred else "at module level"
+    assert cycles == [], f"import cycles (modules that import each other {where}): " + "; ".join(
+        " <-> ".join(c) for c in cycles)
+
+
+def test_metrics_are_a_leaf_without_torch_or_training():
+    modules = vl_modules()
+    graph = import_graph(modules)
+    metrics = [m for m in modules if m == "vl.evaluate.metrics" or m.startswith("vl.evaluate.metrics.")]
+    assert len(metrics) > 1
+    problems = []
+    for name in metrics:
+        for node in _module_level_imports(ast.parse(modules[name].read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            problems += [f"{name} imports {n}" for n in names if n.split(".")[0] == "torch"]
+        problems += [f"{name} imports {t}" for t in graph[name] if t.startswith("vl.train")]
+    assert problems == []
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {sorted(metrics)!r}]; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('vl.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_built_wheel_installs_the_namespace_packages(tmp_path):

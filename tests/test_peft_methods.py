@@ -11,10 +11,10 @@ import torch
 
 from test_train_loop import vl_train, write_config
 from vl.shared.config import load_config
-from vl.train import loop
+from vl.train import build, loop, predict
+from vl.train.build import load_trained
 from vl.train.config import TrainConfig
 from vl.train.data import TaskDataset, collate
-from vl.train.restore import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,7 +36,7 @@ def test_the_presets_are_exactly_the_papers_rows():
 @pytest.mark.parametrize("preset", sorted(PAPER_SHARES))
 def test_dry_run_of_each_preset_prints_the_papers_share(preset):
     cfg = load_config(TrainConfig, PRESETS / f"{preset}.yaml")
-    table = loop.dry_run(cfg)
+    table = build.dry_run(cfg)
     last = table.splitlines()[-1]
     assert re.fullmatch(r"trainable [\d,]+ of [\d,]+ parameters \(\d+\.\d\d%\)", last), last
     assert last.endswith(f"({PAPER_SHARES[preset]}%)"), (preset, table)
@@ -93,7 +93,7 @@ def test_each_preset_trains_on_demo_tasks_and_its_checkpoint_reloads_to_the_same
     for name, data in sets.items():
         ds = TaskDataset(data, trained.tokenizer, seed=cfg.seed)
         batch = collate([ds.item(i, 0) for i in range(6)], trained.tokenizer)
-        inputs = {k: batch[k] for k in loop.MODEL_INPUTS}
+        inputs = {k: batch[k] for k in predict.MODEL_INPUTS}
         labels = batch["labels"]
         with torch.no_grad():
             want = original(**inputs, labels=labels, task=name).logits

@@ -327,3 +327,16 @@ def test_same_folder_names_get_their_parent_and_a_repeat_counts_once(tmp_path):
 def test_importing_the_command_does_not_import_torch():
     code = "import sys, vl.evaluate.report; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_whole_report_imports_no_torch(tmp_path):
+    a = make_run(tmp_path, "adapter", metrics=VALIDATED, evals={"val": {"vqa": 70.0}})
+    b = make_run(tmp_path, "lora", method="lora", percent=7.5, metrics=VALIDATED[:1])
+    out = tmp_path / "reports"
+    code = ("import sys; from click.testing import CliRunner; from vl.shared.cli import cli; "
+            f"result = CliRunner().invoke(cli, ['report', {str(a)!r}, {str(b)!r}, '--out', {str(out)!r}]); "
+            "assert result.exit_code == 0, result.output; print(sorted(m for m in ('torch', 'h5py') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert (out / "report.md").is_file() and (out / "curves.png").is_file()

@@ -1,4 +1,4 @@
-"""vl.train.run_dir: checkpoints of exactly the trainable tensors, run.json, store checks, metrics."""
+"""vl.train.run_dir: checkpoints of exactly the trainable tensors, run.json."""
 from __future__ import annotations
 
 import json
@@ -11,20 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 import vl.train.run_dir as run_dir_mod
-from vl.extract.store_builder import StoreBuilder
-from vl.shared import FeatureStore, VLError, sha256_file
+from test_feature_store import build_store
+from vl.shared import VLError, sha256_file
+from vl.shared.run_dir import read_run_json
 from vl.train.model import build_vl_model
-from vl.train.run_dir import (
-    RunManifest,
-    append_metrics,
-    check_store_matches,
-    load_checkpoint,
-    read_metrics,
-    read_run_json,
-    save_checkpoint,
-    trainable_state,
-    write_run_json,
-)
+from vl.train.run_dir import RunManifest, load_checkpoint, save_checkpoint, trainable_state, write_run_json
 
 TRAINABLE_NORM = "backbone.encoder.final_layer_norm.weight"
 
@@ -172,16 +163,6 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, f
     assert load_checkpoint(tmp_path, "last", tiny_model()) == {"step": 3}
 
 
-def build_store(path, model_name="toy-RN50", layer="grid"):
-    settings = {"encoder": {"model": model_name, "pretrained": "none"}, "preprocess": {"size": [8, 8]},
-                "features": {"layer": layer, "pool": 2}}
-    ids = ["a", "b", "c"]
-    with StoreBuilder(path, settings, {"grid": (4, 8)}, "float32") as b:
-        b.add(ids, {"grid": np.zeros((3, 4, 8), np.float32)})
-        b.finish({"extracted": 3}, retried_ids=set(ids))
-    return FeatureStore(path)
-
-
 def test_run_json_records_digests_budget_versions_git(tmp_path):
     store = build_store(tmp_path / "coco.h5")
     manifest = tmp_path / "vqa_val.jsonl"
@@ -213,38 +194,3 @@ def test_git_revision_is_null_outside_a_checkout(tmp_path, monkeypatch):
     assert run_dir_mod._git_state(tmp_path) == (None, None)
     monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
     assert run_dir_mod._git_state(tmp_path) == (None, None)
-
-
-def test_check_store_matches_names_the_differing_fields(tmp_path):
-    store = build_store(tmp_path / "coco.h5", model_name="RN50", layer="grid")
-    check_store_matches(store, {"encoder": {"model": "RN50"}, "features": {"layer": "grid"}})
-    check_store_matches(store, {"preprocess": {"size": (8, 8)}})  # tuples compare as the JSON lists
-    with pytest.raises(VLError) as e:
-        check_store_matches(store, {"encoder": {"model": "RN101"}, "features": {"layer": "grid", "pool": 6,
-                                                                             "dtype": "float16"}})
-    msg = str(e.value)
-    assert f"{store.path}: encoder.model is 'RN50', the config asks for 'RN101'" in msg
-    assert "features.pool is 2, the config asks for 6" in msg
-    assert "features.dtype is not recorded, the config asks for 'float16'" in msg
-    assert "layer" not in msg.replace("features.", "")  # matching fields are not named
-    assert "vl extract images" in msg and "change the config" in msg
-
-
-def test_metrics_survive_a_cut_last_line(tmp_path):
-    append_metrics(tmp_path, {"step": 1, "loss": torch.tensor(0.5)})
-    append_metrics(tmp_path, {"step": 2, "loss": np.float32(0.25)})
-    path = tmp_path / "metrics.jsonl"
-    with open(path, "a") as f:
-        f.write('{"step": 3, "lo')  # killed mid-write
-    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
-    append_metrics(tmp_path, {"step": 3, "loss": 0.125})  # a resumed run appends cleanly
-    assert read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25},
-                                      {"step": 3, "loss": 0.125}]
-    with open(path, "a") as f:
-        f.write('{"step": 4}')  # whole record, newline lost
-    append_metrics(tmp_path, {"step": 5})
-    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
-    path.write_text(path.read_text().replace('{"step": 4}', '{"step": 4'))
-    with pytest.raises(VLError, match="line 4 is not JSON"):
-        read_metrics(tmp_path)
-    assert read_metrics(tmp_path / "nothing") == []

@@ -28,7 +28,7 @@ from vl.shared import FeatureStore, ManifestMeta, VLError, write_manifest
 from vl.shared.config import config_from_dict
 from vl.train.config import TrainConfig
 from vl.train.data import Collator, DataSettings, TaskData, TaskDataset, TaskOptions, collate, pool_or_pad_frames
-from vl.train.loop import generate_predictions, rank_candidates
+from vl.train.predict import generate_predictions, rank_candidates
 from vl.train.tokenizer import manifest_texts
 
 VIDEO_TASKS = ("tvqa", "how2qa", "tvc", "yc2c")

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from vl.shared.cli import cli
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
-from vl.train import loop
+from vl.shared.run_dir import read_metrics
+from vl.train import build, loop
 from vl.train.config import TrainConfig
-from vl.train.run_dir import read_metrics
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -166,7 +166,7 @@ def test_weight_decay_by_module_type_not_by_name():
 
     model = build_vl_model("tiny-t5", 16, init="random")
     cfg = TrainConfig()
-    loop.set_trainable(model, cfg, [])
+    build.set_trainable(model, cfg, [])
     decayed, plain = (g["params"] for g in loop.build_optimizer(model, cfg).param_groups)
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in plain} >= {"visual_embedding.proj.bias", "visual_embedding.norm.weight"}
@@ -260,7 +260,7 @@ def test_val_every_zero_trains_without_validating(world, tmp_path):
 def test_reference_visual_inputs_train_and_reload(world, tmp_path, backbone):
     """visual_inputs=reference end to end: trains, and the reloaded run rebuilds the same inputs
     (object-order tokens from its tokenizer) and so the same logits."""
-    from vl.train.restore import load_trained
+    from vl.train.build import load_trained
 
     run = tmp_path / "run"
     cfg = load_config(TrainConfig, write_config(world, run, epochs=1, backbone=backbone, visual_inputs="reference",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vl.shared.config import config_from_dict
-from vl.train import loop
+from vl.train import build, loop
 from vl.train.config import OptimConfig, TrainConfig
 from vl.train.model import build_vl_model
 
@@ -105,7 +105,7 @@ def groups(kind: str, method: str, decay: str, **sections) -> tuple[list[str], s
     for section, settings in sections.items():
         for key, value in settings.items():
             setattr(getattr(cfg, section), key, value)
-    names = loop.set_trainable(model, cfg, TASKS)
+    names = build.set_trainable(model, cfg, TASKS)
     optimizer = loop.build_optimizer(model, cfg)
     by_id = {id(p): n for n, p in model.named_parameters()}
     found = {g["weight_decay"]: [by_id[id(p)] for p in g["params"]] for g in optimizer.param_groups}

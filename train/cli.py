@@ -74,7 +74,9 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
     if resume_dir is not None:
         if config_path is not None:
             raise VLError("give either -c CONFIG (a new run) or --resume RUN_DIR (its saved config.json), not both")
-        saved = resume_dir / "config.json"
+        from vl.shared.run_dir import CONFIG_FILE
+
+        saved = resume_dir / CONFIG_FILE
         if not saved.is_file():
             raise VLError(f"{saved} not found: {resume_dir} is not a vl run directory (or it never started)")
         cfg = load_config(TrainConfig, saved, [f"run_dir={resume_dir}", *overrides])
@@ -86,14 +88,14 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
                                "see `vl train --help` for an example")
     else:
         cfg = load_config(TrainConfig, config_path, list(overrides))
-    from vl.train.restore import inherit_from_run
+    from vl.train.build import inherit_from_run
 
     cfg = inherit_from_run(cfg)  # init_from: the backbone and tokenizer of the run it starts from
     if print_config:
         click.echo(dump_config(cfg))
         return
     if dry_run:
-        from vl.train.loop import dry_run as budget
+        from vl.train.build import dry_run as budget
 
         click.echo(f"method {cfg.method} on {cfg.backbone}, tasks: {', '.join(t.name for t in cfg.tasks)}")
         click.echo(budget(cfg))
@@ -115,4 +117,6 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
     finally:
         distributed.close()
     if ranks.is_main:
-        click.echo(f"done: {run_dir} (metrics in {run_dir / 'metrics.jsonl'})")
+        from vl.shared.run_dir import metrics_path
+
+        click.echo(f"done: {run_dir} (metrics in {metrics_path(run_dir)})")

@@ -103,7 +103,7 @@ class TaskOptions:
     max_new_tokens: int | None = None  # None: the task's (captions 40, VQA/GQA/NLVR2 10, choice labels 4)
     # generate: decode text, read it back as an answer. rank: score each candidate answer of the
     # example (NLVR2 true/false, multiple choice a0..aN) and take the best, so the answer is always
-    # one of them (vl.train.loop.rank_candidates). None: generate.
+    # one of them (vl.train.predict.rank_candidates). None: generate.
     decision: Literal["generate", "rank"] | None = None
     # multiple choice: what the decoder writes, the choice's label "a2" (None: label, the paper's)
     # or its text; with text, targets and generation default to 20 tokens instead of the label's 4

@@ -8,7 +8,9 @@ One explicit loop, readable top to bottom (nanoGPT's train.py, minGPT's trainer)
          validate -> metrics.jsonl -> checkpoints `last` (and `best` when it improved)
 
 The loop never asks which method trains: a method only answers "which parameters"
-(vl.train.peft.methods), and the checkpoints hold exactly those.
+(vl.train.peft.methods), and the checkpoints hold exactly those. The model comes from
+vl.train.build (new, or started from another run), the validation's predictions from
+vl.train.predict.
 
 Reproducibility: the batch order comes from (seed, epoch) alone (MultiTaskSampler) and
 every checkpoint holds the optimizer, scheduler and RNG states, so on the CPU in fp32 a
@@ -35,49 +37,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutput
 
 from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.feature_store import FeatureStore, settings_differences, store_settings
+from vl.shared.feature_store import FeatureStore, check_store_matches, settings_differences, store_settings
 from vl.shared.manifest import DatasetManifest
-from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
-from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, collate, make_loader
-from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model, count_parameters
-from vl.train.peft.methods import apply_method, budget_table, uses_every_parameter_each_step
-from vl.train.run_dir import (
-    RUN_JSON,
+from vl.shared.run_dir import (
+    BEST,
+    LAST,
     append_metrics,
-    check_store_matches,
-    load_checkpoint,
-    plot_curves,
+    checkpoints_dir,
+    config_path,
+    epoch_eval_path,
+    has_checkpoint,
     read_run_json,
-    save_checkpoint,
-    write_run_json,
+    run_json_path,
+    tokenizer_dir,
 )
+from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
+from vl.train.build import build_model, inherit_from_run
+from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, make_loader
+from vl.train.model import BACKBONE_SHAPES, VLModel, count_parameters
+from vl.train.peft.methods import uses_every_parameter_each_step
+from vl.train.predict import MODEL_INPUTS, generate_predictions, to_device
+from vl.train.run_dir import load_checkpoint, plot_curves, save_checkpoint, write_run_json
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer, vis_token_ids
 from vl.train.weight_decay import decay_groups
-
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
-EVAL_DIR = "eval"
-
-
-# -- what trains: freeze all, apply the method, unfreeze exactly what it names -------------
-
-def set_trainable(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[str]:
-    """Freeze everything, add the method's modules (vl.train.peft.methods), unfreeze exactly
-    the parameters the method names; returns those names."""
-    model.requires_grad_(False)
-    names = apply_method(model, cfg.method, cfg, tasks)  # may add modules: look parameters up after
-    params = dict(model.named_parameters())
-    unknown = sorted(set(names) - set(params))
-    assert not unknown, f"method {cfg.method} named parameters the model does not have: {unknown[:5]}"
-    for name in names:
-        params[name].requires_grad_(True)
-    return sorted(names)
 
 
 # -- optimizer and schedule --------------------------------------------------------------
@@ -113,92 +100,7 @@ def weighted_sequence_loss(logits: torch.Tensor, labels: torch.Tensor, weights: 
     return (per_example * weights).mean()
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "visual_feats", "visual_mask", "image_ids")
-
-
 # -- validation ----------------------------------------------------------------------------
-
-@torch.no_grad()
-def generate_predictions(model: VLModel, ds: TaskDataset, tokenizer: Any, device: torch.device, batch_size: int,
-                         autocast: Any, progress: bool = False) -> dict[str, Any]:
-    """{example id: prediction} for one item per example of `ds` (captions have one item per
-    reference), read back as the task's metric takes it (`metric_value`). The run's
-    decision for the task (`ds.data.decision`): `generate` decodes with its generation
-    settings (`ds.data.generation`: greedy for short answers, beams for captions, unless
-    the task's options say otherwise); `rank` picks the best of the example's candidate
-    answers (`rank_candidates`)."""
-    from tqdm.auto import tqdm
-
-    data, task = ds.data, ds.data.task
-    generation = data.generation
-    examples = {ex["id"]: ex for ex in data.examples}
-    firsts = sorted({item.example_id: i for i, item in reversed(list(enumerate(ds.items)))}.values())
-    predictions = {}
-    for start in tqdm(range(0, len(firsts), batch_size), desc=f"predict {task.name}", disable=not progress,
-                      unit="batch", dynamic_ncols=True):
-        items = [ds.item(i, 0) for i in firsts[start:start + batch_size]]
-        batch = to_device(collate(items, tokenizer, max_text_tokens=data.token_cut), device)
-        with autocast():
-            if data.decision == "rank":
-                candidates = [task.candidates(examples[i], data.layout) for i in batch["ids"]]
-                texts = rank_candidates(model, batch, candidates, tokenizer)
-            else:
-                out = model.generate(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"],
-                                     max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)
-                texts = tokenizer.batch_decode(out, skip_special_tokens=True)
-        for example_id, text in zip(batch["ids"], texts):
-            predictions[example_id] = task.metric_value(task.read_prediction(text, examples[example_id]))
-    return predictions
-
-
-@torch.no_grad()
-def rank_candidates(model: VLModel, batch: dict[str, Any], candidates: list[list[str]], tokenizer: Any) -> list[str]:
-    """For each row of `batch` (collated model inputs), the candidate of `candidates[row]`
-    that the model scores highest (the first of equals).
-
-    A candidate's score is the sum of its target tokens' log-probabilities under teacher
-    forcing, without the closing end-of-sequence token. When every candidate is one token
-    after the same start (NLVR2's "true"/"false"), this compares their logits at that one
-    decoder step, which is how the reference decided NLVR2 (nlvr_model.py L240-257, with
-    true_id/false_id from multitask.py L104-105); a multiple-choice label "a2" is scored
-    the same way over its tokens. When one candidate's tokens begin another's, the end
-    token counts too, so the shorter does not win by having fewer terms.
-
-    The encoder runs once per row (`VLModel.encode`); the decoder scores all (row,
-    candidate) pairs as one batch, reading its row's encoder output."""
-    pairs = [(row, text) for row, texts in enumerate(candidates) for text in texts]  # (P,)
-    assert all(candidates), "every row needs at least one candidate"
-    device = batch["input_ids"].device
-    tgt = tokenizer([text for _, text in pairs], padding=True, return_tensors="pt")  # right-padded, as collate's
-    ids, mask = tgt["input_ids"].to(device), tgt["attention_mask"].to(device)  # (P, T)
-    counted = mask.clone()  # (P, T): the tokens a score sums
-    tokens = [ids[p, :n].tolist() for p, n in enumerate(mask.sum(1).tolist())]
-    body = [t[:-1] if t[-1] == tokenizer.eos_token_id else t for t in tokens]  # without the end token
-    nested = {row for p, (row, _) in enumerate(pairs) for q, (other, _) in enumerate(pairs)
-              if other == row and q != p and body[q][:len(body[p])] == body[p]}
-    for p, (row, _) in enumerate(pairs):
-        if row not in nested and len(body[p]) < len(tokens[p]):
-            counted[p, len(tokens[p]) - 1] = 0
-    rows = torch.tensor([row for row, _ in pairs], device=device)
-    encoded, enc_mask = model.encode(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"])  # (B, S, d), (B, S)
-    hidden = encoded.last_hidden_state.index_select(0, rows)  # (P, S, d): each row's once per candidate
-    labels = ids.masked_fill(mask == 0, -100)  # (P, T)
-    decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=labels)
-    logits = model.backbone(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                            attention_mask=enc_mask.index_select(0, rows),
-                            decoder_input_ids=decoder_input_ids).logits  # (P, T, V)
-    token_logp = logits.float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (P, T)
-    scores = (token_logp * counted).sum(1).tolist()  # (P,)
-    best: dict[int, tuple[float, str]] = {}
-    for (row, text), value in zip(pairs, scores):
-        if row not in best or value > best[row][0]:
-            best[row] = (value, text)
-    return [best[row][1] for row in range(len(candidates))]
-
 
 def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, device: torch.device,
              batch_size: int, autocast: Any) -> tuple[dict[str, float], dict[str, Any]]:
@@ -309,26 +211,6 @@ def check_stores_unchanged(run_dir: Path, stores: dict[Path, FeatureStore]) -> N
     collect_or_raise(problems, hint="Resume with the stores the run started with (or start a new run).")
 
 
-def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[str],
-                object_order_ids: list[int] | None = None) -> tuple[VLModel, list[str]]:
-    """The run's model with its method applied, and the names of what trains. Seeded here,
-    so that with init=random the frozen weights (never in a checkpoint) are rebuilt exactly
-    from the config (vl.train.restore checks them against run.json). object_order_ids: the
-    tokenizer's <vis_extra_id_k> ids (`vis_token_ids`), for visual_inputs=reference."""
-    if cfg.init_from is not None:  # another run's weights, themselves checked against that run's run.json
-        from vl.train.restore import starting_model
-
-        model = starting_model(cfg, feat_dim, vocab_size)
-        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, object_order_ids)  # this run's, not the source's
-        torch.manual_seed(cfg.seed)  # the method's new modules
-    else:
-        torch.manual_seed(cfg.seed)
-        model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout,
-                               visual_inputs=cfg.visual_inputs, visual_boxes=cfg.visual_boxes,
-                               object_order_ids=object_order_ids)
-    return model, set_trainable(model, cfg, tasks)
-
-
 def check_visual_tokens(cfg: TrainConfig, data: list[TaskData], object_order_ids: list[int]) -> None:
     """visual_inputs=reference: every image's (or video's) visual tokens need a <vis_extra_id_k> each."""
     if cfg.visual_inputs != "reference":
@@ -339,53 +221,20 @@ def check_visual_tokens(cfg: TrainConfig, data: list[TaskData], object_order_ids
                       f"data.max_frames" for d in data if d.tokens_per_image > len(object_order_ids)])
 
 
-def dry_run(cfg: TrainConfig) -> str:
-    """Build the model with the method applied, offline (random weights, no memory: the
-    meta device) and return the table of trainable parameters (vl.train.peft.methods). The
-    feature width comes from cfg.feat_dim or the first task's store; the vocabulary from a
-    local tokenizer folder, else the backbone's config; plus cfg.extra_tokens."""
-    from vl.train.restore import inherit_from_run
-
-    cfg = inherit_from_run(cfg)
-    feat_dim = cfg.feat_dim
-    if feat_dim is None:
-        stores = [t.store for t in cfg.tasks if t.store is not None and Path(t.store).is_file()]
-        if not stores:
-            raise VLError("a dry run needs the feature width: set feat_dim (2048 for RN101 grids, 512 for ViT-B/32) "
-                          "or make the tasks' feature stores first")
-        store = FeatureStore(stores[0])
-        feat_dim = int(store.item_shape(store.default_feature)[-1])
-    if cfg.tokenizer is not None and Path(cfg.tokenizer).expanduser().is_dir():
-        vocab = len(load_tokenizer(cfg.tokenizer)) + cfg.extra_tokens
-    elif cfg.backbone in BACKBONE_SHAPES:
-        vocab = BACKBONE_SHAPES[cfg.backbone].config["vocab_size"] + cfg.extra_tokens
-    else:
-        vocab = None  # the backbone folder's own config
-    with torch.device("meta"):
-        model = build_vl_model(cfg.backbone, feat_dim, init="random", vocab_size=vocab)
-        # the same parameters either way; <vis_extra_id_k> are the last extra_tokens // 2 rows
-        rows = model.backbone.get_input_embeddings().num_embeddings
-        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, range(rows - cfg.extra_tokens // 2, rows))
-        set_trainable(model, cfg, [t.name for t in cfg.tasks])
-    return budget_table(model)
-
-
 # -- the loop --------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Path:
     """Run `cfg` (or continue the run in cfg.run_dir after its last finished epoch); returns the run dir.
     `ranks`: this process's place under torchrun (its process group already joined)."""
-    from vl.train.restore import inherit_from_run
-
     cfg = inherit_from_run(cfg)  # init_from: that run's backbone and tokenizer (a no-op when done already)
     run_dir = Path(cfg.run_dir)
     main = ranks.is_main
     # 1. Cheap checks first: files exist, the run dir is fresh (or resumable), the device works.
     check_files(cfg)
     if resume:
-        if not (run_dir / "checkpoints" / "last").is_dir():
+        if not has_checkpoint(run_dir, LAST):
             raise VLError(f"nothing to resume in {run_dir}: it has no checkpoints/last (start it without --resume)")
-    elif (run_dir / RUN_JSON).exists() or (run_dir / "checkpoints").exists():
+    elif run_json_path(run_dir).exists() or checkpoints_dir(run_dir).exists():
         raise VLError(f"run dir {run_dir} already holds a run: continue it with `vl train --resume {run_dir}`, "
                       "or set run_dir to a new folder")
     device = pick_device(cfg, ranks)
@@ -420,7 +269,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         run_dir.mkdir(parents=True, exist_ok=True)
 
     # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
-    tok_dir = run_dir / TOKENIZER_DIR
+    tok_dir = tokenizer_dir(run_dir)
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
     elif resume or tok_dir.is_dir():
@@ -475,14 +324,14 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     start_epoch, step, best = 0, 0, None
     if resume:
         check_stores_unchanged(run_dir, stores)
-        extra = load_checkpoint(run_dir, "last", model, optimizer, scheduler, restore_rng=True)
+        extra = load_checkpoint(run_dir, LAST, model, optimizer, scheduler, restore_rng=True)
         if extra.get("stopped"):
             raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "
                           "(e.g. with a lower optim.lr)")
         start_epoch, step, best = extra["epoch"] + 1, extra["step"], extra.get("best")
         print(f"resuming {run_dir} after epoch {extra['epoch']} (step {step})", flush=True)
     elif main:
-        save_config(cfg, run_dir / CONFIG_FILE)
+        save_config(cfg, config_path(run_dir))
         write_run_json(run_dir, cfg, model, manifests=dict.fromkeys(
             p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
             stores=list(stores.values()))
@@ -520,7 +369,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
                     what = (f"loss is {step_loss} at step {step + 1} (epoch {epoch + 1}) on a batch of task "
                             f"{batch['task']} (examples {', '.join(map(str, batch['ids'][:3]))})")
                     if main:
-                        save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch, stopped=what))
+                        save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch, stopped=what))
                     raise VLError(f"{what}; stopped, the weights before this step are in {run_dir}/checkpoints/last",
                                   hint="Lower optim.lr, set optim.grad_clip, or use precision=fp32/bf16 instead of "
                                        "fp16.")
@@ -559,7 +408,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
             continue
         if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
-            write_json_atomic(run_dir / EVAL_DIR / f"epoch_{epoch + 1}.json",
+            write_json_atomic(epoch_eval_path(run_dir, epoch + 1),
                               {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
             record.update(metrics)
             value = metrics.get(cfg.best_metric)
@@ -568,8 +417,8 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         append_metrics(run_dir, record)
         plot_curves(run_dir)
         print(json.dumps(record, sort_keys=True), flush=True)
-        save_checkpoint(run_dir, "last", model, optimizer, scheduler, extra_state(epoch))
+        save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch))
         if improved:
-            save_checkpoint(run_dir, "best", model, None, None, extra_state(epoch))
+            save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch))
         ranks.barrier()
     return run_dir

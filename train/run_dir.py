@@ -1,7 +1,7 @@
-"""The run directory: what a training run leaves behind, and how it is read back.
+"""The run directory's torch side: checkpoints of the trainable tensors with optimizer and
+RNG states, run.json's record of a model, the training curves. The file names, and the
+reading that needs no torch (run.json, metrics.jsonl), are vl.shared.run_dir's.
 
-    <run>/run.json                         resolved config, input digests, budget, versions, git
-    <run>/metrics.jsonl                    one JSON record per line, appended as training goes
     <run>/checkpoints/<name>/model.safetensors   the trainable tensors only
     <run>/checkpoints/<name>/state.pt      optimizer, scheduler, RNG states and the caller's `extra`
     <run>/checkpoints/<name>/meta.json     step, trainable names and count, sha256 of model.safetensors
@@ -32,16 +32,24 @@ from torch import nn
 from vl.shared.atomic import atomic_path, fsync_path, write_json_atomic
 from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.feature_store import FeatureStore, settings_differences, store_settings
+from vl.shared.feature_store import FeatureStore, store_settings
 from vl.shared.manifest import meta_path_for
+from vl.shared.run_dir import (
+    CHECKPOINT_KIND,
+    META_FILE,
+    MODEL_FILE,
+    RUN_KIND,
+    SCHEMA_VERSION,
+    STATE_FILE,
+    checkpoint_name,
+    checkpoints_dir,
+    curves_path,
+    find_checkpoint,
+    read_metrics,
+    run_json_path,
+)
 from vl.shared.version import __version__
 from vl.train.model import count_parameters
-
-RUN_JSON = "run.json"
-METRICS = "metrics.jsonl"
-CHECKPOINTS = "checkpoints"
-MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
-CHECKPOINT_KIND, RUN_KIND, SCHEMA_VERSION = "vl.checkpoint", "vl.run", 1
 
 
 # -- checkpoints -------------------------------------------------------------------------
@@ -50,12 +58,6 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Exactly the parameters with requires_grad, by name (a tied parameter appears once,
     under its first name): the method declared them trainable, nothing here guesses."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _checkpoint_name(name: str) -> str:
-    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
-        raise VLError(f"checkpoint name {name!r} must be a plain folder name (e.g. 'last', 'best', 'step-1000')")
-    return name
 
 
 def _rng_state() -> dict:
@@ -115,10 +117,10 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
     """
     from safetensors.torch import save_file
 
-    name = _checkpoint_name(name)
+    name = checkpoint_name(name)
     extra = dict(extra or {})
     _check_plain(extra, "extra")
-    root = Path(run_dir) / CHECKPOINTS
+    root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
     tmp = root / f".{name}.tmp-{os.getpid()}"
@@ -162,19 +164,6 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
     return final
 
 
-def _find_checkpoint(run_dir: str | os.PathLike, name: str) -> Path:
-    root = Path(run_dir) / CHECKPOINTS
-    folder = root / _checkpoint_name(name)
-    if folder.is_dir():
-        return folder
-    stranded = sorted(root.glob(f".{name}.old-*")) if root.is_dir() else []
-    if stranded:
-        raise VLError(f"checkpoint {folder} not found, but a save that was killed while replacing it left the "
-                      f"previous one at {stranded[-1]}: rename that folder to {folder} to use it")
-    have = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
-    raise VLError(f"checkpoint {folder} not found; this run has: {', '.join(have) or 'no checkpoints'}")
-
-
 def load_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     restore_rng: bool = True) -> dict:
@@ -186,7 +175,7 @@ def load_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
     """
     from safetensors.torch import load_file
 
-    folder = _find_checkpoint(run_dir, name)
+    folder = find_checkpoint(run_dir, name)
     missing_files = [f for f in (MODEL_FILE, STATE_FILE, META_FILE) if not (folder / f).is_file()]
     collect_or_raise([f"{folder} has no {f}" for f in missing_files],
                      hint="the checkpoint was not written by vl's save_checkpoint; save it again")
@@ -310,7 +299,7 @@ class RunManifest:
         return dataclasses.asdict(self)
 
     def write(self, run_dir: str | os.PathLike) -> Path:
-        path = Path(run_dir) / RUN_JSON
+        path = run_json_path(run_dir)
         write_json_atomic(path, self.to_dict())
         return path
 
@@ -343,114 +332,6 @@ def write_run_json(run_dir: str | os.PathLike, config: Any, model: nn.Module,
     return manifest
 
 
-def read_run_json(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / RUN_JSON
-    if not path.is_file():
-        raise VLError(f"{path} not found: {run_dir} is not a vl run directory (or its run has not started)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-# -- the feature store a config asks for ---------------------------------------------------
-
-def _prune_to(have: Any, want: Any) -> Any:
-    """`have` restricted to the keys `want` names, so a partial `want` compares only what it says."""
-    if isinstance(want, dict):
-        have = have if isinstance(have, dict) else {}
-        return {k: _prune_to(have.get(k), v) for k, v in want.items()}
-    return have
-
-
-def check_store_matches(store: FeatureStore, expected: dict) -> None:
-    """Raise one VLError naming every provenance field of `store` that differs from the
-    partial settings tree `expected` (e.g. {"encoder": {"model": "RN101"}})."""
-    want = json.loads(json.dumps(expected))  # tuples -> lists, as the provenance JSON has them
-    diffs = settings_differences(_prune_to(store.provenance, want), want)
-    problems = [f"{store.path}: {path} is {'not recorded' if have is None else repr(have)}, "
-                f"the config asks for {w!r}" for path, have, w in diffs]
-    kind = "videos" if store.layout == "frames" else "images"
-    collect_or_raise(problems, hint=(
-        f"re-extract the features with the settings the config names (`vl extract {kind} ... --out <new store>`) "
-        "or change the config to match the store"))
-
-
-# -- metrics.jsonl --------------------------------------------------------------------------
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # tensors and numpy values
-        return value.tolist()
-    raise TypeError(f"metrics value {value!r} ({type(value).__name__}) is not JSON-able")
-
-
-def _parse_record(line: bytes | str) -> dict | None:
-    try:
-        value = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _repair_tail(path: Path) -> None:
-    """A kill can leave the last line without its newline: end it if it is a whole record,
-    cut it if it is a partial one, so the next record starts on its own line."""
-    with open(path, "rb+") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end == 0:
-            return
-        f.seek(end - 1)
-        if f.read(1) == b"\n":
-            return
-        pos, tail = end, b""
-        while pos > 0:  # back to the last newline (records are short; this reads one block)
-            step = min(pos, 1 << 16)
-            pos -= step
-            f.seek(pos)
-            tail = f.read(step) + tail
-            nl = tail.rfind(b"\n")
-            if nl >= 0:
-                pos, tail = pos + nl + 1, tail[nl + 1:]
-                break
-        if _parse_record(tail) is not None:
-            f.seek(0, os.SEEK_END)
-            f.write(b"\n")
-        else:
-            f.truncate(pos)
-
-
-def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
-    """Append `record` as one JSON line to `<run_dir>/metrics.jsonl` and flush it."""
-    line = json.dumps(record, sort_keys=True, default=_json_default, ensure_ascii=False) + "\n"
-    path = Path(run_dir) / METRICS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _repair_tail(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """Every record of `<run_dir>/metrics.jsonl`; a last line cut short by a kill is skipped,
-    a damaged line elsewhere is an error."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.split("\n")
-    partial = lines.pop()  # "" when the file ends with a newline; else a cut-short record
-    records = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise VLError(f"{path} line {i} is not JSON ({e}); the file was edited or damaged") from None
-    last = _parse_record(partial) if partial.strip() else None
-    if last is not None:
-        records.append(last)  # complete but for the newline
-    return records
-
-
 def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     """`<run_dir>/curves.png` (and curves.svg beside it) from metrics.jsonl: the training
     loss (overall and per task) and, where the run validates, the validation scores, by
@@ -472,6 +353,6 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     scores = series("_score", "mean_score", "mean")
     if scores:
         panels.append(Panel("validation (official metrics, 0-100)", scores, "epoch", "score"))
-    out = Path(run_dir) / "curves.png"
+    out = curves_path(run_dir)
     line_chart(panels, out)
     return out

@@ -1,9 +1,12 @@
-"""A finished (or stopped) run back in memory: its config, tokenizer, and model with the
-method applied and a checkpoint loaded, as `vl evaluate` and the tests use it.
+"""The model of a run: built from its config (with the method applied), started from
+another run's weights (init_from), or rebuilt from a run directory with a checkpoint
+loaded, as `vl evaluate` and the tests use it.
 
 Checkpoints hold only the trainable tensors, so the rest is rebuilt: the backbone from its
 hub id or folder (init=pretrained), or from the run's seed (init=random); run.json keeps
-a digest of those frozen weights, and a rebuild that does not match it is refused.
+a digest of those frozen weights, and a rebuild that does not match it is refused. A run
+started from another rebuilds that one first (build_model -> starting_model ->
+load_trained -> build_model), so these live in one module.
 """
 from __future__ import annotations
 
@@ -17,14 +20,81 @@ import torch
 
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
+from vl.shared.feature_store import FeatureStore
+from vl.shared.run_dir import BEST, CONFIG_FILE, LAST, config_path, has_checkpoint, read_run_json, tokenizer_dir
 from vl.train.config import TrainConfig
-from vl.train.loop import CONFIG_FILE, TOKENIZER_DIR, build_model
-from vl.train.model import VLModel
-from vl.train.peft.methods import METHODS
-from vl.train.run_dir import frozen_sha256, load_checkpoint, read_run_json
+from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
+from vl.train.peft.methods import METHODS, apply_method, budget_table
+from vl.train.run_dir import frozen_sha256, load_checkpoint
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
 
-CHECKPOINTS = ("best", "last")
+# -- what trains: freeze all, apply the method, unfreeze exactly what it names -------------
+
+def set_trainable(model: VLModel, cfg: TrainConfig, tasks: list[str]) -> list[str]:
+    """Freeze everything, add the method's modules (vl.train.peft.methods), unfreeze exactly
+    the parameters the method names; returns those names."""
+    model.requires_grad_(False)
+    names = apply_method(model, cfg.method, cfg, tasks)  # may add modules: look parameters up after
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    assert not unknown, f"method {cfg.method} named parameters the model does not have: {unknown[:5]}"
+    for name in names:
+        params[name].requires_grad_(True)
+    return sorted(names)
+
+
+# -- a new run's model ---------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[str],
+                object_order_ids: list[int] | None = None) -> tuple[VLModel, list[str]]:
+    """The run's model with its method applied, and the names of what trains. Seeded here,
+    so that with init=random the frozen weights (never in a checkpoint) are rebuilt exactly
+    from the config (load_trained checks them against run.json). object_order_ids: the
+    tokenizer's <vis_extra_id_k> ids (`vis_token_ids`), for visual_inputs=reference."""
+    if cfg.init_from is not None:  # another run's weights, themselves checked against that run's run.json
+        model = starting_model(cfg, feat_dim, vocab_size)
+        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, object_order_ids)  # this run's, not the source's
+        torch.manual_seed(cfg.seed)  # the method's new modules
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout,
+                               visual_inputs=cfg.visual_inputs, visual_boxes=cfg.visual_boxes,
+                               object_order_ids=object_order_ids)
+    return model, set_trainable(model, cfg, tasks)
+
+
+def dry_run(cfg: TrainConfig) -> str:
+    """Build the model with the method applied, offline (random weights, no memory: the
+    meta device) and return the table of trainable parameters (vl.train.peft.methods). The
+    feature width comes from cfg.feat_dim or the first task's store; the vocabulary from a
+    local tokenizer folder, else the backbone's config; plus cfg.extra_tokens."""
+    cfg = inherit_from_run(cfg)
+    feat_dim = cfg.feat_dim
+    if feat_dim is None:
+        stores = [t.store for t in cfg.tasks if t.store is not None and Path(t.store).is_file()]
+        if not stores:
+            raise VLError("a dry run needs the feature width: set feat_dim (2048 for RN101 grids, 512 for ViT-B/32) "
+                          "or make the tasks' feature stores first")
+        store = FeatureStore(stores[0])
+        feat_dim = int(store.item_shape(store.default_feature)[-1])
+    if cfg.tokenizer is not None and Path(cfg.tokenizer).expanduser().is_dir():
+        vocab = len(load_tokenizer(cfg.tokenizer)) + cfg.extra_tokens
+    elif cfg.backbone in BACKBONE_SHAPES:
+        vocab = BACKBONE_SHAPES[cfg.backbone].config["vocab_size"] + cfg.extra_tokens
+    else:
+        vocab = None  # the backbone folder's own config
+    with torch.device("meta"):
+        model = build_vl_model(cfg.backbone, feat_dim, init="random", vocab_size=vocab)
+        # the same parameters either way; <vis_extra_id_k> are the last extra_tokens // 2 rows
+        rows = model.backbone.get_input_embeddings().num_embeddings
+        model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, range(rows - cfg.extra_tokens // 2, rows))
+        set_trainable(model, cfg, [t.name for t in cfg.tasks])
+    return budget_table(model)
+
+
+# -- a trained run back in memory ------------------------------------------------------------
+
+CHECKPOINTS = (BEST, LAST)  # the ones a run can be evaluated with
 
 
 @dataclass
@@ -41,24 +111,24 @@ def load_trained(run_dir: str | os.PathLike, checkpoint: str | None = None, devi
     """Rebuild the model of `run_dir` and load `checkpoints/<checkpoint>` into it; None: the
     run's `eval_checkpoint` ("best" falls back to "last" when the run never validated)."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file():
+    if not config_path(run_dir).is_file():
         raise VLError(f"{run_dir} is not a vl run directory (no {CONFIG_FILE}): give a folder `vl train` made")
     if checkpoint is not None and checkpoint not in CHECKPOINTS:
         raise VLError(f"checkpoint must be one of {', '.join(CHECKPOINTS)} (got {checkpoint!r})")
-    have = [c for c in CHECKPOINTS if (run_dir / "checkpoints" / c).is_dir()]
+    have = [c for c in CHECKPOINTS if has_checkpoint(run_dir, c)]
     if not have:
         raise VLError(f"{run_dir} has no checkpoints yet (training stopped before its first epoch ended): "
                       f"continue it with `vl train --resume {run_dir}`")
-    cfg = load_config(TrainConfig, run_dir / CONFIG_FILE, [f"run_dir={run_dir}"])
+    cfg = load_config(TrainConfig, config_path(run_dir), [f"run_dir={run_dir}"])
     checkpoint = checkpoint or cfg.eval_checkpoint
-    name = checkpoint if checkpoint in have else "last" if checkpoint == "best" and "last" in have else None
+    name = checkpoint if checkpoint in have else LAST if checkpoint == BEST and LAST in have else None
     if name is None:
         raise VLError(f"{run_dir} has no '{checkpoint}' checkpoint; it has: {', '.join(have)}")
     facts = read_run_json(run_dir).get("model") or {}
     if not facts.get("feat_dim") or not facts.get("vocab_size"):
         raise VLError(f"{run_dir}/run.json records no model facts (feat_dim, vocab_size): it was made by an older "
                       "vl; train the run again with this version")
-    tokenizer = load_tokenizer(cfg.tokenizer if cfg.tokenizer is not None else str(run_dir / TOKENIZER_DIR))
+    tokenizer = load_tokenizer(cfg.tokenizer if cfg.tokenizer is not None else str(tokenizer_dir(run_dir)))
     add_extra_tokens(tokenizer, cfg.extra_tokens)
     tokenizer.padding_side = "right"
     model, _ = build_model(cfg, facts["feat_dim"], facts["vocab_size"], [t.name for t in cfg.tasks],
@@ -79,10 +149,10 @@ INHERITED = ("backbone", "init", "tokenizer", "extra_tokens")  # what a run take
 
 
 def _source_config(source: Path) -> TrainConfig:
-    if not (source / CONFIG_FILE).is_file():
+    if not config_path(source).is_file():
         raise VLError(f"init_from {source} is not a vl run directory (no {CONFIG_FILE}): give a folder `vl train` "
                       "made, e.g. a pre-training run")
-    return load_config(TrainConfig, source / CONFIG_FILE, [f"run_dir={source}"])
+    return load_config(TrainConfig, config_path(source), [f"run_dir={source}"])
 
 
 def inherit_from_run(cfg: TrainConfig) -> TrainConfig:
@@ -95,7 +165,7 @@ def inherit_from_run(cfg: TrainConfig) -> TrainConfig:
     source = Path(cfg.init_from)
     src = _source_config(source)
     wanted = {"backbone": src.backbone, "init": src.init, "extra_tokens": src.extra_tokens,
-              "tokenizer": src.tokenizer if src.tokenizer is not None else str(source / TOKENIZER_DIR)}
+              "tokenizer": src.tokenizer if src.tokenizer is not None else str(tokenizer_dir(source))}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in INHERITED}
     clashes = [f"{key}: {getattr(cfg, key)!r} here, {wanted[key]!r} in {source}" for key in INHERITED
                if getattr(cfg, key) not in (defaults[key], wanted[key])]
@@ -110,7 +180,7 @@ def starting_model(cfg: TrainConfig, feat_dim: int, vocab_size: int) -> VLModel:
     """The weights of cfg.init_from's best checkpoint (else its last) as a plain VLModel: a
     run whose method adds no modules as it is, a single LoRA merged into its base weights."""
     source = Path(cfg.init_from)
-    src = load_trained(source, "best")
+    src = load_trained(source, BEST)
     facts = read_run_json(source)["model"]
     if facts["feat_dim"] != feat_dim:
         raise VLError(f"{source} (init_from) was trained on features {facts['feat_dim']} wide, but this run's stores "

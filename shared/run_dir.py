@@ -1,0 +1,205 @@
+"""The run directory, the file format that links training to evaluation and reports:
+its file names, and the reading and appending that needs no torch.
+
+    <run>/config.json                      the resolved TrainConfig (`vl train --resume` reads it back)
+    <run>/run.json                         resolved config, input digests, budget, versions, git
+    <run>/metrics.jsonl                    one JSON record per line, appended as training goes
+    <run>/curves.png                       training loss and validation scores by epoch
+    <run>/tokenizer/                       the tokenizer trained for the run (when the config names none)
+    <run>/checkpoints/<name>/model.safetensors   the trainable tensors only
+    <run>/checkpoints/<name>/state.pt      optimizer, scheduler, RNG states and the caller's `extra`
+    <run>/checkpoints/<name>/meta.json     step, trainable names and count, sha256 of model.safetensors
+    <run>/eval/epoch_<N>.json              the validation of epoch N: metrics, predictions
+    <run>/eval/<split>/<task>.json         `vl evaluate`'s scores, beside the predictions files
+
+`vl train` writes the directory (the tensors through vl.train.run_dir); `vl evaluate`
+and `vl report` read it here, so a report imports no torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from vl.shared.errors import VLError
+
+CONFIG_FILE = "config.json"
+RUN_JSON = "run.json"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINTS = "checkpoints"
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+EVAL_DIR = "eval"
+LAST, BEST = "last", "best"  # the loop's checkpoints: after every epoch, at the best validation score
+CHECKPOINT_KIND, RUN_KIND, SCHEMA_VERSION = "vl.checkpoint", "vl.run", 1
+
+
+# -- names ----------------------------------------------------------------------------------
+
+def config_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CONFIG_FILE
+
+
+def run_json_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / RUN_JSON
+
+
+def metrics_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / METRICS
+
+
+def curves_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CURVES
+
+
+def tokenizer_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / TOKENIZER_DIR
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def checkpoint_name(name: str) -> str:
+    """`name`, if it is a plain folder name; else a VLError."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
+        raise VLError(f"checkpoint name {name!r} must be a plain folder name (e.g. 'last', 'best', 'step-1000')")
+    return name
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, name: str) -> Path:
+    return checkpoints_dir(run_dir) / checkpoint_name(name)
+
+
+def has_checkpoint(run_dir: str | os.PathLike, name: str) -> bool:
+    return checkpoint_dir(run_dir, name).is_dir()
+
+
+def eval_dir(run_dir: str | os.PathLike, split: str) -> Path:
+    """Where `vl evaluate --split <split>` writes each task's scores and predictions."""
+    return Path(run_dir) / EVAL_DIR / split
+
+
+def eval_scores_path(run_dir: str | os.PathLike, split: str, task: str) -> Path:
+    return eval_dir(run_dir, split) / f"{task}.json"
+
+
+def epoch_eval_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    """The validation the loop wrote after `epoch` (1-based, as metrics.jsonl counts)."""
+    return Path(run_dir) / EVAL_DIR / f"epoch_{epoch}.json"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a run that got past building its model (config.json and run.json)."""
+    return config_path(path).is_file() and run_json_path(path).is_file()
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def find_checkpoint(run_dir: str | os.PathLike, name: str) -> Path:
+    """`checkpoints/<name>/`, or a VLError that says what the run has (or where a killed
+    save left the previous one)."""
+    root = checkpoints_dir(run_dir)
+    folder = checkpoint_dir(run_dir, name)
+    if folder.is_dir():
+        return folder
+    stranded = sorted(root.glob(f".{name}.old-*")) if root.is_dir() else []
+    if stranded:
+        raise VLError(f"checkpoint {folder} not found, but a save that was killed while replacing it left the "
+                      f"previous one at {stranded[-1]}: rename that folder to {folder} to use it")
+    have = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    raise VLError(f"checkpoint {folder} not found; this run has: {', '.join(have) or 'no checkpoints'}")
+
+
+def read_checkpoint_meta(run_dir: str | os.PathLike, name: str) -> dict:
+    """`checkpoints/<name>/meta.json`: step, trainable names and count, model_sha256."""
+    return json.loads((find_checkpoint(run_dir, name) / META_FILE).read_text(encoding="utf-8"))
+
+
+# -- run.json -----------------------------------------------------------------------------------
+
+def read_run_json(run_dir: str | os.PathLike) -> dict:
+    path = run_json_path(run_dir)
+    if not path.is_file():
+        raise VLError(f"{path} not found: {run_dir} is not a vl run directory (or its run has not started)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# -- metrics.jsonl --------------------------------------------------------------------------------
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # tensors and numpy values
+        return value.tolist()
+    raise TypeError(f"metrics value {value!r} ({type(value).__name__}) is not JSON-able")
+
+
+def _parse_record(line: bytes | str) -> dict | None:
+    try:
+        value = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _repair_tail(path: Path) -> None:
+    """A kill can leave the last line without its newline: end it if it is a whole record,
+    cut it if it is a partial one, so the next record starts on its own line."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos, tail = end, b""
+        while pos > 0:  # back to the last newline (records are short; this reads one block)
+            step = min(pos, 1 << 16)
+            pos -= step
+            f.seek(pos)
+            tail = f.read(step) + tail
+            nl = tail.rfind(b"\n")
+            if nl >= 0:
+                pos, tail = pos + nl + 1, tail[nl + 1:]
+                break
+        if _parse_record(tail) is not None:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(pos)
+
+
+def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
+    """Append `record` as one JSON line to `<run_dir>/metrics.jsonl` and flush it."""
+    line = json.dumps(record, sort_keys=True, default=_json_default, ensure_ascii=False) + "\n"
+    path = metrics_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _repair_tail(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """Every record of `<run_dir>/metrics.jsonl`; a last line cut short by a kill is skipped,
+    a damaged line elsewhere is an error."""
+    path = metrics_path(run_dir)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    partial = lines.pop()  # "" when the file ends with a newline; else a cut-short record
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise VLError(f"{path} line {i} is not JSON ({e}); the file was edited or damaged") from None
+    last = _parse_record(partial) if partial.strip() else None
+    if last is not None:
+        records.append(last)  # complete but for the newline
+    return records

@@ -1,0 +1,99 @@
+"""A model's predictions on a task: generated text, or the best of the task's candidate
+answers, read back as the task's metric takes them. Training validates with these and
+`vl evaluate` scores a split with them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from vl.train.data import TaskDataset, collate
+from vl.train.model import VLModel
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "visual_feats", "visual_mask", "image_ids")
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def generate_predictions(model: VLModel, ds: TaskDataset, tokenizer: Any, device: torch.device, batch_size: int,
+                         autocast: Any, progress: bool = False) -> dict[str, Any]:
+    """{example id: prediction} for one item per example of `ds` (captions have one item per
+    reference), read back as the task's metric takes it (`metric_value`). The run's
+    decision for the task (`ds.data.decision`): `generate` decodes with its generation
+    settings (`ds.data.generation`: greedy for short answers, beams for captions, unless
+    the task's options say otherwise); `rank` picks the best of the example's candidate
+    answers (`rank_candidates`)."""
+    from tqdm.auto import tqdm
+
+    data, task = ds.data, ds.data.task
+    generation = data.generation
+    examples = {ex["id"]: ex for ex in data.examples}
+    firsts = sorted({item.example_id: i for i, item in reversed(list(enumerate(ds.items)))}.values())
+    predictions = {}
+    for start in tqdm(range(0, len(firsts), batch_size), desc=f"predict {task.name}", disable=not progress,
+                      unit="batch", dynamic_ncols=True):
+        items = [ds.item(i, 0) for i in firsts[start:start + batch_size]]
+        batch = to_device(collate(items, tokenizer, max_text_tokens=data.token_cut), device)
+        with autocast():
+            if data.decision == "rank":
+                candidates = [task.candidates(examples[i], data.layout) for i in batch["ids"]]
+                texts = rank_candidates(model, batch, candidates, tokenizer)
+            else:
+                out = model.generate(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"],
+                                     max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)
+                texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+        for example_id, text in zip(batch["ids"], texts):
+            predictions[example_id] = task.metric_value(task.read_prediction(text, examples[example_id]))
+    return predictions
+
+
+@torch.no_grad()
+def rank_candidates(model: VLModel, batch: dict[str, Any], candidates: list[list[str]], tokenizer: Any) -> list[str]:
+    """For each row of `batch` (collated model inputs), the candidate of `candidates[row]`
+    that the model scores highest (the first of equals).
+
+    A candidate's score is the sum of its target tokens' log-probabilities under teacher
+    forcing, without the closing end-of-sequence token. When every candidate is one token
+    after the same start (NLVR2's "true"/"false"), this compares their logits at that one
+    decoder step, which is how the reference decided NLVR2 (nlvr_model.py L240-257, with
+    true_id/false_id from multitask.py L104-105); a multiple-choice label "a2" is scored
+    the same way over its tokens. When one candidate's tokens begin another's, the end
+    token counts too, so the shorter does not win by having fewer terms.
+
+    The encoder runs once per row (`VLModel.encode`); the decoder scores all (row,
+    candidate) pairs as one batch, reading its row's encoder output."""
+    pairs = [(row, text) for row, texts in enumerate(candidates) for text in texts]  # (P,)
+    assert all(candidates), "every row needs at least one candidate"
+    device = batch["input_ids"].device
+    tgt = tokenizer([text for _, text in pairs], padding=True, return_tensors="pt")  # right-padded, as collate's
+    ids, mask = tgt["input_ids"].to(device), tgt["attention_mask"].to(device)  # (P, T)
+    counted = mask.clone()  # (P, T): the tokens a score sums
+    tokens = [ids[p, :n].tolist() for p, n in enumerate(mask.sum(1).tolist())]
+    body = [t[:-1] if t[-1] == tokenizer.eos_token_id else t for t in tokens]  # without the end token
+    nested = {row for p, (row, _) in enumerate(pairs) for q, (other, _) in enumerate(pairs)
+              if other == row and q != p and body[q][:len(body[p])] == body[p]}
+    for p, (row, _) in enumerate(pairs):
+        if row not in nested and len(body[p]) < len(tokens[p]):
+            counted[p, len(tokens[p]) - 1] = 0
+    rows = torch.tensor([row for row, _ in pairs], device=device)
+    encoded, enc_mask = model.encode(**{k: batch[k] for k in MODEL_INPUTS}, task=batch["task"])  # (B, S, d), (B, S)
+    hidden = encoded.last_hidden_state.index_select(0, rows)  # (P, S, d): each row's once per candidate
+    labels = ids.masked_fill(mask == 0, -100)  # (P, T)
+    decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model.backbone(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                            attention_mask=enc_mask.index_select(0, rows),
+                            decoder_input_ids=decoder_input_ids).logits  # (P, T, V)
+    token_logp = logits.float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # (P, T)
+    scores = (token_logp * counted).sum(1).tolist()  # (P,)
+    best: dict[int, tuple[float, str]] = {}
+    for (row, text), value in zip(pairs, scores):
+        if row not in best or value > best[row][0]:
+            best[row] = (value, text)
+    return [best[row][1] for row in range(len(candidates))]
+
+
