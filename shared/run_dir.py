@@ -4,7 +4,7 @@ its file names, and the reading and appending that needs no torch.
     <run>/config.json                      the resolved TrainConfig (`vl train --resume` reads it back)
     <run>/run.json                         resolved config, input digests, budget, versions, git
     <run>/metrics.jsonl                    one JSON record per line, appended as training goes
-    <run>/curves.png                       training loss and validation scores by epoch
+    <run>/curves.png, curves.svg           training loss and validation scores by epoch
     <run>/tokenizer/                       the tokenizer trained for the run (when the config names none)
     <run>/checkpoints/<name>/model.safetensors   the trainable tensors only
     <run>/checkpoints/<name>/state.pt      optimizer, scheduler, RNG states and the caller's `extra`
