@@ -15,13 +15,13 @@ A split without answers (a test split) gets its predictions written and no score
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from vl.shared.atomic import write_json_atomic
+from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.run_dir import eval_dir, eval_scores_path, read_checkpoint_meta, run_json_path
@@ -45,23 +45,12 @@ def has_gold(task: Any, examples: Sequence[dict]) -> bool:
     return all(any(ex.get(f) is not None for f in task.gold) for ex in examples)
 
 
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VLError(f"device {name} asked for, but torch sees no GPU: use --device cpu (or auto)")
-    return name
-
-
 def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence[str] | None = None,
                  checkpoint: str | None = None, device: str = "auto", manifests: dict[str, str] | None = None,
                  batch_size: int | None = None, precision: str | None = None,
                  progress: bool = True) -> list[TaskResult]:
     """Predict, score and write every chosen task of `run_dir` on `split` (see the module docstring).
     `checkpoint` None scores the one the run's config names (`eval_checkpoint`)."""
-    import torch
 
     from vl.evaluate.formats import official_file_name, write_submission
     from vl.evaluate.metrics import score
@@ -92,11 +81,11 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
                 manifests[name] = str(path)
     collect_or_raise(problems)
 
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision or cfg.precision)
-    use_amp = amp is not None and model.backbone.device.type == "cuda"
+    on_gpu = model.backbone.device.type == "cuda"  # the CPU predicts in fp32 whatever the run trained in
+    dtype = amp_dtype(precision or cfg.precision) if on_gpu else None
 
-    def autocast():
-        return torch.autocast("cuda", dtype=amp) if use_amp else contextlib.nullcontext()
+    def autocast_step():
+        return autocast(model.backbone.device, dtype)
 
     run_digest = sha256_file(run_json_path(run_dir))
     checkpoint_meta = read_checkpoint_meta(run_dir, trained.checkpoint)
@@ -110,7 +99,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
         data.check_media(skip_missing=False)
         ds = TaskDataset(data, tokenizer, seed=cfg.seed, predict=True)
         predictions = generate_predictions(model, ds, tokenizer, model.backbone.device,
-                                           batch_size or cfg.val_batch_size, autocast, progress=progress)
+                                           batch_size or cfg.val_batch_size, autocast_step, progress=progress)
         scores = score(data.task.metric, predictions, data.examples) if has_gold(data.task, data.examples) else None
         predictions_file = write_submission(name, predictions, data.examples,
                                             out_dir / official_file_name(name, split))

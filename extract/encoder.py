@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.digests import digest_json, sha256_file
 from vl.shared.errors import VLError
 
@@ -44,14 +45,6 @@ class EncoderSpec:
     precision: str = "fp32"
     device: str = "auto"
     seed: int = 0  # only used for random weights, so reruns make the same model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VLError(f"--device {name} was asked for, but torch sees no CUDA device; use --device cpu (or auto)")
-    return torch.device(name)
 
 
 class ClipImageFeatures(torch.nn.Module):
@@ -103,9 +96,7 @@ class LoadedEncoder:
     image_size: tuple[int, int]
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -133,7 +124,7 @@ def load_encoder(spec: EncoderSpec) -> LoadedEncoder:
         problems.append("--pool applies to grid features; drop it or use --layer grid/both")
     if problems:
         raise VLError(problems)
-    device = resolve_device(spec.device)
+    device = pick_device(spec.device)
     if spec.precision == "fp16" and device.type == "cpu":
         raise VLError("--precision fp16 is for GPUs; on the CPU use fp32 (exact) or bf16 (faster on recent CPUs)")
 
@@ -206,7 +197,7 @@ def load_encoder(spec: EncoderSpec) -> LoadedEncoder:
         interpolation=transform_cfg["interpolation"], resize_mode=resize_mode, fill_color=transform_cfg["fill_color"],
     )
 
-    autocast_dtype = None if spec.precision == "fp32" else PRECISIONS[spec.precision]
+    autocast_dtype = amp_dtype(spec.precision)
     contiguous_attention(visual)
     module = ClipImageFeatures(visual, spec.layer, spec.pool).eval().to(device)
     module = module.to(memory_format=torch.channels_last)

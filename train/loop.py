@@ -40,6 +40,7 @@ from torch import nn
 
 from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
+from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, check_store_matches, settings_differences, store_settings
@@ -125,16 +126,6 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
 
 
 # -- setup helpers ---------------------------------------------------------------------------
-
-def pick_device(cfg: TrainConfig, ranks: Ranks = Ranks()) -> torch.device:
-    """cfg.device; `auto` is the GPU when there is one. Under torchrun each rank takes
-    cuda:LOCAL_RANK unless the config names a GPU index."""
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise VLError(f"device {cfg.device} asked for, but torch sees no GPU: set device=cpu (or auto)")
-    if cfg.device == "auto":
-        return torch.device(ranks.device("cuda") if torch.cuda.is_available() else "cpu")
-    return torch.device(ranks.device(cfg.device))
-
 
 def global_batch(loss: torch.Tensor, n: int, ranks: Ranks) -> tuple[float, int]:
     """(mean loss over the step's whole global batch, its size): one all-reduce of
@@ -237,13 +228,13 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     elif run_json_path(run_dir).exists() or checkpoints_dir(run_dir).exists():
         raise VLError(f"run dir {run_dir} already holds a run: continue it with `vl train --resume {run_dir}`, "
                       "or set run_dir to a new folder")
-    device = pick_device(cfg, ranks)
+    device = pick_device(cfg.device, ranks, option="device")
     if cfg.precision != "fp32" and device.type != "cuda":
         raise VLError(f"precision {cfg.precision} needs a GPU (autocast); on the CPU use precision=fp32")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    dtype = amp_dtype(cfg.precision)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    def autocast_step():
+        return autocast(device, dtype)
 
     set_seed(cfg.seed)  # CPU kernels are deterministic; the batch order comes from (seed, epoch) alone
 
@@ -359,7 +350,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
             # Between optimizer steps DDP need not reduce gradients: they accumulate locally.
             sync = contextlib.nullcontext() if boundary or net is model else net.no_sync()
             with sync:
-                with autocast():
+                with autocast_step():
                     decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
                     out = net(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids,
                               task=batch["task"])
@@ -407,7 +398,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
             ranks.barrier()
             continue
         if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast)
+            metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast_step)
             write_json_atomic(epoch_eval_path(run_dir, epoch + 1),
                               {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
             record.update(metrics)
