@@ -84,6 +84,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+def tiny_vl_model(backbone: str = "tiny-t5", feat_dim: int = 8, seed: int = 0, **kwargs):
+    """A VLModel on a tiny random T5 or BART (`tiny-t5`, `tiny-bart`) for `feat_dim`-wide
+    features, drawn after `torch.manual_seed(seed)`; kwargs go to `build_vl_model`
+    (vocab_size, visual_inputs, ...). The tests' one way to make a small model."""
+    import torch
+
+    from vl.train.model import build_vl_model
+
+    torch.manual_seed(seed)
+    return build_vl_model(backbone, feat_dim, init="random", **kwargs)
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny matrices: one thread is much faster than a contended pool (and as deterministic)."""

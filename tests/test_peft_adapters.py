@@ -9,6 +9,7 @@ import torch
 from transformers.activations import ACT2FN
 
 from vl.shared.errors import VLError
+from conftest import tiny_vl_model
 from vl.train.model import VLModel, build_vl_model
 from vl.train.peft import LAYER_NORMS, adapter, compacter, hyperformer
 from vl.train.peft.compacter import PHMLinear, PHMRule
@@ -37,8 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 def tiny(kind: str) -> VLModel:
-    torch.manual_seed(0)
-    return build_vl_model(kind, FEAT, init="random").eval()
+    return tiny_vl_model(kind, FEAT).eval()
 
 
 def apply(model: VLModel, method: str, tasks=TASKS, **overrides) -> list[str]:

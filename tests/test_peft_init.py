@@ -16,7 +16,8 @@ import math
 import pytest
 import torch
 
-from vl.train.model import VLModel, build_vl_model
+from conftest import tiny_vl_model
+from vl.train.model import VLModel
 from vl.train.peft import adapter, compacter, hyperformer, prompt
 
 FEAT = 12
@@ -27,8 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 def tiny(kind: str) -> VLModel:
-    torch.manual_seed(0)
-    return build_vl_model(kind, FEAT, init="random")
+    return tiny_vl_model(kind, FEAT)
 
 
 def pooled(tensors) -> torch.Tensor:

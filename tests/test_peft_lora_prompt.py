@@ -13,6 +13,7 @@ from transformers.models.bart.modeling_bart import BartAttention
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from vl.shared.errors import VLError
+from conftest import tiny_vl_model
 from vl.train.model import VLModel, build_vl_model, count_parameters
 from vl.train.peft import LAYER_NORMS, visual_projection_names
 from vl.train.peft.lora import LoRAConfig, LoRALinear, apply_lora, export_peft, lora_layers, merge_lora
@@ -30,8 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 def fresh(kind: str) -> VLModel:
-    torch.manual_seed(0)
-    return build_vl_model(kind, FEAT, init="random").eval()
+    return tiny_vl_model(kind, FEAT).eval()
 
 
 def batch() -> dict:

@@ -14,6 +14,7 @@ import vl.train.run_dir as run_dir_mod
 from test_feature_store import build_store
 from vl.shared import VLError, sha256_file
 from vl.shared.run_dir import read_run_json
+from conftest import tiny_vl_model
 from vl.train.model import build_vl_model
 from vl.train.run_dir import RunManifest, load_checkpoint, save_checkpoint, trainable_state, write_run_json
 
@@ -25,8 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_model(seed: int = 0, norm: str = TRAINABLE_NORM):
     """Frozen tiny VL-T5 with the visual embedding and one layer norm trainable."""
-    torch.manual_seed(seed)
-    model = build_vl_model("tiny-t5", feat_dim=8, init="random")
+    model = tiny_vl_model("tiny-t5", 8, seed)
     model.requires_grad_(False)
     model.visual_embedding.requires_grad_(True)
     dict(model.named_parameters())[norm].requires_grad_(True)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import model_args, run_vl
+from conftest import model_args, run_vl, tiny_vl_model
 from vl.extract.store_builder import FrameInfo, StoreBuilder
 from vl.shared import FeatureStore, ManifestMeta, VLError, write_manifest
 from vl.shared.config import config_from_dict
@@ -310,10 +309,7 @@ def test_generate_predictions_feeds_the_cut_text(images):
 # -- rank --------------------------------------------------------------------------------------
 
 def tiny_model(backbone: str, tok, feat_dim: int = 8, seed: int = 0):
-    from vl.train.model import build_vl_model
-
-    torch.manual_seed(seed)
-    return build_vl_model(backbone, feat_dim, init="random", vocab_size=len(tok)).eval()
+    return tiny_vl_model(backbone, feat_dim, seed, vocab_size=len(tok)).eval()
 
 
 def test_nlvr2_rank_is_the_references_first_step_logit_comparison(images):
