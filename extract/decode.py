@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vl.extract.inputs import MediaInput
+from vl.shared.media import file_error_reason
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (~ 9459 x 9459)
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -39,17 +40,11 @@ def load_rgb(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             im.load()  # decode now, inside the try, so truncation is caught here
     except ImageDecodeError:
         raise
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError("is a folder, not an image file") from None
-    except PermissionError:
-        raise ImageDecodeError("permission denied") from None
     except Image.UnidentifiedImageError:
         size = _file_size(path)
         raise ImageDecodeError("empty file (0 bytes)" if size == 0 else "not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageDecodeError(f"corrupt image: {e}") from None
+        raise ImageDecodeError(file_error_reason(e, "an image file") or f"corrupt image: {e}") from None
     return to_rgb(im)
 
 

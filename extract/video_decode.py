@@ -26,6 +26,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from vl.shared.media import file_error_reason
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 89_478_485  # the image decoder's limit (Pillow's decompression-bomb threshold), per frame
@@ -141,14 +143,10 @@ def decode_video(path: str, policy: SamplingPolicy, *, time_limit_s: float = 300
 def _check_file(path: str) -> None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise VideoDecodeError("file not found") from None
-    except PermissionError:
-        raise VideoDecodeError("permission denied") from None
     except OSError as e:
-        raise VideoDecodeError(f"cannot read: {_short(e)}") from None
+        raise VideoDecodeError(file_error_reason(e, "a video file") or f"cannot read: {_short(e)}") from None
     if os.path.isdir(path):
-        raise VideoDecodeError("is a folder, not a video file")
+        raise VideoDecodeError(file_error_reason(IsADirectoryError(path), "a video file"))
     if st.st_size == 0:
         raise VideoDecodeError("empty file (0 bytes)")
 
@@ -227,12 +225,8 @@ class _Sampler:
             self.container = None
         try:
             container = av.open(self.path, metadata_errors="ignore")
-        except FileNotFoundError:
-            raise VideoDecodeError("file not found") from None
-        except IsADirectoryError:
-            raise VideoDecodeError("is a folder, not a video file") from None
-        except PermissionError:
-            raise VideoDecodeError("permission denied") from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            raise VideoDecodeError(file_error_reason(e, "a video file")) from None
         except av.error.InvalidDataError:
             if _mp4_without_moov(self.path):
                 raise VideoDecodeError("incomplete MP4: no moov atom (its index; the file was cut short or never "

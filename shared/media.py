@@ -30,3 +30,17 @@ def index_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> d
                 if rel != p.stem:
                     by_key[rel].append(p)
     return dict(by_key)
+
+
+def file_error_reason(error: BaseException, what: str) -> str | None:
+    """The reason to report for a media file that could not be opened, when `error` is about
+    the file itself rather than its content: "file not found", "is a folder, not <what>",
+    "permission denied"; None otherwise (the caller names the decoding problem). `what`:
+    "an image file", "a video file". One wording for image and video decoding alike."""
+    if isinstance(error, FileNotFoundError):
+        return "file not found"
+    if isinstance(error, IsADirectoryError):
+        return f"is a folder, not {what}"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return None
