@@ -56,7 +56,7 @@ import yaml
 from vl.shared.atomic import write_json_atomic
 from vl.shared.errors import VLError, collect_or_raise
 
-__all__ = ["ConfigSources", "config_from_dict", "config_to_dict", "dump_config", "load_config",
+__all__ = ["ConfigSources", "config_from_dict", "config_to_dict", "dump_config", "literal_problems", "load_config",
            "load_config_with_sources", "save_config"]
 
 T = TypeVar("T")
@@ -280,6 +280,14 @@ def _place(where: str | None, key: str, msg: str) -> str:
 
 # --- converting one value against a type hint -----------------------------------------------
 
+def _not_allowed(hint: Any, allowed: tuple, value: Any) -> str:
+    """The one message for a value outside a Literal's: the choices, and the nearest one."""
+    choices = [str(a) for a in allowed]
+    close = [c for c in choices if str(value) and c.startswith(str(value))]
+    close = close or difflib.get_close_matches(str(value), choices, n=1)
+    return _expected(hint, value) + (f"; did you mean {close[0]!r}?" if close else "")
+
+
 def _convert(value: Any, hint: Any, path: str, problems: list[Problem]) -> Any:
     """`value` as `hint` wants it, or _INVALID after recording why not."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -296,15 +304,14 @@ def _convert(value: Any, hint: Any, path: str, problems: list[Problem]) -> Any:
         for a in args:
             if value == a and type(value) is type(a):
                 return a
-        msg = _expected(hint, value)
-        choices = [str(a) for a in args]
-        close = [c for c in choices if str(value) and c.startswith(str(value))]
-        close = close or difflib.get_close_matches(str(value), choices, n=1)
-        return fail(msg + (f"; did you mean {close[0]!r}?" if close else ""))
+        return fail(_not_allowed(hint, args, value))
     if _is_union(hint):
         if value is None and NoneType in args:
             return None
         members = [a for a in args if a is not NoneType]
+        if len(members) == 1 and typing.get_origin(members[0]) is Literal:  # `truncate: Literal[...] | None`
+            return _convert(value, members[0], path, []) if value in typing.get_args(members[0]) else fail(
+                _not_allowed(hint, typing.get_args(members[0]), value))
         if len(members) == 1 and (typing.get_origin(members[0]) is not None or _is_dataclass_type(members[0])):
             return _convert(value, members[0], path, problems)  # its own, more precise messages
         for m in members:
@@ -823,6 +830,21 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "co
     root = _defaults(cls)
     _merge(root, data, "", found, root=(cls, ""))
     return _build_or_raise(root, [_place(source, key, msg) for key, msg in found])
+
+
+def literal_problems(cfg: Any) -> list[str]:
+    """A problem for each Literal-typed setting of the dataclass `cfg` whose value its type
+    does not allow, in the loader's words. Loading checks these itself; a config's `check()`
+    calls this so one built in code is held to the same choices."""
+    found: list[Problem] = []
+    for name, spec in _schema(type(cfg)).items():
+        if _mentions_literal(spec.hint):
+            _convert(getattr(cfg, name), spec.hint, name, found)
+    return [_place(None, key, msg) for key, msg in found]
+
+
+def _mentions_literal(hint: Any) -> bool:
+    return typing.get_origin(hint) is Literal or (_is_union(hint) and any(map(_mentions_literal, typing.get_args(hint))))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,14 @@ import torch
 
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
-from vl.train.config import TrainConfig
+from vl.train.config import Checkpoint, TrainConfig
 from vl.train.loop import CONFIG_FILE, TOKENIZER_DIR, build_model
 from vl.train.model import VLModel
 from vl.train.peft.methods import METHODS
 from vl.train.run_dir import frozen_sha256, load_checkpoint, read_run_json
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
 
-CHECKPOINTS = ("best", "last")
+CHECKPOINTS = typing.get_args(Checkpoint)
 
 
 @dataclass
