@@ -310,8 +310,9 @@ def _convert(value: Any, hint: Any, path: str, problems: list[Problem]) -> Any:
             return None
         members = [a for a in args if a is not NoneType]
         if len(members) == 1 and typing.get_origin(members[0]) is Literal:  # `truncate: Literal[...] | None`
-            return _convert(value, members[0], path, []) if value in typing.get_args(members[0]) else fail(
-                _not_allowed(hint, typing.get_args(members[0]), value))
+            tried = []
+            v = _convert(value, members[0], path, tried)
+            return fail(_not_allowed(hint, typing.get_args(members[0]), value)) if tried else v
         if len(members) == 1 and (typing.get_origin(members[0]) is not None or _is_dataclass_type(members[0])):
             return _convert(value, members[0], path, problems)  # its own, more precise messages
         for m in members:
@@ -873,11 +874,13 @@ def dump_config(cfg: Any, sources: ConfigSources | None = None) -> str:
     each setting's line ends in a comment saying where it came from (`# from run.yaml`,
     `# --set optim.lr=3e-4`, `# default`); without the comments it is the same YAML."""
     if sources is None:
-        return _yaml_dump(config_to_dict(cfg))
+        return yaml.dump(config_to_dict(cfg), Dumper=_YamlDumper, sort_keys=False, allow_unicode=True,
+                         default_flow_style=False)
     return "\n".join(_dump_with_sources(config_to_dict(cfg), sources, "")) + "\n"
 
 
 def _yaml_dump(data: Any) -> str:
+    """One setting as YAML, unwrapped, so its source comment can end its line."""
     return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
                      width=float("inf"))
 
