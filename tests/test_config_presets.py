@@ -65,3 +65,12 @@ def test_task_literal_settings_name_the_file_line_and_task(tmp_path):
     assert {f"{path}:4: tasks[0].decision: expected one of 'generate', 'rank' or null, got 'vote' (str)",
             f"{path}:4: tasks[0].truncate: expected one of 'subtitles', 'end' or null, got 'sub' (str); "
             "did you mean 'subtitles'?"} <= set(e.value.problems)
+
+
+def test_an_optional_literal_of_the_wrong_type_is_one_problem():
+    from vl.shared.config import config_from_dict
+    from vl.train.data import TaskOptions
+
+    with pytest.raises(VLError) as e:
+        config_from_dict(TaskOptions, {"truncate": True}, source="run.yaml")
+    assert e.value.problems == ["run.yaml: truncate: expected one of 'subtitles', 'end' or null, got True (bool)"]
