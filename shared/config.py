@@ -1,9 +1,17 @@
-"""Typed configs: dataclass defaults, overridden by one YAML file, then by `--set a.b=v`.
+"""Typed configs: dataclass defaults, overridden by YAML files, then by `--set a.b=v`.
 
 Each component owns a dataclass of its settings; a run's config nests them. The
-defaults in the code are the base; a YAML file and `--set` overrides only change them:
+defaults in the code are the base; YAML files and `--set` overrides only change them:
 
     cfg = load_config(TrainConfig, "configs/vqa.yaml", ["optim.lr=3e-4", "data.tasks=[vqa, gqa]"])
+    cfg = load_config(TrainConfig, ["base.yaml", "mine.yaml"])  # mine.yaml over base.yaml
+
+Composition: a file may start with `base: other.yaml` (relative to the file's own folder;
+the base may name its own base; a loop is an error naming the files). A file's keys merge
+over its base's, and several files merge left to right, recursively: mappings key by key,
+lists and other values replace. `load_config_with_sources` also says where each setting
+came from (a file, a `--set`, or the default), which `dump_config(cfg, sources)` writes as
+trailing comments. `base` is a reserved key at the top of a file.
 
 Every value is checked against its field's type hint, and every problem (a YAML
 syntax error, an unknown key, a wrong type, a missing required setting, a failed
@@ -22,8 +30,8 @@ Supported field types: int, float (ints accepted), bool, str, pathlib.Path, None
 Optional / unions, Literal[...], list[X], tuple[X, ...], tuple[X, Y], dict[str, X],
 Any, and nested dataclasses (directly, Optional, or inside lists and dicts).
 
-Merging: a mapping for a nested dataclass merges into it; any other value (lists,
-dicts) replaces the old one. `--set data.batch_size.vqa=64` sets one entry of a
+Merging into the defaults: a mapping for a nested dataclass merges into it; any other
+value (lists, dicts) replaces the default. `--set data.batch_size.vqa=64` sets one entry of a
 dict-typed field. YAML follows the 1.2 core schema: `3e-4` is a float, only
 `true`/`false` are bools (`no` stays a string), `010` is ten.
 
@@ -36,6 +44,7 @@ import collections.abc
 import dataclasses
 import difflib
 import functools
+import os
 import re
 import types
 import typing
@@ -47,9 +56,11 @@ import yaml
 from vl.shared.atomic import write_json_atomic
 from vl.shared.errors import VLError, collect_or_raise
 
-__all__ = ["config_from_dict", "config_to_dict", "dump_config", "load_config", "save_config"]
+__all__ = ["ConfigSources", "config_from_dict", "config_to_dict", "dump_config", "literal_problems", "load_config",
+           "load_config_with_sources", "save_config"]
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 NoneType = type(None)
 _MISSING = object()  # a required setting nobody has set yet
@@ -269,6 +280,14 @@ def _place(where: str | None, key: str, msg: str) -> str:
 
 # --- converting one value against a type hint -----------------------------------------------
 
+def _not_allowed(hint: Any, allowed: tuple, value: Any) -> str:
+    """The one message for a value outside a Literal's: the choices, and the nearest one."""
+    choices = [str(a) for a in allowed]
+    close = [c for c in choices if str(value) and c.startswith(str(value))]
+    close = close or difflib.get_close_matches(str(value), choices, n=1)
+    return _expected(hint, value) + (f"; did you mean {close[0]!r}?" if close else "")
+
+
 def _convert(value: Any, hint: Any, path: str, problems: list[Problem]) -> Any:
     """`value` as `hint` wants it, or _INVALID after recording why not."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -285,15 +304,15 @@ def _convert(value: Any, hint: Any, path: str, problems: list[Problem]) -> Any:
         for a in args:
             if value == a and type(value) is type(a):
                 return a
-        msg = _expected(hint, value)
-        choices = [str(a) for a in args]
-        close = [c for c in choices if str(value) and c.startswith(str(value))]
-        close = close or difflib.get_close_matches(str(value), choices, n=1)
-        return fail(msg + (f"; did you mean {close[0]!r}?" if close else ""))
+        return fail(_not_allowed(hint, args, value))
     if _is_union(hint):
         if value is None and NoneType in args:
             return None
         members = [a for a in args if a is not NoneType]
+        if len(members) == 1 and typing.get_origin(members[0]) is Literal:  # `truncate: Literal[...] | None`
+            tried = []
+            v = _convert(value, members[0], path, tried)
+            return fail(_not_allowed(hint, typing.get_args(members[0]), value)) if tried else v
         if len(members) == 1 and (typing.get_origin(members[0]) is not None or _is_dataclass_type(members[0])):
             return _convert(value, members[0], path, problems)  # its own, more precise messages
         for m in members:
@@ -612,48 +631,167 @@ def _node_lines(node: yaml.Node | None, path: str, lines: dict[str, int], proble
             _node_lines(child, f"{path}[{i}]", lines, problems, file)
 
 
-def _line_of(lines: dict[str, int], path: str) -> int | None:
-    while path not in lines:
+def _nearest(table: Mapping[str, V], path: str) -> V | None:
+    """table's entry for the dotted `path`, else for the nearest mapping or list holding it."""
+    while path not in table:
         shorter = re.sub(r"(\.[^.\[\]]*|\[\d+\])$", "", path)
         if shorter == path:
             return None
         path = shorter
-    return lines[path]
+    return table[path]
 
 
 # --- the public face ------------------------------------------------------------------------
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """`cls`'s defaults, then the YAML file at `path`, then each `a.b.c=value` override in
-    order (later wins); raises one VLError listing every problem found."""
+ConfigPaths = Union[str, Path, Sequence[Union[str, Path]], None]
+
+
+def load_config(cls: type[T], path: ConfigPaths = None, overrides: Sequence[str] = ()) -> T:
+    """`cls`'s defaults, then the YAML file at `path` (or several files, merged left to right;
+    each over its `base:` chain), then each `a.b.c=value` override in order (later wins);
+    raises one VLError listing every problem found."""
+    return load_config_with_sources(cls, path, overrides)[0]
+
+
+def load_config_with_sources(cls: type[T], path: ConfigPaths = None,
+                             overrides: Sequence[str] = ()) -> tuple[T, ConfigSources]:
+    """load_config, and where each setting came from (for `--print-config`)."""
     if isinstance(overrides, str):
         raise TypeError("overrides must be a list of 'a.b=value' strings, not one string")
-    _schema(cls)
+    if BASE_KEY in _schema(cls):
+        raise TypeError(f"{cls.__qualname__}.{BASE_KEY}: the name is reserved for a config file's base file")
     root = _defaults(cls)
     problems: list[str] = []
-    buildable = True  # not when the file could not be read: "missing" would be noise
+    origins: dict[str, _Origin] = {}
+    paths = [] if path is None else [path] if isinstance(path, (str, PurePath)) else list(path)
 
-    if path is not None:
-        path = Path(path)
-        data, lines, file_problems = _read_yaml(path)
-        problems += file_problems
-        if data is _UNPARSABLE:
-            buildable = False
-        else:
-            found: list[Problem] = []
-            _merge(root, data, "", found, root=(cls, ""))
-            for key, msg in found:
-                line = _line_of(lines, key)
-                problems.append(_place(f"{path}:{line}" if line else str(path), key, msg))
+    chains = [_read_with_bases(Path(p), problems) for p in paths]
+    buildable = None not in chains  # not when a file could not be read: "missing" would be noise
+    layers = [layer for chain in chains if chain for layer in chain]
+    data: dict[str, Any] = {}
+    for layer in layers:
+        _overlay(data, layer.data, "", origins, layer)
+    found: list[Problem] = []
+    _merge(root, data, "", found, root=(cls, ""))
+    for key, msg in found:
+        origin = _nearest(origins, key)
+        line = _nearest(origin.lines, key) if origin and origin.lines else None
+        where = None if origin is None else f"{origin.source}:{line}" if line else origin.source
+        problems.append(_place(where, key, msg))
 
     for text in overrides:
         found = []
-        _apply_override(root, text, found, root_cls=cls)
+        _apply_override(root, text, found, root_cls=cls, origins=origins)
         problems += [_place(f"--set {text}", key, msg) for key, msg in found]
-
     if not buildable:
-        collect_or_raise(problems)  # the file's own problems; there is at least one
-    return _build_or_raise(root, problems)
+        collect_or_raise(problems)  # the files' own problems; there is at least one
+    return _build_or_raise(root, problems), ConfigSources(origins)
+
+
+# --- composing files: `base:` chains, several files, sources -------------------------------
+
+BASE_KEY = "base"  # a config file's `base: other.yaml`, relative to the file's own folder
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    """One config file as read, without its `base:` key."""
+
+    path: Path
+    data: Mapping[str, Any]
+    lines: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Origin:
+    source: str  # a file, or "--set KEY=VALUE"
+    lines: dict[str, int] | None  # that file's line of each dotted key; None for --set
+    mapping: bool  # the value was a mapping: its keys are recorded on their own, the rest are not its
+
+
+def _read_with_bases(path: Path, problems: list[str]) -> list[_Layer] | None:
+    """The file at `path` after its chain of bases, the deepest base first; None after
+    recording a problem when one of them cannot be read."""
+    chain: list[_Layer] = []
+    named_by: tuple[_Layer, Any] | None = None  # (the file naming `path` as its base, the name it wrote)
+    while True:
+        if any(path.resolve() == layer.path.resolve() for layer in chain):
+            loop = " -> ".join(str(layer.path) for layer in chain) + f" -> {path}"
+            problems.append(f"config files name each other as base in a loop: {loop}; "
+                            f"remove the `base:` line of one of them")
+            return None
+        if named_by is not None and not path.is_file():
+            child, name = named_by
+            problems.append(f"{child.path}:{child.lines.get(BASE_KEY)}: base: config file {path} not found "
+                            f"(`base: {name}` is relative to the folder of {child.path})")
+            return None
+        data, lines, found = _read_yaml(path)
+        problems += found
+        if data is _UNPARSABLE:
+            return None
+        data = dict(data)
+        layer = _Layer(path, data, lines)
+        chain.append(layer)
+        if BASE_KEY not in data:
+            return chain[::-1]
+        name = data.pop(BASE_KEY)
+        if not isinstance(name, str) or not name:
+            problems.append(f"{path}:{lines.get(BASE_KEY)}: base: expected the file name of a config that this "
+                            f"one builds on, got {_got(name)}")
+            return None
+        named_by = (layer, name)
+        path = Path(os.path.normpath(path.parent / name))
+
+
+def _overlay(into: dict[str, Any], data: Mapping[str, Any], prefix: str, origins: dict[str, _Origin],
+             layer: _Layer) -> None:
+    """Merge `data` over `into` (mappings key by key; lists and scalars replace) and record
+    that each key it sets now comes from `layer`."""
+    for key, value in data.items():
+        path = _join(prefix, key)
+        old = into.get(key)
+        if not (isinstance(value, Mapping) and isinstance(old, Mapping)):
+            _forget(origins, path)
+            old = {}
+        if isinstance(value, Mapping):
+            into[key] = dict(old)
+            _overlay(into[key], value, path, origins, layer)
+        else:
+            into[key] = value
+        origins[path] = _Origin(str(layer.path), layer.lines, mapping=isinstance(value, Mapping))
+
+
+def _record_override(origins: dict[str, _Origin], path: str, value: Any, source: str) -> None:
+    """Note that `--set` gave `path` its value (a mapping: each key it names)."""
+    if isinstance(value, Mapping):  # merged into a group, or replacing a dict whose old keys no longer show
+        for key, inner in value.items():
+            _record_override(origins, _join(path, key), inner, source)
+    else:
+        _forget(origins, path)
+    origins[path] = _Origin(source, None, mapping=isinstance(value, Mapping))
+
+
+def _forget(origins: dict[str, _Origin], path: str) -> None:
+    for key in [k for k in origins if k.startswith((f"{path}.", f"{path}["))]:
+        del origins[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigSources:
+    """Where each setting of a resolved config came from."""
+
+    origins: Mapping[str, _Origin] = dataclasses.field(default_factory=dict)
+
+    def of(self, key: str) -> str:
+        """`from FILE`, `--set KEY=VALUE` or `default` for a dotted key (`optim.lr`, `tasks`)."""
+        origin = _nearest(self.origins, key)
+        if origin is None or (origin.mapping and key not in self.origins):
+            return "default"
+        return origin.source if origin.lines is None else f"from {origin.source}"
+
+    def with_source(self, key: str, source: str) -> ConfigSources:
+        """These sources, but `key` set by `source` (e.g. "from runs/pretrain (init_from)")."""
+        return ConfigSources({**self.origins, key: _Origin(source, None, mapping=False)})
 
 
 def _build_or_raise(root: _Group, problems: list[str]) -> Any:
@@ -665,7 +803,8 @@ def _build_or_raise(root: _Group, problems: list[str]) -> Any:
     return obj
 
 
-def _apply_override(root: _Group, text: str, problems: list[Problem], *, root_cls: type) -> None:
+def _apply_override(root: _Group, text: str, problems: list[Problem], *, root_cls: type,
+                    origins: dict[str, _Origin] | None = None) -> None:
     key, sep, raw = text.partition("=")
     keys = key.strip().split(".")
     if not sep or not all(keys):
@@ -682,6 +821,8 @@ def _apply_override(root: _Group, text: str, problems: list[Problem], *, root_cl
         found = [p for p in found if p[1].startswith(_NO_SUCH)] or [
             (key.strip(), f"the value {raw!r} is not valid YAML ({unparsable}); quote it, e.g. {key.strip()}='...'")]
     problems += found
+    if origins is not None and not found:
+        _record_override(origins, ".".join(k.strip() for k in keys), value, f"--set {text}")
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:
@@ -690,6 +831,21 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "co
     root = _defaults(cls)
     _merge(root, data, "", found, root=(cls, ""))
     return _build_or_raise(root, [_place(source, key, msg) for key, msg in found])
+
+
+def literal_problems(cfg: Any) -> list[str]:
+    """A problem for each Literal-typed setting of the dataclass `cfg` whose value its type
+    does not allow, in the loader's words. Loading checks these itself; a config's `check()`
+    calls this so one built in code is held to the same choices."""
+    found: list[Problem] = []
+    for name, spec in _schema(type(cfg)).items():
+        if _mentions_literal(spec.hint):
+            _convert(getattr(cfg, name), spec.hint, name, found)
+    return [_place(None, key, msg) for key, msg in found]
+
+
+def _mentions_literal(hint: Any) -> bool:
+    return typing.get_origin(hint) is Literal or (_is_union(hint) and any(map(_mentions_literal, typing.get_args(hint))))
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -713,10 +869,36 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot write {value!r} ({type(value).__name__}) into a config file")
 
 
-def dump_config(cfg: Any) -> str:
-    """`cfg` as YAML, keys in field order: for printing the resolved config."""
-    return yaml.dump(config_to_dict(cfg), Dumper=_YamlDumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False)
+def dump_config(cfg: Any, sources: ConfigSources | None = None) -> str:
+    """`cfg` as YAML, keys in field order: for printing the resolved config. With `sources`,
+    each setting's line ends in a comment saying where it came from (`# from run.yaml`,
+    `# --set optim.lr=3e-4`, `# default`); without the comments it is the same YAML."""
+    if sources is None:
+        return yaml.dump(config_to_dict(cfg), Dumper=_YamlDumper, sort_keys=False, allow_unicode=True,
+                         default_flow_style=False)
+    return "\n".join(_dump_with_sources(config_to_dict(cfg), sources, "")) + "\n"
+
+
+def _yaml_dump(data: Any) -> str:
+    """One setting as YAML, unwrapped, so its source comment can end its line."""
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
+                     width=float("inf"))
+
+
+def _dump_with_sources(settings: dict[str, Any], sources: ConfigSources, prefix: str) -> list[str]:
+    out = []
+    for key, value in settings.items():
+        path = _join(prefix, key)
+        if isinstance(value, dict) and value:  # merged key by key, so each key has its own source
+            out.append(_yaml_dump({key: {}}).rstrip("\n").removesuffix(" {}"))
+            out += ["  " + line for line in _dump_with_sources(value, sources, path)]
+            continue
+        lines = _yaml_dump({key: value}).rstrip("\n").splitlines()
+        # one comment for the whole value: after its key when it spans lines (a list of tasks), else after it
+        at = 0 if len(lines) > 1 and isinstance(value, (list, dict)) else len(lines) - 1
+        lines[at] += f"  # {sources.of(path)}"
+        out += lines
+    return out
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -446,4 +446,5 @@ def test_answer_text_is_for_multiple_choice_only():
 
     assert TaskOptions(answer="text").task_problems(get_task("tvqa")) == []
     assert "not multiple choice" in TaskOptions(answer="text").task_problems(get_task("nlvr2"))[0]
-    assert "answer must be one of" in TaskOptions(answer="words").check()[0]
+    with pytest.raises(VLError, match="answer: expected one of 'label', 'text' or null, got 'words'"):
+        config_from_dict(TaskOptions, {"answer": "words"})

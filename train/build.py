@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from vl.shared.config import load_config
 from vl.shared.errors import VLError
 from vl.shared.feature_store import FeatureStore
 from vl.shared.run_dir import BEST, CONFIG_FILE, LAST, config_path, has_checkpoint, read_run_json, tokenizer_dir
-from vl.train.config import TrainConfig
+from vl.train.config import Checkpoint, TrainConfig
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
 from vl.train.peft.methods import METHODS, apply_method, budget_table
 from vl.train.run_dir import frozen_sha256, load_checkpoint
@@ -94,7 +95,7 @@ def dry_run(cfg: TrainConfig) -> str:
 
 # -- a trained run back in memory ------------------------------------------------------------
 
-CHECKPOINTS = (BEST, LAST)  # the ones a run can be evaluated with
+CHECKPOINTS = typing.get_args(Checkpoint)  # the ones a run can be evaluated with
 
 
 @dataclass

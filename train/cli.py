@@ -23,6 +23,17 @@ Example (the demo world: `vl data demo`, convert.sh, `vl extract images`):
   vl train --resume runs/vqa-gqa          # after a kill: continues after the last finished epoch
 
 \b
+Composing configs: a file may build on another (a paper preset, a shared base) and change
+a few settings; several -c files merge left to right, then each --set:
+  cat > mine.yaml <<EOF
+  base: configs/paper/image/single_adapter.yaml   # relative to this file's folder
+  run_dir: runs/mine
+  optim: {lr: 3e-4}                     # only lr: the base's other optim settings stay
+  EOF
+  vl train -c mine.yaml --print-config   # each setting with its source: # from FILE, # --set ..., # default
+  vl train -c configs/paper/image/single_adapter.yaml -c mine-paths.yaml --set seed=1
+
+\b
 The run dir gets config.json (the resolved config), run.json (inputs, digests, versions,
 parameter budget), metrics.jsonl (one line an epoch), eval/epoch_N.json (predictions)
 and checkpoints/{last,best}/ (the trainable tensors, optimizer and RNG states).
@@ -30,8 +41,9 @@ Every setting, with its default: `vl train --print-config`."""
 
 
 @click.command("train", epilog=EXAMPLE, context_settings={"max_content_width": 100})
-@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML file of settings; the defaults fill in the rest.")
+@click.option("-c", "--config", "config_paths", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="YAML file of settings; the defaults fill in the rest. Repeatable: later files merge over "
+                   "earlier ones. A file may build on another with `base: other.yaml` (relative to the file).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one setting by its dotted key (repeatable), e.g. --set optim.lr=3e-4.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -47,23 +59,27 @@ Every setting, with its default: `vl train --print-config`."""
               help="What trains: full, visual-only, visual+ln, adapter, hyperformer, compacter, lora, prompt, "
                    "adapter+prompt; its settings are the config section of that name (e.g. --set "
                    "adapter.sharing=multiple). Same as --set method=NAME.")
-@click.option("--print-config", is_flag=True, help="Print the resolved config and exit without training.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved config, each setting followed by where it came from (`# from FILE`, "
+                   "`# --set KEY=VALUE`, `# default`), and exit without training.")
 @click.option("--dry-run", is_flag=True,
               help="Build the model with the method applied (offline, random weights) and print its trainable "
                    "parameters per group, then exit.")
-def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path | None, features_in_memory: bool,
+def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir: Path | None, features_in_memory: bool,
           skip_missing: bool, method: str | None, print_config: bool, dry_run: bool) -> None:
     """Train VL-T5 / VL-BART on one or more tasks at once (stage 2).
 
-    Settings come from the built-in defaults, then the YAML file (-c), then each --set.
-    The resolved config is printed first. Paths in the config are relative to the
-    current folder.
+    Settings come from the built-in defaults, then the YAML files (-c, left to right,
+    each over its `base:` chain), then each --set. Files merge key by key (nested
+    mappings too); a list or a value replaces the one before. The resolved config is
+    printed first. Paths in the config are relative to the current folder; `base:` is
+    relative to the file that names it.
 
     On several GPUs or machines, start the same command under torchrun (DDP: every
     rank takes its share of each step's batches; `batch_size` is per rank):
     `torchrun --nproc-per-node 4 -m vl.shared.cli train -c run.yaml`.
     """
-    from vl.shared.config import dump_config, load_config
+    from vl.shared.config import ConfigSources, dump_config, load_config_with_sources
     from vl.shared.errors import VLError
     from vl.train.config import TrainConfig
 
@@ -72,27 +88,30 @@ def train(config_path: Path | None, overrides: tuple[str, ...], resume_dir: Path
                  *(["skip_missing=true"] if skip_missing else []))
 
     if resume_dir is not None:
-        if config_path is not None:
+        if config_paths:
             raise VLError("give either -c CONFIG (a new run) or --resume RUN_DIR (its saved config.json), not both")
         from vl.shared.run_dir import CONFIG_FILE
 
         saved = resume_dir / CONFIG_FILE
         if not saved.is_file():
             raise VLError(f"{saved} not found: {resume_dir} is not a vl run directory (or it never started)")
-        cfg = load_config(TrainConfig, saved, [f"run_dir={resume_dir}", *overrides])
-    elif config_path is None and not overrides:
+        cfg, sources = load_config_with_sources(TrainConfig, saved, [f"run_dir={resume_dir}", *overrides])
+    elif not config_paths and not overrides:
         if print_config:  # every setting with its default (tasks still to fill in)
-            click.echo(dump_config(TrainConfig()))
+            click.echo(dump_config(TrainConfig(), ConfigSources()))
             return
         raise click.UsageError("give a config file (-c run.yaml) or a run to continue (--resume RUN_DIR); "
                                "see `vl train --help` for an example")
     else:
-        cfg = load_config(TrainConfig, config_path, list(overrides))
-    from vl.train.build import inherit_from_run
+        cfg, sources = load_config_with_sources(TrainConfig, config_paths, list(overrides))
+    from vl.train.build import INHERITED, inherit_from_run
 
-    cfg = inherit_from_run(cfg)  # init_from: the backbone and tokenizer of the run it starts from
+    own, cfg = cfg, inherit_from_run(cfg)  # init_from: the backbone and tokenizer of the run it starts from
+    for key in INHERITED:
+        if getattr(cfg, key) != getattr(own, key):
+            sources = sources.with_source(key, f"from {cfg.init_from} (init_from)")
     if print_config:
-        click.echo(dump_config(cfg))
+        click.echo(dump_config(cfg, sources))
         return
     if dry_run:
         from vl.train.build import dry_run as budget

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vl.train.data import SAMPLING, DataSettings, TaskOptions
-from vl.train.model import VISUAL_BOXES, VISUAL_INPUTS
+from vl.shared.config import literal_problems
+from vl.train.data import DataSettings, Sampling, TaskOptions
+from vl.train.model import BackboneInit, VisualBoxes, VisualInputs
 from vl.train.peft.adapter import AdapterConfig
 from vl.train.peft.compacter import CompacterConfig
 from vl.train.peft.hyperformer import HyperformerConfig
@@ -27,9 +28,9 @@ from vl.train.peft.lora import LoRAConfig
 from vl.train.peft.methods import METHODS
 from vl.train.peft.prompt import PromptConfig
 from vl.train.tasks import TASKS
-from vl.train.weight_decay import DECAY_RULES
+from vl.train.weight_decay import DecayRule
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+Checkpoint = Literal["best", "last"]  # which checkpoint `vl evaluate --run` scores (vl.train.build.load_trained)
 METRIC_SUFFIX = "score"  # <task>_score: the task's official main score, 0-100 (see vl.train.loop.validate)
 
 
@@ -69,7 +70,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     # which parameters decay (vl.train.weight_decay): standard = Linear and Embedding weights only, never
     # biases or norms; reference = every trainable parameter but the biases, as the reference's AdamW did
-    decay: Literal["standard", "reference"] = "standard"
+    decay: DecayRule = "standard"
     warmup_ratio: float = 0.05  # a share of the run's optimizer steps
     grad_clip: float | None = 5.0  # max global grad norm; None: no clipping
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -77,13 +78,11 @@ class OptimConfig:
     eps: float = 1e-6
 
     def check(self) -> list[str]:
-        problems = []
+        problems = literal_problems(self)
         if not self.lr > 0:
             problems.append(f"lr must be > 0 (got {self.lr})")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0 (got {self.weight_decay})")
-        if self.decay not in DECAY_RULES:
-            problems.append(f"decay must be one of: {', '.join(DECAY_RULES)} (got {self.decay!r})")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -103,7 +102,7 @@ class TrainConfig:
     run_dir: Path = Path("runs/vl")
     tasks: list[TaskSpec] = field(default_factory=list)
     backbone: str = "tiny-t5"  # t5-small, t5-base, bart-base, bart-large, tiny-t5/tiny-bart (tests), or a folder
-    init: Literal["pretrained", "random"] = "random"
+    init: BackboneInit = "random"
     # a finished run whose weights (backbone and visual embedding, its best checkpoint) this run
     # starts from, with its backbone, init, tokenizer and extra_tokens: V&L pre-training, then this
     init_from: Path | None = None
@@ -121,13 +120,13 @@ class TrainConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     # how visual tokens enter the encoder (vl.train.model): "reference" as the paper's code (the
     # presets), "packed" our own layout (positions and norm over all tokens, real boxes)
-    visual_inputs: Literal["packed", "reference"] = "packed"
-    visual_boxes: Literal["grid", "zero"] | None = None  # None: the mode's own (reference zero, packed grid)
+    visual_inputs: VisualInputs = "packed"
+    visual_boxes: VisualBoxes | None = None  # None: the mode's own (reference zero, packed grid)
     feat_dim: int | None = None  # the stores' feature width; None: read from the stores (--dry-run needs one of the two)
     extra_tokens: int = 0  # special tokens added to the tokenizer and the embedding (VL-BART: 200, see presets)
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    sampling: Literal["proportional", "temperature"] = "proportional"
+    sampling: Sampling = "proportional"
     temperature: float = 1.0  # sampling=temperature: task shares ∝ size^(1/T)
     epochs: int = 20
     seed: int = 0
@@ -142,13 +141,13 @@ class TrainConfig:
     best_metric: str = "mean_score"  # mean_score (the tasks' average) or <task>_score; higher is better
     # the checkpoint `vl evaluate --run` scores unless --checkpoint says otherwise: best (by best_metric)
     # or last; the reference tested the model of its last epoch (the paper presets say last)
-    eval_checkpoint: Literal["best", "last"] = "best"
+    eval_checkpoint: Checkpoint = "best"
 
     def metric_names(self) -> list[str]:
         return [f"mean_{METRIC_SUFFIX}"] + [f"{t.name}_{METRIC_SUFFIX}" for t in self.tasks]
 
     def check(self) -> list[str]:
-        problems = []
+        problems = literal_problems(self)
         if not self.tasks:
             problems.append("tasks is empty: name at least one task (name, train_manifest, store)")
         names = [t.name for t in self.tasks]
@@ -165,10 +164,6 @@ class TrainConfig:
             problems.append(f"dropout must be in [0, 1) or null (got {self.dropout})")
         if self.method not in METHODS:  # each section's own check() runs with the config's
             problems.append(f"method must be one of: {', '.join(METHODS)} (got {self.method!r})")
-        if self.visual_inputs not in VISUAL_INPUTS:
-            problems.append(f"visual_inputs must be one of: {', '.join(VISUAL_INPUTS)} (got {self.visual_inputs!r})")
-        if self.visual_boxes is not None and self.visual_boxes not in VISUAL_BOXES:
-            problems.append(f"visual_boxes must be one of: {', '.join(VISUAL_BOXES)}, or null (got {self.visual_boxes!r})")
         if self.visual_inputs == "reference" and self.extra_tokens < 2 and self.init_from is None:
             problems.append("visual_inputs=reference embeds visual token k with the word embedding of <vis_extra_id_k>: "
                             "set extra_tokens (200 as VL-BART: 100 <extra_id_k> and 100 <vis_extra_id_k>)")
@@ -179,8 +174,6 @@ class TrainConfig:
                             f"(got {self.extra_tokens})")
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0 (got {self.temperature})")
-        if self.sampling not in SAMPLING:
-            problems.append(f"sampling must be one of {', '.join(SAMPLING)}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             problems.append(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
         if self.init == "pretrained" and self.tokenizer is None and self.init_from is None:

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Mapping, NamedTuple, Sequence
 
@@ -36,19 +37,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from vl.shared.config import literal_problems
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, sidecar_path
 from vl.shared.manifest import DatasetManifest
 from vl.train.model import pool_grid
-from vl.train.tasks import (MC_ANSWERS, TASKS, VIDEO_INPUTS, Generation, InputLayout, MultipleChoiceQA, Task,
-                            TrainItem, get_task)
+from vl.train.tasks import (TASKS, Generation, InputLayout, McAnswer, MultipleChoiceQA, Task, TrainItem, VideoInputs,
+                            get_task)
 
 log = logging.getLogger(__name__)
 
-SAMPLING = ("proportional", "temperature")
+Sampling = Literal["proportional", "temperature"]
+SAMPLING = typing.get_args(Sampling)
 TEXT_ANSWER_TOKENS = 20  # generation / target limit of multiple-choice answers written as the choice's text
-TRUNCATIONS = ("subtitles", "end")
-DECISIONS = ("generate", "rank")
+Truncation = Literal["subtitles", "end"]
+Decision = Literal["generate", "rank"]
 
 
 @dataclass
@@ -66,22 +69,20 @@ class DataSettings:
     # adaptive-max-pooled along time to max_frames when longer, zero-padded to max_frames when
     # shorter, every one attended (it had no mask); the reference's text template, prefix last,
     # cut at its end by the tokenizer (tasks' `truncate` default).
-    video_inputs: Literal["span", "reference"] = "span"
+    video_inputs: VideoInputs = "span"
     # Each task's dataset keeps the visual tokens it has read (pooled, per image or clip) in
     # memory up to this many MiB, so later epochs skip the store and the pooling; per process
     # (each loader worker fills its own). 0: read the store every time.
     feature_cache_mb: int = 256
 
     def check(self) -> list[str]:
-        problems = []
+        problems = literal_problems(self)
         for name in ("visual_pool", "max_frames", "max_text_tokens", "max_target_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1 (got {value})")
         if self.feature_cache_mb < 0:
             problems.append(f"feature_cache_mb must be >= 0 (got {self.feature_cache_mb}); 0 turns the cache off")
-        if self.video_inputs not in VIDEO_INPUTS:
-            problems.append(f"video_inputs must be one of: {', '.join(VIDEO_INPUTS)} (got {self.video_inputs!r})")
         return problems
 
 
@@ -97,30 +98,24 @@ class TaskOptions:
     # prefix, question and choices stay whole); end: the tokenizer cuts the whole text's end, as the
     # reference (its VQA/GQA questions, prefix included, at 20; its video texts at 600). None: end for
     # video tasks under data.video_inputs=reference, else subtitles.
-    truncate: Literal["subtitles", "end"] | None = None
+    truncate: Truncation | None = None
     max_target_tokens: int | None = None  # None: data.max_target_tokens, else this task's max_new_tokens
     num_beams: int | None = None  # None: the task's (beam 5 for captions, greedy for answers)
     max_new_tokens: int | None = None  # None: the task's (captions 40, VQA/GQA/NLVR2 10, choice labels 4)
     # generate: decode text, read it back as an answer. rank: score each candidate answer of the
     # example (NLVR2 true/false, multiple choice a0..aN) and take the best, so the answer is always
     # one of them (vl.train.predict.rank_candidates). None: generate.
-    decision: Literal["generate", "rank"] | None = None
+    decision: Decision | None = None
     # multiple choice: what the decoder writes, the choice's label "a2" (None: label, the paper's)
     # or its text; with text, targets and generation default to 20 tokens instead of the label's 4
-    answer: Literal["label", "text"] | None = None
+    answer: McAnswer | None = None
 
     def check(self) -> list[str]:
-        problems = []
+        problems = literal_problems(self)
         for name in ("max_text_tokens", "max_target_tokens", "num_beams", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1 or null (got {value})")
-        if self.truncate is not None and self.truncate not in TRUNCATIONS:
-            problems.append(f"truncate must be one of: {', '.join(TRUNCATIONS)} or null (got {self.truncate!r})")
-        if self.decision is not None and self.decision not in DECISIONS:
-            problems.append(f"decision must be one of: {', '.join(DECISIONS)} or null (got {self.decision!r})")
-        if self.answer is not None and self.answer not in MC_ANSWERS:
-            problems.append(f"answer must be one of: {', '.join(MC_ANSWERS)} or null (got {self.answer!r})")
         return problems
 
     def task_problems(self, task: Task) -> list[str]:
@@ -581,7 +576,7 @@ class MultiTaskSampler:
     """
 
     def __init__(self, sizes: Mapping[str, int], batch_size: int | Mapping[str, int], *,
-                 sampling: Literal["proportional", "temperature"] = "proportional", temperature: float = 1.0,
+                 sampling: Sampling = "proportional", temperature: float = 1.0,
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
         batch_sizes = dict(batch_size) if isinstance(batch_size, Mapping) else {t: batch_size for t in sizes}
         problems = []

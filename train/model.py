@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -114,7 +115,8 @@ BACKBONE_SHAPES: dict[str, BackboneShape] = {
                                             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)),
 }
 
-INITS = ("pretrained", "random")
+BackboneInit = Literal["pretrained", "random"]
+INITS = typing.get_args(BackboneInit)
 
 
 def dropout_settings(model_type: str, p: float | None) -> dict[str, float]:
@@ -238,8 +240,10 @@ def token_boxes(positions: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x2, y2, 1 / n], dim=-1)
 
 
-VISUAL_INPUTS = ("packed", "reference")
-VISUAL_BOXES = ("grid", "zero")
+VisualInputs = Literal["packed", "reference"]
+VISUAL_INPUTS = typing.get_args(VisualInputs)
+VisualBoxes = Literal["grid", "zero"]
+VISUAL_BOXES = typing.get_args(VisualBoxes)
 
 
 class VisualEmbedding(nn.Module):

@@ -116,7 +116,8 @@ class Generation:
     num_beams: int = 1
 
 
-VIDEO_INPUTS = ("span", "reference")
+VideoInputs = Literal["span", "reference"]  # data.video_inputs (vl.train.data)
+McAnswer = Literal["label", "text"]  # a task's `answer` (vl.train.data.TaskOptions)
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,12 @@ class InputLayout:
     prefix: str | None = None  # None: the task's own prefix; "": none; any other string replaces it
     # video tasks: "span" (ours: prefix, question, choices, then the subtitles of the question's
     # span) or "reference" (the reference's template over the whole video's subtitles, prefix last)
-    video: Literal["span", "reference"] = "span"
+    video: VideoInputs = "span"
     # multiple choice: the decoder writes the choice's label ("a2", the paper) or the choice's
     # own text ("It moves up."): then a tiny model need not learn to point from label to text
-    answer: Literal["label", "text"] = "label"
+    answer: McAnswer = "label"
 
 
-MC_ANSWERS = ("label", "text")
 DEFAULT_LAYOUT = InputLayout()
 
 

@@ -25,6 +25,7 @@ name rule selects, over our parameter names mapped to its.
 """
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 from torch import nn
@@ -33,7 +34,8 @@ from transformers.models.t5.modeling_t5 import T5Attention
 from vl.train.peft.compacter import PHMLinear
 from vl.train.peft.hyperformer import AdapterGenerator, StackHyperNet
 
-DECAY_RULES = ("standard", "reference")
+DecayRule = Literal["standard", "reference"]
+DECAY_RULES = typing.get_args(DecayRule)
 DECAYED_MODULES = (nn.Linear, nn.Embedding)  # standard: their `weight` decays, nothing else
 
 
@@ -52,11 +54,10 @@ def _reference_not_decayed(model: nn.Module) -> set[int]:
     return kept
 
 
-def decay_groups(model: nn.Module, rule: Literal["standard", "reference"]) -> tuple[list[nn.Parameter],
-                                                                                     list[nn.Parameter]]:
+def decay_groups(model: nn.Module, rule: DecayRule) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(decayed, not decayed): the trainable parameters of `model`, each once (a tied weight
     is listed once, where it first appears), in `model.modules()` order."""
-    assert rule in DECAY_RULES, rule  # OptimConfig.check() names the setting
+    assert rule in DECAY_RULES, rule  # the config loader names the setting
     kept = _reference_not_decayed(model) if rule == "reference" else set()
     decay, plain, seen = [], [], set()
     for module in model.modules():

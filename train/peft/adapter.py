@@ -26,6 +26,7 @@ the reference's scripts (`--unfreeze_layer_norms`).
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -33,35 +34,29 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from vl.shared.config import literal_problems
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft import for_task, reference_reinit, task_name_problems
 from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
-SHARINGS = ("single", "multiple", "half-shared")
-INITS = ("zero-up", "normal", "reference")
-# Names of transformers.activations.ACT2FN accepted here (kept as a tuple so `check` needs no torch).
-ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "tanh")
+# Names of transformers.activations.ACT2FN accepted here (written out so the config needs no torch).
+Activation = Literal["gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "tanh"]
+ACTIVATIONS = typing.get_args(Activation)
 
 
 @dataclass
 class AdapterConfig:
     reduction_factor: int = 8  # bottleneck = d_model / r; every reference script uses 8 (96 on bart-base)
     sharing: Literal["single", "multiple", "half-shared"] = "single"
-    activation: str = "gelu_new"  # a name in transformers' ACT2FN
+    activation: Activation = "gelu_new"
     init: Literal["zero-up", "normal", "reference"] = "zero-up"  # zero-up: the adapted model starts as the frozen one
     train_layer_norms: bool = True
 
     def check(self) -> list[str]:
-        problems = []
+        problems = literal_problems(self)
         if self.reduction_factor < 1:
             problems.append(f"adapter reduction_factor must be >= 1 (got {self.reduction_factor})")
-        if self.sharing not in SHARINGS:
-            problems.append(f"adapter sharing must be one of {', '.join(SHARINGS)} (got {self.sharing!r})")
-        if self.activation not in ACTIVATIONS:
-            problems.append(f"adapter activation must be one of {', '.join(ACTIVATIONS)} (got {self.activation!r})")
-        if self.init not in INITS:
-            problems.append(f"adapter init must be one of {', '.join(INITS)} (got {self.init!r})")
         return problems
 
 

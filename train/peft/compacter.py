@@ -33,14 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vl.shared.config import literal_problems
 from vl.shared.errors import collect_or_raise
 from vl.train.model import VLModel
 from vl.train.peft.adapter import BottleneckAdapter, bottleneck_problems
 from vl.train.peft import reference_reinit, task_name_problems
 from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
-SHARINGS = ("single", "multiple")
-INITS = ("zero-up", "normal", "reference")
 
 
 @dataclass
@@ -55,13 +54,8 @@ class CompacterConfig:
     train_layer_norms: bool = True
 
     def check(self) -> list[str]:
-        problems = [f"compacter {name} must be >= 1 (got {getattr(self, name)})"
-                    for name in ("n", "rank", "reduction_factor") if getattr(self, name) < 1]
-        if self.sharing not in SHARINGS:
-            problems.append(f"compacter sharing must be one of {', '.join(SHARINGS)} (got {self.sharing!r})")
-        if self.init not in INITS:
-            problems.append(f"compacter init must be one of {', '.join(INITS)} (got {self.init!r})")
-        return problems
+        return literal_problems(self) + [f"compacter {name} must be >= 1 (got {getattr(self, name)})"
+                for name in ("n", "rank", "reduction_factor") if getattr(self, name) < 1]
 
 
 def _glorot(t: torch.Tensor) -> None:

@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from vl.shared.config import literal_problems
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft.adapter import bottleneck_problems
 from vl.train.peft import for_task, reference_reinit, task_name_problems
 from vl.train.peft.sites import STACKS, attach, check_free, find_sites, trainable_names
 
-INITS = ("zero-up", "normal", "reference")
 
 
 @dataclass
@@ -57,12 +57,9 @@ class HyperformerConfig:
     train_layer_norms: bool = True
 
     def check(self) -> list[str]:
-        problems = [f"hyperformer {name} must be >= 1 (got {getattr(self, name)})"
-                    for name in ("task_embedding_dim", "hidden_dim", "projected_dim", "reduction_factor")
-                    if getattr(self, name) < 1]
-        if self.init not in INITS:
-            problems.append(f"hyperformer init must be one of {', '.join(INITS)} (got {self.init!r})")
-        return problems
+        return literal_problems(self) + [f"hyperformer {name} must be >= 1 (got {getattr(self, name)})"
+                for name in ("task_embedding_dim", "hidden_dim", "projected_dim", "reduction_factor")
+                if getattr(self, name) < 1]
 
 
 def _linear(d_in: int, d_out: int, zero: bool = False) -> nn.Linear:

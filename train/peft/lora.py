@@ -30,11 +30,11 @@ from torch import nn
 from transformers.models.bart.modeling_bart import BartAttention
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from vl.shared.config import literal_problems
 from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft import LAYER_NORMS, bias_names, task_name_problems, visual_projection_names
 
-SHARINGS = ("single", "multiple")
 SHARED = "shared"  # the one key of sharing="single"
 ATTENTIONS = (BartAttention, T5Attention)
 # Projection roles -> the attribute names of each backbone's attention module. A target
@@ -59,7 +59,7 @@ class LoRAConfig:
     train_biases: bool = True  # LoRA + BitFit, as the reference's runs (see the module docstring)
 
     def check(self) -> list[str]:
-        problems = []
+        problems = literal_problems(self)
         if not isinstance(self.rank, int) or self.rank < 1:
             problems.append(f"lora rank must be an integer >= 1 (got {self.rank!r})")
         if not self.alpha > 0:
@@ -74,8 +74,6 @@ class LoRAConfig:
         problems += [f"LoRA target {t!r} is not an attention projection; choose from: {', '.join(PROJECTIONS)} "
                      f"(or a backbone's own names, {own})"
                      for t in ([] if isinstance(self.targets, str) else self.targets) if t not in KNOWN_TARGETS]
-        if self.sharing not in SHARINGS:
-            problems.append(f"lora sharing must be one of: {', '.join(SHARINGS)} (got {self.sharing!r})")
         return problems
 
 

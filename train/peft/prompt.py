@@ -34,12 +34,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vl.shared.config import literal_problems
 from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft import reference_reinit, task_name_problems, visual_projection_names
 
-SHARINGS = ("single", "multiple")
-INITS = ("normal", "reference")
 SHARED = "shared"  # the one key of sharing="single"
 INIT_STD = 0.02  # BART's init_std: the reference's init_weights re-initialised every Linear/Embedding of VLBart
 
@@ -53,15 +52,11 @@ class PromptConfig:
     init: Literal["normal", "reference"] = "normal"
 
     def check(self) -> list[str]:
-        problems = []
+        problems = literal_problems(self)
         if not isinstance(self.length, int) or self.length < 1:
             problems.append(f"prompt length must be an integer >= 1 (got {self.length!r})")
         if self.reparameterize and (not isinstance(self.mid_dim, int) or self.mid_dim < 1):
             problems.append(f"prompt mid_dim must be an integer >= 1 (got {self.mid_dim!r})")
-        if self.sharing not in SHARINGS:
-            problems.append(f"prompt sharing must be one of: {', '.join(SHARINGS)} (got {self.sharing!r})")
-        if self.init not in INITS:
-            problems.append(f"prompt init must be one of: {', '.join(INITS)} (got {self.init!r})")
         return problems
 
 
