@@ -27,7 +27,7 @@ def _wait_for_shards(proc, parts, n: int, timeout: float = 120.0) -> int:
 
 def _start_slow_run(args, out, wait_for: int):
     """Start a throttled run and return it once `wait_for` shards are committed."""
-    proc = vl_subprocess([*args, "--out", out], env={"VL_TEST_DECODE_DELAY_S": "0.05"})
+    proc = vl_subprocess([*args, "--out", out], env={"VL_TEST_DECODE_DELAY_S": "0.2"})
     _wait_for_shards(proc, parts_dir(out), wait_for)
     return proc
 
