@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from vl.data_manifests.karpathy import media_id, present_splits, read_karpathy_images
 from vl.data_manifests.registry import ConvertRequest, register
-from vl.data_manifests.source_files import missing_fields
 from vl.shared.errors import VLError
+from vl.shared.manifest import missing_fields
 
 SENTENCE_FIELDS = {"raw": str, "sentid": int}
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from vl.data_manifests.registry import ConvertRequest, Converted, register
-from vl.data_manifests.source_files import duplicates, missing_fields, read_json
+from vl.data_manifests.source_files import duplicates, read_json
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.manifest import missing_fields
 
 QUESTION_FIELDS = {"imageId": str, "question": str}
 GOLD_FIELDS = {"answer": str, "fullAnswer": str}

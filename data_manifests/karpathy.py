@@ -16,8 +16,9 @@ import re
 from pathlib import Path, PurePath
 from typing import Callable
 
-from vl.data_manifests.source_files import duplicates, missing_fields, read_json
+from vl.data_manifests.source_files import duplicates, read_json
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.manifest import missing_fields
 
 IMAGE_FIELDS = {"filename": str, "cocoid": int, "split": str}
 # --karpathy-split -> the `split` values of dataset_coco.json it takes (VL-T5 renames restval to train)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 
 from vl.data_manifests.registry import ConvertRequest, register
-from vl.data_manifests.source_files import duplicates, missing_fields, read_jsonl
+from vl.data_manifests.source_files import duplicates, read_jsonl
 from vl.shared.errors import collect_or_raise
+from vl.shared.manifest import missing_fields
 
 RECORD_FIELDS = {"identifier": str, "sentence": str}
 # The release writes labels as the strings "True"/"False"; some mirrors as JSON booleans.

@@ -51,19 +51,6 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def missing_fields(record: dict, fields: dict[str, type | tuple[type, ...]], where: str) -> list[str]:
-    """Problems for fields that are absent or of the wrong JSON type, naming `where`
-    (file:line and the record's id)."""
-    problems = []
-    for name, kind in fields.items():
-        if name not in record:
-            problems.append(f"{where}: missing required field '{name}'")
-        elif not isinstance(record[name], kind) or (kind is int and isinstance(record[name], bool)):
-            expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            problems.append(f"{where}: field '{name}' must be {expected} (got {record[name]!r:.60})")
-    return problems
-
-
 def duplicates(ids: Iterable[tuple[str, str]]) -> list[str]:
     """Problems for repeated ids; `ids` yields (id, where)."""
     first: dict[str, str] = {}

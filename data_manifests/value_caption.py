@@ -9,8 +9,8 @@ the shared checks come from `value_common.convert_value`.
 from __future__ import annotations
 
 from vl.data_manifests.registry import ConvertRequest, register
-from vl.data_manifests.source_files import missing_fields
 from vl.data_manifests.value_common import convert_value, parse_ts
+from vl.shared.manifest import missing_fields
 
 
 def caption_fields(record: dict, label: str) -> tuple[dict, list[str]]:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vl.data_manifests.registry import ConvertRequest
-from vl.data_manifests.source_files import duplicates, missing_fields, read_jsonl
+from vl.data_manifests.source_files import duplicates, read_jsonl
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.manifest import missing_fields
 
 SUBTITLES_FORMAT = 'VALUE subtitles, JSON Lines of {"vid_name", "sub": [{"text", "start", "end"}]}'
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+|nan)"

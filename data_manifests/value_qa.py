@@ -9,8 +9,8 @@ Subtitles and the shared checks come from `value_common.convert_value`.
 from __future__ import annotations
 
 from vl.data_manifests.registry import ConvertRequest, register
-from vl.data_manifests.source_files import missing_fields
 from vl.data_manifests.value_common import RecordFields, convert_value, parse_ts
+from vl.shared.manifest import missing_fields
 
 def qa_fields(n_choices: int, *, show_name: bool) -> RecordFields:
     """question, choices (a0..a{n-1} in order), ts; answer_idx and answers where the

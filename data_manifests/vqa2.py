@@ -34,10 +34,11 @@ from pathlib import Path
 
 from vl.data_manifests.karpathy import split_image_ids
 from vl.data_manifests.registry import ConvertRequest, Converted, register
-from vl.data_manifests.source_files import duplicates, missing_fields, read_json
+from vl.data_manifests.source_files import duplicates, read_json
 from vl.shared.answers import normalize_vqa_answer, vqa_answer_vocabulary, vqa_soft_scores
 from vl.shared.digests import digest_json
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.manifest import missing_fields
 
 QUESTION_FIELDS = {"image_id": int, "question": str, "question_id": int}
 ANNOTATION_FIELDS = {"question_id": int, "image_id": int, "question_type": str, "answer_type": str,

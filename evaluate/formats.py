@@ -57,7 +57,7 @@ from typing import Any
 
 from vl.shared.atomic import atomic_path
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.manifest import json_line_objects, json_type_name
+from vl.shared.manifest import json_line_objects, json_type_name, missing_fields
 
 SHOWN = 3  # records an aggregated message names
 
@@ -236,15 +236,6 @@ def _load_json(path: Path, text: str, problems: list[str], *, keep_pairs: bool =
         return _UNREADABLE
 
 
-def _type_problem(value: Any, key: str, id_type: type) -> str | None:
-    """Why `value` cannot be the record's `key`, or None."""
-    if id_type is int and not _is_index(value):
-        return f"'{key}' must be an integer (got {json_type_name(value)} {value!r:.40})"
-    if id_type is str and not isinstance(value, str):
-        return f"'{key}' must be a string (got {json_type_name(value)} {value!r:.40})"
-    return None
-
-
 # task -> (id key, id type, answer key) of the JSON list formats
 _LIST_FIELDS = {"vqa": ("question_id", int, "answer"), "gqa": ("questionId", str, "prediction"),
                 "caption": ("image_id", int, "caption")}
@@ -265,14 +256,9 @@ def _read_list(task: str, path: Path, text: str, problems: list[str]) -> list[tu
         if not isinstance(record, dict):
             problems.append(f"{where}: must be an object {{{id_key}, {value_key}}} (got {json_type_name(record)})")
             continue
-        missing = [k for k in (id_key, value_key) if k not in record]
-        if missing:
-            problems.append(f"{where}: missing key {', '.join(repr(k) for k in missing)}")
-            continue
-        bad = [why for why in (_type_problem(record[id_key], id_key, id_type),
-                               _type_problem(record[value_key], value_key, str)) if why]
+        bad = missing_fields(record, {id_key: id_type, value_key: str}, where)
         if bad:
-            problems.append(f"{where}: " + "; ".join(bad))
+            problems.extend(bad)
             continue
         out.append((f"record [{i}]", record[id_key], record[value_key]))
     return out

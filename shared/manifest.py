@@ -99,6 +99,22 @@ def json_type_name(value: Any) -> str:
         type(value), type(value).__name__)
 
 
+def missing_fields(record: dict, fields: dict[str, type | tuple[type, ...]], where: str) -> list[str]:
+    """Problems for fields that are absent or of the wrong JSON type, naming `where`
+    (file:line and the record's id): the one check of a JSON record's fields, for the
+    converters' release files and `vl evaluate score`'s submission files alike. An int
+    field takes no bool (JSON true is not 1)."""
+    problems = []
+    for name, kind in fields.items():
+        if name not in record:
+            problems.append(f"{where}: missing required field '{name}'")
+        elif not isinstance(record[name], kind) or (kind is int and isinstance(record[name], bool)):
+            expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            shown = json.dumps(record[name], ensure_ascii=False, default=str)  # as the file spells it: null, true, "1"
+            problems.append(f"{where}: field '{name}' must be {expected} (got {shown:.60})")
+    return problems
+
+
 def json_line_objects(lines: Iterable[str], path: str | os.PathLike,
                       problems: list[str]) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line of a JSON Lines file; a line that is not
