@@ -135,10 +135,19 @@ def run_vl(args: list[str], expect: int | None = 0):
 
 
 def vl_subprocess(args: list[str], **kwargs) -> subprocess.Popen:
-    """Start `vl ARGS` as a real process (for kill tests)."""
+    """Start `vl ARGS` as a real process (for kill tests). Ctrl-C reaches it as in a terminal
+    even when the tests themselves run in the background (`cmd &` starts with SIGINT ignored,
+    and a child would inherit that)."""
     env = dict(os.environ, **kwargs.pop("env", {}))
     return subprocess.Popen([sys.executable, "-m", "vl.shared.cli", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **kwargs)
+
+
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
