@@ -1,0 +1,104 @@
+"""The contract every registered PEFT method keeps (vl.train.peft.registry), walked over
+the registry itself, so a new method is tested the day it registers: it builds on a tiny
+T5 and a tiny BART with its default settings, the dry-run table shows what it trains, and
+its trainable state survives the run directory's checkpoint round trip."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import tiny_vl_model
+from vl.shared.errors import VLError
+from vl.train.build import set_trainable
+from vl.train.config import TrainConfig
+from vl.train.peft.methods import METHODS, budget_table, parameter_groups, uses_every_parameter_each_step
+from vl.train.peft.registry import display_name, get_method, register_method, sections
+from vl.train.run_dir import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FEAT = 12
+TASKS = ["vqa", "gqa"]
+LABELS = torch.tensor([[5, 6, 7], [8, 9, -100]])
+
+
+def batch() -> dict:
+    g = torch.Generator().manual_seed(0)
+    text_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    vis_mask = torch.tensor([[True] * 4, [True, True, False, False]])
+    return dict(input_ids=torch.randint(3, 128, (2, 5), generator=g) * text_mask, attention_mask=text_mask,
+                visual_feats=torch.randn(2, 4, FEAT, generator=g) * vis_mask[..., None], visual_mask=vis_mask,
+                labels=LABELS)
+
+
+def built(method: str, backbone: str):
+    """The tiny model with `method` applied by its defaults, as `vl train` does (freeze, apply, unfreeze)."""
+    model = tiny_vl_model(backbone, FEAT).eval()  # eval: no dropout, outputs comparable
+    torch.manual_seed(1)
+    names = set_trainable(model, TrainConfig(method=method), TASKS)
+    return model, names
+
+
+def outputs(model) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {task: model(**batch(), task=task).logits for task in TASKS}
+
+
+def test_the_registry_lists_the_papers_methods_in_order_and_a_miss_names_them():
+    assert list(METHODS) == ["full", "visual-only", "visual+ln", "adapter", "hyperformer", "compacter", "lora",
+                             "prompt", "adapter+prompt"]
+    with pytest.raises(VLError, match=r"unknown method 'adaptr'; choose one of: full, visual-only, .*adapter\+prompt"):
+        get_method("adaptr")
+    with pytest.raises(AssertionError, match="registered twice"):
+        register_method("lora", "again", apply=lambda model, cfg, tasks: [])
+
+
+def test_train_config_has_one_section_per_method_with_settings():
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert list(sections()) == ["adapter", "hyperformer", "compacter", "lora", "prompt"]
+    at = fields.index("method")
+    assert fields[at + 1:at + 1 + len(sections())] == list(sections())  # right after `method`, as the YAML reads
+    cfg = TrainConfig()
+    assert all(isinstance(getattr(cfg, name), config) for name, config in sections().items())
+
+
+@pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-bart"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_builds_reports_its_groups_and_survives_save_and_restore(method, backbone, tmp_path):
+    model, names = built(method, backbone)
+    assert names and all(p.requires_grad == (n in names) for n, p in model.named_parameters())
+
+    # the dry-run table: one row per group, and the method's share is > 0
+    groups = parameter_groups(model)
+    table = budget_table(model).splitlines()
+    assert len(table) == len(groups) + 2  # header, a row per group, the total
+    assert {line.rsplit(maxsplit=2)[0] for line in table[1:-1]} == set(groups)
+    assert sum(t for t, _ in groups.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    assert not table[-1].endswith("(0.00%)")
+
+    # one AdamW step per task, then the run directory's checkpoint, loaded into a rebuilt model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    for task in TASKS:
+        optimizer.zero_grad(set_to_none=True)
+        model(**batch(), task=task).loss.backward()
+        # what DDP is told (find_unused_parameters) is what a step does
+        every = all(p.grad is not None for p in params)
+        assert every == uses_every_parameter_each_step(method, TrainConfig(method=method)), (method, task)
+        optimizer.step()
+    trained = outputs(model)
+    save_checkpoint(tmp_path, "last", model, optimizer, extra={"epoch": 1})
+    rebuilt, rebuilt_names = built(method, backbone)
+    assert rebuilt_names == names
+    assert any(not torch.equal(trained[t], logits) for t, logits in outputs(rebuilt).items())  # the step mattered
+    assert load_checkpoint(tmp_path, "last", rebuilt, restore_rng=False) == {"epoch": 1}
+    for task, logits in outputs(rebuilt).items():
+        assert torch.equal(logits, trained[task]), (method, backbone, task)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_has_a_report_name(method):
+    name = display_name(method, TrainConfig(method=method))  # the paper's names: tests/test_report.py
+    assert isinstance(name, str) and name
