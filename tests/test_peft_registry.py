@@ -5,6 +5,8 @@ its trainable state survives the run directory's checkpoint round trip."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -102,3 +104,55 @@ def test_every_method_builds_reports_its_groups_and_survives_save_and_restore(me
 def test_every_method_has_a_report_name(method):
     name = display_name(method, TrainConfig(method=method))  # the paper's names: tests/test_report.py
     assert isinstance(name, str) and name
+
+
+TOY_METHOD = '''
+from dataclasses import dataclass
+
+from vl.train.peft import visual_projection_names
+from vl.train.peft.registry import register_method
+
+
+@dataclass
+class ToyConfig:
+    sharing: str = "single"
+    scale: int = 1
+
+    def check(self) -> list[str]:
+        return [] if self.scale >= 1 else [f"toy scale must be >= 1 (got {self.scale})"]
+
+
+def apply_toy(model, cfg: ToyConfig, tasks: list[str]) -> list[str]:
+    return visual_projection_names(model)
+
+
+register_method("toy", "the visual projection, by a toy", config=ToyConfig, apply=apply_toy, display=("toy", "toys"))
+'''
+
+
+def test_a_new_method_is_one_module_that_registers_itself(tmp_path):
+    """What the README promises: a module with a config and `register_method` gets its config
+    section, `--method`, the dry-run, its report name and `vl list methods`, with no other edit
+    (here imported before vl.train.config, as the list in vl.train.peft.methods does)."""
+    (tmp_path / "toy_method.py").write_text(TOY_METHOD)
+    (tmp_path / "run.yaml").write_text("method: toy\ntoy: {scale: 3, sharing: multiple}\nfeat_dim: 8\n"
+                                       "tasks: [{name: vqa, train_manifest: m.jsonl, store: f.h5}]\n")
+    code = f"""
+import sys; sys.path.insert(0, {str(tmp_path)!r})
+import toy_method
+from click.testing import CliRunner
+from vl.shared.cli import cli
+from vl.shared.config import load_config
+from vl.train.config import TrainConfig
+from vl.train.build import dry_run
+from vl.train.peft.methods import display_name
+cfg = load_config(TrainConfig, {str(tmp_path / 'run.yaml')!r})
+print(cfg.toy.scale, display_name(cfg.method, cfg), dry_run(cfg).splitlines()[-1].startswith('trainable '))
+bad = CliRunner().invoke(cli, ['train', '-c', {str(tmp_path / 'run.yaml')!r}, '--set', 'toy.scale=0', '--dry-run'])
+print(bad.exit_code, 'toy scale must be >= 1' in bad.output)
+print([line for line in CliRunner().invoke(cli, ['list', 'methods']).output.splitlines() if 'toy' in line])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["3 multiple toys True", "1 True",
+                                      "['toy             the visual projection, by a toy']"]

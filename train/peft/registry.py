@@ -42,7 +42,7 @@ def _single(settings: Any) -> bool:
 @dataclass(frozen=True)
 class MethodSpec:
     name: str  # `method:` in the config; also the name of its config section when it has one
-    summary: str  # what trains, for `vl list methods` and --help
+    summary: str  # what trains, for `vl list methods`
     # its config section's dataclass (None: no settings); TrainConfig gets a field of this name
     config: type | None = None
     # apply(model, its section's settings, tasks) -> names of every parameter that trains
@@ -50,7 +50,8 @@ class MethodSpec:
     # composites: the registered methods applied in order, and the trainable names without added modules
     parts: tuple[str, ...] = ()
     base: Callable[["VLModel"], list[str]] | None = None
-    # what `vl report` prints: a fixed name, or (one, several) -> "single adapter", "multiple adapters"
+    # what `vl report` prints: a fixed name ("": the method's own), or (one, several) -> "single adapter",
+    # "multiple adapters" by its section's `sharing`
     display: str | tuple[str, str] = ""
     # groups(module_name, module, attr) -> the dry-run table's group of that parameter, or None (not the method's)
     groups: Callable[[str, "nn.Module", str], str | None] | None = None
@@ -112,10 +113,13 @@ def display_name(method: str, settings: Any) -> str:
     if method not in METHODS:
         return method
     spec = METHODS[method]
-    if isinstance(spec.display, str) and spec.display:
-        return spec.display
+    if isinstance(spec.display, str) and (spec.display or not spec.parts):
+        return spec.display or method
     names = []
     for part in applied(method):
+        if isinstance(part.display, str):
+            names.append(part.display or part.name)
+            continue
         one, several = part.display
         section = settings.get(part.name) if isinstance(settings, Mapping) else getattr(settings, part.name, None)
         sharing = _sharing(section) if section is not None else "single"
