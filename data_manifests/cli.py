@@ -134,3 +134,14 @@ def demo(out, images, videos, seed) -> None:
     click.echo(f"wrote the demo world to {out}: {world.summary()}")
     click.echo(f"next: convert it into manifests with the {len(world.commands)} commands in "
                f"{out / 'convert.sh'} (run: bash {out / 'convert.sh'})")
+
+
+@click.command("converters")
+def list_converters() -> None:
+    """The registered converters (vl.data_manifests.registry): the format each reads."""
+    from vl.data_manifests.registry import load_converters
+    from vl.shared.cli import print_rows
+
+    # `reads` up to its first detail: "VQA v2 questions JSON", "NLVR2 JSON Lines", ...
+    print_rows([(name, f"{conv.task} ({conv.media}): {conv.reads.split(' (')[0].split(';')[0]}")
+                for name, conv in load_converters().items()])

@@ -103,3 +103,15 @@ def score(task: str, predictions: Path, manifest: Path, split: str | None, allow
     if out is not None:
         write_scores(result, out)
         click.echo(f"written to {out}")
+
+
+@click.command("metrics")
+def list_metrics() -> None:
+    """The official metrics (vl.evaluate.metrics), with the tasks scored by each."""
+    from vl.evaluate.metrics import METRICS
+    from vl.shared.cli import print_rows
+    from vl.train.tasks import TASKS
+
+    print_rows([(metric, f"vl.evaluate.metrics.{module}; tasks: "
+                 f"{', '.join(name for name, task in TASKS.items() if task.metric == metric) or 'none'}")
+                for metric, module in METRICS.items()])

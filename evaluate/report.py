@@ -17,6 +17,9 @@ loss and validation mean score by epoch, one line per run), each figure also as 
 
 The run folders are read through vl.shared.run_dir, so a report imports no torch;
 `vl.shared.figures` (numpy, matplotlib) is imported inside the functions that need it.
+The method's name is the one `vl train` recorded in run.json (from the method registry,
+vl.train.peft.registry); only for a run made before run.json recorded it is the name
+worked out from its config through the registry, which imports torch.
 """
 from __future__ import annotations
 
@@ -51,29 +54,17 @@ FILES = {"markdown": "report.md", "csv": "report.csv",
 
 # -- the method as the paper names it -----------------------------------------------------
 
-_FIXED_NAMES = {"full": "full fine-tuning", "visual-only": "visual-only", "visual+ln": "visual + LayerNorms",
-                "hyperformer": "hyperformer"}
-_MODULE_NAMES = {"adapter": ("adapter", "adapters"), "compacter": ("compacter", "compacters"),
-                 "lora": ("LoRA", "LoRA"), "prompt": ("prompt", "prompts")}  # (one, several)
-
-
-def method_name(config: dict) -> str:
+def method_name(config: dict, run: dict | None = None) -> str:
     """"single adapter", "multiple adapters", "half-shared adapters", "single LoRA",
-    "full fine-tuning", ... from the config's `method` and its sections' `sharing`;
-    an unknown method keeps its own name."""
-    method = str(config.get("method", "full"))
-    if method in _FIXED_NAMES:
-        return _FIXED_NAMES[method]
-    sections = method.split("+")  # adapter+prompt: both sections, each with its sharing
-    if not all(s in _MODULE_NAMES for s in sections):
-        return method
-    names = []
-    for section in sections:
-        settings = config.get(section)
-        sharing = str(settings.get("sharing", "single")) if isinstance(settings, dict) else "single"
-        one, several = _MODULE_NAMES[section]
-        names.append(f"single {one}" if sharing == "single" else f"{sharing} {several}")
-    return " + ".join(names)
+    "full fine-tuning", ...: the name run.json (`run`) records, else the method registry's
+    name for the config's `method` and its sections' `sharing`; an unknown method keeps
+    its own name."""
+    recorded = (run or {}).get("method")
+    if isinstance(recorded, dict) and isinstance(recorded.get("display"), str):
+        return recorded["display"]
+    from vl.train.peft.methods import display_name  # imports torch: only for runs that predate the record
+
+    return display_name(str(config.get("method", "full")), config)
 
 
 # -- one row per run -----------------------------------------------------------------------
@@ -214,7 +205,8 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], split: str | None = None
         if config is None:
             continue
         try:
-            budget = read_run_json(path).get("budget") or {}
+            run = read_run_json(path)
+            budget = run.get("budget") or {}
             metrics = _by_epoch(read_metrics(path))
         except (VLError, json.JSONDecodeError, UnicodeDecodeError) as e:
             problems.append(f"{path}: {e}")
@@ -232,7 +224,7 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], split: str | None = None
                 scores[task], sources[task] = found
         percent = budget.get("percent")
         rows.append(RunRow(
-            label=label, path=path, method=method_name(config),
+            label=label, path=path, method=method_name(config, run),
             trainable_percent=float(percent) if _finite(percent) else None,
             tasks=tasks, scores=scores, sources=sources, average=paper_average(tasks, scores, sources),
             source=_source_phrase(tasks, sources, metrics, unscored), metrics=metrics))

@@ -22,6 +22,14 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("vl.evaluate.cli:evaluate", "Stage 3: score runs with each task's official metric."),
     "report": ("vl.evaluate.report:report", "Compare runs: one table (CSV, Markdown) and the score-vs-budget plot."),
     "demo": ("vl.evaluate.demo:demo", "The whole pipeline offline on a synthetic world, in minutes (start here)."),
+    "list": ("vl.shared.cli:list_registered", "What is registered: methods, tasks, converters, metrics."),
+}
+# `vl list KIND`: each stage lists its own registry (methods imports torch, the others do not)
+LIST_COMMANDS: dict[str, tuple[str, str]] = {
+    "methods": ("vl.train.cli:list_methods", "PEFT methods a run can name (`method:`) and what each trains."),
+    "tasks": ("vl.train.cli:list_tasks", "Tasks a run can train (`tasks: - name:`), their media and metric."),
+    "converters": ("vl.data_manifests.cli:list_converters", "Official release formats `vl data convert` reads."),
+    "metrics": ("vl.evaluate.cli:list_metrics", "Official metrics the tasks are scored with."),
 }
 
 
@@ -72,6 +80,17 @@ def cli() -> None:
 
     Run `vl COMMAND --help` for the options of a command.
     """
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    """One line per registered thing: its name, padded, then its short description."""
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, description in rows:
+        click.echo(f"{name:<{width}}  {description}".rstrip())
+
+
+list_registered = LazyGroup("list", lazy=LIST_COMMANDS, help="List what is registered, one line each: name and "
+                                                             "a short description.")
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 its file names, and the reading and appending that needs no torch.
 
     <run>/config.json                      the resolved TrainConfig (`vl train --resume` reads it back)
-    <run>/run.json                         resolved config, input digests, budget, versions, git
+    <run>/run.json                         resolved config, input digests, budget, method name, versions, git
     <run>/metrics.jsonl                    one JSON record per line, appended as training goes
     <run>/curves.png, curves.svg           training loss and validation scores by epoch
     <run>/tokenizer/                       the tokenizer trained for the run (when the config names none)

@@ -16,6 +16,9 @@ from vl.train import build, loop, predict
 from vl.train.build import load_trained
 from vl.train.config import TrainConfig
 from vl.train.data import TaskDataset, collate
+from vl.evaluate.report import method_name
+from vl.shared.run_dir import read_run_json
+from vl.train.peft.methods import display_name
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,6 +86,9 @@ def test_each_preset_trains_on_demo_tasks_and_its_checkpoint_reloads_to_the_same
     loop.train(cfg)
     trained = load_trained(run, "last")
     assert trained.model.training is False and trained.checkpoint == "last"
+    # run.json names the method as `vl report` prints it, so a report needs no registry
+    assert read_run_json(run)["method"] == {"name": cfg.method, "display": display_name(cfg.method, cfg)}
+    assert display_name(cfg.method, cfg) == method_name(json.loads((run / "config.json").read_text()))
     # only what trains is in the checkpoint: for a PEFT method, far less than the model
     meta = json.loads((run / "checkpoints/last/meta.json").read_text())
     total = sum(p.numel() for p in trained.model.parameters())

@@ -36,10 +36,11 @@ def epoch(n: int, loss: float, **scores: float) -> dict:
 def make_run(root: Path, name: str, *, method: str = "adapter", sharing: dict | None = None,
              tasks: tuple[str, ...] = IMAGE_TASKS, percent: float | None = 4.18, metrics: list[dict] = (),
              evals: dict[str, dict[str, float | None]] | None = None, checkpoint: str = "best",
-             eval_epoch: int | None = None) -> Path:
+             eval_epoch: int | None = None, display: str | None = None) -> Path:
     """A run folder as `vl train` leaves it (config.json, run.json, metrics.jsonl) and, for
     `evals` {split: {task: score, or None for a split without answers}}, the files `vl
-    evaluate` writes."""
+    evaluate` writes. `display`: the method's name as run.json records it (None: a run
+    from before run.json recorded it)."""
     run = root / name
     run.mkdir(parents=True)
     config = {"method": method, "backbone": "tiny-t5",
@@ -49,7 +50,9 @@ def make_run(root: Path, name: str, *, method: str = "adapter", sharing: dict | 
     config["hyperformer"] = {"reduction_factor": 8}
     (run / "config.json").write_text(json.dumps(config))
     budget = {"trainable": 418, "total": 10000, "percent": percent} if percent is not None else {}
-    (run / "run.json").write_text(json.dumps({"budget": budget, "model": {}, "versions": {}, "created": "now"}))
+    recorded = {"method": {"name": method, "display": display}} if display is not None else {}
+    (run / "run.json").write_text(json.dumps({"budget": budget, "model": {}, "versions": {}, "created": "now",
+                                              **recorded}))
     if metrics:
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     for split, scores in (evals or {}).items():
@@ -329,9 +332,14 @@ def test_importing_the_command_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_the_name_recorded_in_run_json_is_the_one_printed(tmp_path):
+    run = make_run(tmp_path, "r", method="lora", sharing={"lora": "multiple"}, display="my LoRA", metrics=VALIDATED)
+    assert collect_runs([run])[0].method == "my LoRA"
+
+
 def test_a_whole_report_imports_no_torch(tmp_path):
-    a = make_run(tmp_path, "adapter", metrics=VALIDATED, evals={"val": {"vqa": 70.0}})
-    b = make_run(tmp_path, "lora", method="lora", percent=7.5, metrics=VALIDATED[:1])
+    a = make_run(tmp_path, "adapter", metrics=VALIDATED, evals={"val": {"vqa": 70.0}}, display="single adapter")
+    b = make_run(tmp_path, "lora", method="lora", percent=7.5, metrics=VALIDATED[:1], display="single LoRA")
     out = tmp_path / "reports"
     code = ("import sys; from click.testing import CliRunner; from vl.shared.cli import cli; "
             f"result = CliRunner().invoke(cli, ['report', {str(a)!r}, {str(b)!r}, '--out', {str(out)!r}]); "

@@ -25,7 +25,7 @@ from vl.shared.feature_store import FeatureStore
 from vl.shared.run_dir import BEST, CONFIG_FILE, LAST, config_path, has_checkpoint, read_run_json, tokenizer_dir
 from vl.train.config import Checkpoint, TrainConfig
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
-from vl.train.peft.methods import METHODS, apply_method, budget_table
+from vl.train.peft.methods import apply_method, budget_table, carry_over
 from vl.train.run_dir import frozen_sha256, load_checkpoint
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
 
@@ -192,11 +192,7 @@ def starting_model(cfg: TrainConfig, feat_dim: int, vocab_size: int) -> VLModel:
     if cfg.dropout is not None and cfg.dropout != src.cfg.dropout:
         raise VLError(f"dropout comes from {source} (init_from), which built its model with dropout "
                       f"{src.cfg.dropout}; this config sets {cfg.dropout}", hint="Leave dropout unset.")
-    if src.cfg.method == "lora" and src.cfg.lora.sharing == "single":
-        from vl.train.peft.lora import merge_lora
-
-        merge_lora(src.model)
-    elif METHODS[src.cfg.method].sections:
+    if not carry_over(src.model, src.cfg.method, src.cfg):  # e.g. a single LoRA is merged into the weights
         raise VLError(f"{source} (init_from) trained with method {src.cfg.method}, whose added modules do not carry "
                       "over to another run", hint="Start from a run with method full, visual-only, visual+ln or a "
                                                   "single LoRA (merged into the weights).")

@@ -139,3 +139,22 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
         from vl.shared.run_dir import metrics_path
 
         click.echo(f"done: {run_dir} (metrics in {metrics_path(run_dir)})")
+
+
+@click.command("methods")
+def list_methods() -> None:
+    """The registered PEFT methods (vl.train.peft.registry)."""
+    from vl.shared.cli import print_rows
+    from vl.train.peft.methods import METHODS
+
+    print_rows([(name, spec.summary) for name, spec in METHODS.items()])
+
+
+@click.command("tasks")
+def list_tasks() -> None:
+    """The registered tasks (vl.train.tasks)."""
+    from vl.shared.cli import print_rows
+    from vl.train.tasks import TASKS
+
+    print_rows([(name, f"{task.media_kind}, scored by {task.metric}, prefix {task.prefix!r}")
+                for name, task in TASKS.items()])

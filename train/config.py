@@ -21,12 +21,7 @@ from typing import Any, Literal
 from vl.shared.config import literal_problems
 from vl.train.data import DataSettings, Sampling, TaskOptions
 from vl.train.model import BackboneInit, VisualBoxes, VisualInputs
-from vl.train.peft.adapter import AdapterConfig
-from vl.train.peft.compacter import CompacterConfig
-from vl.train.peft.hyperformer import HyperformerConfig
-from vl.train.peft.lora import LoRAConfig
-from vl.train.peft.methods import METHODS
-from vl.train.peft.prompt import PromptConfig
+from vl.train.peft.methods import METHODS, method_sections
 from vl.train.tasks import TASKS
 from vl.train.weight_decay import DecayRule
 
@@ -95,9 +90,14 @@ class OptimConfig:
 
 
 @dataclass
+@method_sections  # after `method`: one section per registered method with settings (adapter:, lora:, ...)
 class TrainConfig:
     """A whole run. `vl train -c this.yaml` reads it; the resolved copy is saved as
-    `<run_dir>/config.json` and `vl train --resume <run_dir>` reads that back."""
+    `<run_dir>/config.json` and `vl train --resume <run_dir>` reads that back.
+
+    Besides the fields below it has a field per PEFT method with settings, named as the
+    method and typed by its config dataclass (`adapter: AdapterConfig`, `hyperformer`,
+    `compacter`, `lora`, `prompt`), right after `method`: vl.train.peft.registry."""
 
     run_dir: Path = Path("runs/vl")
     tasks: list[TaskSpec] = field(default_factory=list)
@@ -113,11 +113,6 @@ class TrainConfig:
     tokenizer_manifests: list[Path] = field(default_factory=list)
     method: str = "full"  # what trains: full, visual-only, visual+ln, adapter, hyperformer, compacter, lora, prompt,
     #                       adapter+prompt (vl.train.peft.methods); its settings are in the section of that name
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    hyperformer: HyperformerConfig = field(default_factory=HyperformerConfig)
-    compacter: CompacterConfig = field(default_factory=CompacterConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
     # how visual tokens enter the encoder (vl.train.model): "reference" as the paper's code (the
     # presets), "packed" our own layout (positions and norm over all tokens, real boxes)
     visual_inputs: VisualInputs = "packed"

@@ -61,7 +61,7 @@ from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
 from vl.train.build import build_model, inherit_from_run
 from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, make_loader
 from vl.train.model import BACKBONE_SHAPES, VLModel, count_parameters
-from vl.train.peft.methods import uses_every_parameter_each_step
+from vl.train.peft.methods import display_name, uses_every_parameter_each_step
 from vl.train.predict import MODEL_INPUTS, generate_predictions, to_device
 from vl.train.run_dir import load_checkpoint, plot_curves, save_checkpoint, write_run_json
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer, vis_token_ids
@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
         save_config(cfg, config_path(run_dir))
         write_run_json(run_dir, cfg, model, manifests=dict.fromkeys(
             p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
-            stores=list(stores.values()))
+            stores=list(stores.values()), method={"name": cfg.method, "display": display_name(cfg.method, cfg)})
 
     def extra_state(epoch: int, stopped: str | None = None) -> dict:
         return {"epoch": epoch, "step": step, "best": best, "best_metric": cfg.best_metric,

@@ -259,12 +259,15 @@ class RunManifest:
     git_revision: str | None
     git_dirty: bool | None
     created: str
+    # {"name": the config's method, "display": its name in `vl report`} (vl.train.peft.registry), so
+    # that a report needs no method registry (no torch)
+    method: dict = dataclasses.field(default_factory=dict)
     kind: str = RUN_KIND
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
     def collect(cls, config: Any, model: nn.Module, manifests: Iterable[str | os.PathLike] = (),
-                stores: Iterable[str | os.PathLike | FeatureStore] = ()) -> "RunManifest":
+                stores: Iterable[str | os.PathLike | FeatureStore] = (), method: dict | None = None) -> "RunManifest":
         """Gather everything: digests the files (a large store takes seconds per GB to hash)."""
         if dataclasses.is_dataclass(config) and not isinstance(config, type):
             from vl.shared.config import config_to_dict
@@ -293,6 +296,7 @@ class RunManifest:
             model=model_facts(model),
             versions=library_versions(), git_revision=revision, git_dirty=dirty,
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            method=dict(method or {}),
         )
 
     def to_dict(self) -> dict:
@@ -325,9 +329,9 @@ def model_facts(model: nn.Module) -> dict:
 
 def write_run_json(run_dir: str | os.PathLike, config: Any, model: nn.Module,
                    manifests: Iterable[str | os.PathLike] = (),
-                   stores: Iterable[str | os.PathLike | FeatureStore] = ()) -> RunManifest:
+                   stores: Iterable[str | os.PathLike | FeatureStore] = (), method: dict | None = None) -> RunManifest:
     """Collect a RunManifest and write it to `<run_dir>/run.json` atomically."""
-    manifest = RunManifest.collect(config, model, manifests, stores)
+    manifest = RunManifest.collect(config, model, manifests, stores, method)
     manifest.write(run_dir)
     return manifest
 

@@ -12,8 +12,11 @@ modules plus what its freezing rule unfreezes (the visual projection, LayerNorms
 biases). The loop freezes everything, applies the method, then unfreezes exactly those
 names. Per-task modules read the batch's task from `model.task_state.current()`.
 
-The helpers below name the parameter groups that freezing rules are made of, by module
-type (never by searching parameter names for substrings).
+Each module registers itself (vl.train.peft.registry: `register_method`), and
+vl.train.peft.methods imports them all. The helpers below name the parameter groups that
+freezing rules are made of, by module type (never by searching parameter names for
+substrings); the methods that add no modules (full, visual-only, visual+ln) are
+registered here, from those groups alone.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from vl.shared.errors import VLError
 from vl.train.model import TaskState, VLModel
+from vl.train.peft.registry import register_method
 
 LAYER_NORMS = (nn.LayerNorm, T5LayerNorm)
 
@@ -45,6 +49,22 @@ def bias_names(model: nn.Module) -> list[str]:
     LoRA runs trained these too)."""
     return [f"{m}.bias" for m, module in model.named_modules()
             if isinstance(module, (nn.Linear, *LAYER_NORMS)) and getattr(module, "bias", None) is not None]
+
+
+def all_parameter_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in model.named_parameters()]
+
+
+def visual_and_layer_norm_names(model: nn.Module) -> list[str]:
+    return list(dict.fromkeys(visual_projection_names(model) + layer_norm_names(model)))
+
+
+# The methods that add no modules: the paper's baseline and its ablations. Registered before
+# any method module is imported (this package's __init__ runs first), so they list first.
+register_method("full", "every parameter", base=all_parameter_names, display="full fine-tuning")
+register_method("visual-only", "the visual projection", base=visual_projection_names, display="visual-only")
+register_method("visual+ln", "the visual projection and every LayerNorm", base=visual_and_layer_norm_names,
+                display="visual + LayerNorms")
 
 
 def reference_reinit(modules: nn.Module, model: VLModel) -> None:

@@ -38,6 +38,7 @@ from vl.shared.config import literal_problems
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft import for_task, reference_reinit, task_name_problems
+from vl.train.peft.registry import group_under, register_method
 from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
 # Names of transformers.activations.ACT2FN accepted here (written out so the config needs no torch).
@@ -124,3 +125,5 @@ def apply_adapters(model: VLModel, cfg: AdapterConfig, tasks: list[str]) -> list
 
 
 apply = apply_adapters
+register_method("adapter", "adapters, LayerNorms, visual projection", config=AdapterConfig, apply=apply_adapters,
+                display=("adapter", "adapters"), groups=group_under("adapters", "adapters", per_site=True))

@@ -38,6 +38,7 @@ from vl.shared.errors import collect_or_raise
 from vl.train.model import VLModel
 from vl.train.peft.adapter import BottleneckAdapter, bottleneck_problems
 from vl.train.peft import reference_reinit, task_name_problems
+from vl.train.peft.registry import group_under, register_method
 from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
 
@@ -146,3 +147,6 @@ def apply_compacter(model: VLModel, cfg: CompacterConfig, tasks: list[str]) -> l
 
 
 apply = apply_compacter
+register_method("compacter", "PHM adapters, LayerNorms, visual projection", config=CompacterConfig,
+                apply=apply_compacter, display=("compacter", "compacters"),
+                groups=group_under("compacter", "compacter", per_site=True))

@@ -43,6 +43,7 @@ from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft.adapter import bottleneck_problems
 from vl.train.peft import for_task, reference_reinit, task_name_problems
+from vl.train.peft.registry import group_under, register_method
 from vl.train.peft.sites import STACKS, attach, check_free, find_sites, trainable_names
 
 
@@ -142,3 +143,7 @@ def apply_hyperformer(model: VLModel, cfg: HyperformerConfig, tasks: list[str]) 
 
 
 apply = apply_hyperformer
+register_method("hyperformer", "task/layer embeddings and hypernetworks, LayerNorms, visual projection",
+                config=HyperformerConfig, apply=apply_hyperformer, display="hyperformer",
+                groups=group_under("hyperformer", "hyperformer"),
+                every_parameter_each_step=lambda cfg: False)  # a step trains its own task's embedding only

@@ -34,6 +34,7 @@ from vl.shared.config import literal_problems
 from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft import LAYER_NORMS, bias_names, task_name_problems, visual_projection_names
+from vl.train.peft.registry import register_method
 
 SHARED = "shared"  # the one key of sharing="single"
 ATTENTIONS = (BartAttention, T5Attention)
@@ -260,3 +261,20 @@ def export_peft(model: VLModel, out_dir: str | Path, task: str | None = None) ->
     save_file(tensors, str(out / "adapter_model.safetensors"))
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _lora_group(module_name: str, module: nn.Module, attr: str) -> str | None:
+    """The dry-run group of the A and B matrices (`....q.lora_A.<key>.weight`)."""
+    return "LoRA" if attr.startswith("lora_") or ".lora_" in module_name else None
+
+
+def _merged(model: VLModel, cfg: LoRAConfig) -> bool:
+    """A run can start from a single LoRA, merged into its base weights; not from one per task."""
+    if cfg.sharing != "single":
+        return False
+    merge_lora(model)
+    return True
+
+
+register_method("lora", "LoRA matrices, every bias, visual projection", config=LoRAConfig, apply=apply_lora,
+                display=("LoRA", "LoRA"), groups=_lora_group, to_plain_model=_merged)

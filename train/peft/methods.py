@@ -11,108 +11,105 @@ each one adds and trains, and the table of trainable parameters `--dry-run` prin
     prompt         trainable encoder prompts (`prompt.sharing`)
     adapter+prompt adapters and prompts together
 
-Each method's settings live in its config section (`adapter:`, `lora:`, ...); the
-freezing rule is part of the method (see each module), never a search over names.
+Each method registers itself in its own module (vl.train.peft.registry); this module
+imports them all (METHOD MODULES below: a new method is one more import there), registers
+the composite adapter+prompt, and reads everything else from the registry. Each method's
+settings live in its config section (`adapter:`, `lora:`, ...); the freezing rule is part
+of the method (see each module), never a search over names.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
-from vl.shared.errors import VLError
 from vl.train.model import VLModel
-from vl.train.peft import LAYER_NORMS, layer_norm_names, visual_projection_names
+from vl.train.peft import LAYER_NORMS
+from vl.train.peft.registry import METHODS, applied, display_name, get_method, register_method, sections
 
+# METHOD MODULES: each registers its method when imported; `vl list methods` and error
+# messages list them in this order (after full, visual-only, visual+ln: vl.train.peft).
+from vl.train.peft import adapter  # noqa: E402,F401,I001  (isort: keep this order)
+from vl.train.peft import hyperformer  # noqa: E402,F401
+from vl.train.peft import compacter  # noqa: E402,F401
+from vl.train.peft import lora  # noqa: E402,F401
+from vl.train.peft import prompt  # noqa: E402,F401
 
-@dataclass(frozen=True)
-class Method:
-    summary: str  # what trains, for --help and the README
-    sections: tuple[str, ...] = ()  # config sections applied, in order (adapter, lora, prompt, ...)
-    base: Callable[[VLModel], list[str]] | None = None  # trainable names without added modules
+register_method("adapter+prompt", "adapters, prompts, LayerNorms, visual projection", parts=("adapter", "prompt"))
 
-
-def _all(model: VLModel) -> list[str]:
-    return [name for name, _ in model.named_parameters()]
-
-
-def _visual_and_ln(model: VLModel) -> list[str]:
-    return list(dict.fromkeys(visual_projection_names(model) + layer_norm_names(model)))
-
-
-METHODS: dict[str, Method] = {
-    "full": Method("every parameter", base=_all),
-    "visual-only": Method("the visual projection", base=visual_projection_names),
-    "visual+ln": Method("the visual projection and every LayerNorm", base=_visual_and_ln),
-    "adapter": Method("adapters, LayerNorms, visual projection", ("adapter",)),
-    "hyperformer": Method("task/layer embeddings and hypernetworks, LayerNorms, visual projection", ("hyperformer",)),
-    "compacter": Method("PHM adapters, LayerNorms, visual projection", ("compacter",)),
-    "lora": Method("LoRA matrices, every bias, visual projection", ("lora",)),
-    "prompt": Method("prompt vectors and their MLP, visual projection", ("prompt",)),
-    "adapter+prompt": Method("adapters, prompts, LayerNorms, visual projection", ("adapter", "prompt")),
-}
-
-
-def _appliers() -> dict[str, Callable]:
-    from vl.train.peft import adapter, compacter, hyperformer, lora, prompt
-
-    return {"adapter": adapter.apply_adapters, "hyperformer": hyperformer.apply_hyperformer,
-            "compacter": compacter.apply_compacter, "lora": lora.apply_lora, "prompt": prompt.apply_prompt}
+__all__ = ["METHODS", "apply_method", "budget_table", "carry_over", "display_name", "method_sections",
+           "parameter_groups", "uses_every_parameter_each_step"]
 
 
 def apply_method(model: VLModel, method: str, settings: Any, tasks: list[str]) -> list[str]:
     """Add `method`'s modules to `model` (its sections' settings are attributes of
     `settings`, e.g. settings.adapter) and return the names of every parameter that trains."""
-    if method not in METHODS:
-        raise VLError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    spec, appliers = METHODS[method], _appliers()
+    spec = get_method(method)
     names = spec.base(model) if spec.base else []
-    for section in spec.sections:
-        names += appliers[section](model, getattr(settings, section), tasks)
+    for part in applied(method):
+        names += part.apply(model, getattr(settings, part.name), tasks)
     return list(dict.fromkeys(names))
 
 
 def uses_every_parameter_each_step(method: str, settings: Any) -> bool:
     """False where a step leaves some trainable parameters without a gradient (per-task
     modules of the other tasks): DDP must then look for unused parameters."""
-    if method == "hyperformer":
-        return False  # one task embedding per task
-    return all(getattr(getattr(settings, s), "sharing", "single") == "single" for s in METHODS[method].sections)
+    return all(part.every_parameter_each_step(getattr(settings, part.name)) for part in applied(method))
+
+
+def carry_over(model: VLModel, method: str, settings: Any) -> bool:
+    """Make `model`, trained with `method`, a plain VLModel another run can start from
+    (init_from): True when done (nothing to do for a method that adds no modules), False
+    when its added modules cannot carry over."""
+    return all(part.to_plain_model is not None and part.to_plain_model(model, getattr(settings, part.name))
+               for part in applied(method))
+
+
+def method_sections(cls: type) -> type:
+    """Give a config class (before @dataclass) one field per registered method section,
+    `adapter: AdapterConfig = field(default_factory=AdapterConfig)` and so on, placed right
+    after its `method` field, so the YAML reads `adapter:`, `lora:`, ... as before."""
+    from dataclasses import field
+
+    annotations = {}
+    for name, hint in cls.__annotations__.items():
+        annotations[name] = hint
+        if name == "method":
+            for section, config in sections().items():
+                annotations[section] = config
+                setattr(cls, section, field(default_factory=config))
+    assert "method" in annotations, f"{cls.__name__} has no `method` field to put the sections after"
+    cls.__annotations__ = annotations
+    return cls
 
 
 # -- the dry-run table ---------------------------------------------------------------------
 
-GROUP_ATTRS = {"adapters": "adapters", "compacter": "compacter", "hyperformer": "hyperformer",
-               "encoder_prompt": "prompt", "visual_embedding": "visual projection"}
+def _model_group(module_name: str, module: nn.Module, attr: str) -> str:
+    """The group of a parameter that no method added."""
+    if module_name.split(".")[0] == "visual_embedding":
+        return "visual projection"
+    if isinstance(module, LAYER_NORMS):
+        return "LayerNorms"
+    if attr == "bias":
+        return "biases (Linear)"
+    if isinstance(module, nn.Embedding):
+        return "token embedding"
+    return "backbone weights"
 
 
 def parameter_groups(model: VLModel) -> dict[str, tuple[int, int]]:
     """{group: (trainable, total)} over the model's parameters, each counted once: the
     visual projection, LayerNorms, biases, a method's modules (adapters by stack and site,
     LoRA matrices, prompts, hypernetworks), the backbone's other weights."""
+    method_groups = [spec.groups for spec in METHODS.values() if spec.groups is not None]
     owner: dict[int, str] = {}  # id(param) -> group
     for module_name, module in model.named_modules():
-        head = module_name.split(".")[0]
         for attr, p in module.named_parameters(recurse=False):
             if id(p) in owner:
                 continue
-            if head in GROUP_ATTRS:
-                group = GROUP_ATTRS[head]
-                if head in ("adapters", "compacter"):  # adapters.<stack>.<layer>.<site>...
-                    parts = module_name.split(".")
-                    group = f"{group}: {parts[1]} {parts[3]}" if len(parts) > 3 else group
-            elif attr.startswith("lora_") or ".lora_" in module_name:
-                group = "LoRA"
-            elif isinstance(module, LAYER_NORMS):
-                group = "LayerNorms"
-            elif attr == "bias":
-                group = "biases (Linear)"
-            elif isinstance(module, nn.Embedding):
-                group = "token embedding"
-            else:
-                group = "backbone weights"
-            owner[id(p)] = group
+            method_group = next((g for groups in method_groups if (g := groups(module_name, module, attr))), None)
+            owner[id(p)] = method_group or _model_group(module_name, module, attr)
     groups: dict[str, list[int]] = {}
     for p in model.parameters():
         g = groups.setdefault(owner[id(p)], [0, 0])

@@ -38,6 +38,7 @@ from vl.shared.config import literal_problems
 from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft import reference_reinit, task_name_problems, visual_projection_names
+from vl.train.peft.registry import group_under, register_method
 
 SHARED = "shared"  # the one key of sharing="single"
 INIT_STD = 0.02  # BART's init_std: the reference's init_weights re-initialised every Linear/Embedding of VLBart
@@ -129,3 +130,8 @@ def apply_prompt(model: VLModel, cfg: PromptConfig, tasks: list[str]) -> list[st
     trainable += visual_projection_names(model)
     assert set(trainable) <= dict(model.named_parameters()).keys()
     return trainable
+
+
+apply = apply_prompt
+register_method("prompt", "prompt vectors and their MLP, visual projection", config=PromptConfig, apply=apply_prompt,
+                display=("prompt", "prompts"), groups=group_under("encoder_prompt", "prompt"))

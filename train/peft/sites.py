@@ -10,8 +10,9 @@ the residual (VL-Adapter's placement, reference `my_transformers/modeling_{bart,
 Each site gets a forward hook that replaces the module's output `h` (the first element
 when the module returns a tuple, as attention modules do) by `adapter(h)`. The method's
 modules live on the model as one attribute (`model.adapters`, `model.hyperformer` or
-`model.compacter`), so `named_parameters`, `state_dict`, `.to()` and DDP see them; the hook
-handles are kept on that module, and `detach` removes both.
+`model.compacter`, the `attr` given to `attach`), so `named_parameters`, `state_dict`,
+`.to()` and DDP see them; the hook handles are kept on that module (which is how
+`check_free` and `detach` find it), and `detach` removes both.
 """
 from __future__ import annotations
 
@@ -29,9 +30,6 @@ from vl.train.peft import layer_norm_names, visual_projection_names
 
 STACKS = ("encoder", "decoder")
 SITE_KINDS = ("self_attn", "cross_attn", "ffn")
-# The model attributes of the adapter family. One at a time, as in the reference
-# (trainer_base.py L130-132): two of them would put two adapters on each site.
-FAMILY_ATTRS = ("adapters", "hyperformer", "compacter")
 
 
 @dataclass(frozen=True)
@@ -70,9 +68,15 @@ def find_sites(model: VLModel) -> list[Site]:
     return sites
 
 
+def _attached(model: VLModel) -> list[str]:
+    """The model attributes that `attach` registered: the adapter family's modules."""
+    return [name for name, module in model.named_children() if hasattr(module, "hook_handles")]
+
+
 def check_free(model: VLModel) -> None:
-    """Refuse a second adapter-family method on the same model."""
-    taken = [a for a in FAMILY_ATTRS if hasattr(model, a)]
+    """Refuse a second adapter-family method on the same model: one at a time, as in the
+    reference (trainer_base.py L130-132); two would put two adapters on each site."""
+    taken = _attached(model)
     if taken:
         raise VLError(f"this model already has `{taken[0]}` modules; apply one of adapter, hyperformer, "
                       "compacter per model (or `detach` it first)")
@@ -115,13 +119,12 @@ def attach(model: VLModel, attr: str, modules: nn.Module, sites: list[Site],
 
 def detach(model: VLModel) -> bool:
     """Remove the adapter-family method's hooks and modules from `model`; False if none was applied."""
-    for attr in FAMILY_ATTRS:
-        if hasattr(model, attr):
-            for handle in getattr(model, attr).hook_handles:
-                handle.remove()
-            delattr(model, attr)
-            return True
-    return False
+    attached = _attached(model)  # one at most (check_free)
+    for attr in attached:
+        for handle in getattr(model, attr).hook_handles:
+            handle.remove()
+        delattr(model, attr)
+    return bool(attached)
 
 
 def trainable_names(model: VLModel, attr: str, train_layer_norms: bool) -> list[str]:

@@ -1,0 +1,127 @@
+"""The registry of PEFT methods, filled by each method's own module (timm's `register_model`).
+
+A method module ends with one call,
+
+    register_method("adapter", summary="adapters, LayerNorms, visual projection", config=AdapterConfig,
+                    apply=apply_adapters, display=("adapter", "adapters"), groups=parameter_group)
+
+and everything that depends on the method reads it from `METHODS`: the config section of
+TrainConfig (`adapter:`, named as the method), what `apply_method` adds and trains, the
+rows of the dry-run table, whether DDP must look for unused parameters, whether a run can
+start from it (`init_from`), and its name in `vl report`. Composites (`full`,
+`adapter+prompt`, ...) are registered with `parts` or `base` instead of `apply`. No code
+outside a method's own module branches on its name.
+
+The method modules are imported, in a fixed order, by vl.train.peft.methods (`METHOD_MODULES`):
+adding a method is one new module there plus its tests. This module imports no torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from vl.shared.errors import VLError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from vl.train.model import VLModel
+
+
+def _sharing(settings: Any) -> str:
+    """A section's `sharing` ("single" when it has none), from its dataclass or its dict in config.json."""
+    value = settings.get("sharing", "single") if isinstance(settings, Mapping) else getattr(settings, "sharing",
+                                                                                          "single")
+    return str(value)
+
+
+def _single(settings: Any) -> bool:
+    return _sharing(settings) == "single"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str  # `method:` in the config; also the name of its config section when it has one
+    summary: str  # what trains, for `vl list methods`
+    # its config section's dataclass (None: no settings); TrainConfig gets a field of this name
+    config: type | None = None
+    # apply(model, its section's settings, tasks) -> names of every parameter that trains
+    apply: Callable[["VLModel", Any, list[str]], list[str]] | None = None
+    # composites: the registered methods applied in order, and the trainable names without added modules
+    parts: tuple[str, ...] = ()
+    base: Callable[["VLModel"], list[str]] | None = None
+    # what `vl report` prints: a fixed name ("": the method's own), or (one, several) -> "single adapter",
+    # "multiple adapters" by its section's `sharing`
+    display: str | tuple[str, str] = ""
+    # groups(module_name, module, attr) -> the dry-run table's group of that parameter, or None (not the method's)
+    groups: Callable[[str, "nn.Module", str], str | None] | None = None
+    # False where a step leaves some trainable parameters without a gradient (per-task modules of other tasks)
+    every_parameter_each_step: Callable[[Any], bool] = _single
+    # a run starting from one trained with this method (init_from): turn its model into a plain VLModel
+    # (e.g. merge LoRA into the weights) and return True, or False when its modules cannot carry over;
+    # None: they never can (a method that adds no modules carries over as it is)
+    to_plain_model: Callable[["VLModel", Any], bool] | None = None
+
+
+METHODS: dict[str, MethodSpec] = {}  # name -> spec, in registration order
+
+
+def register_method(name: str, summary: str, **spec: Any) -> MethodSpec:
+    """Add a method to METHODS (see MethodSpec for the fields); a name is registered once."""
+    assert name not in METHODS, f"method {name!r} is registered twice"
+    entry = MethodSpec(name, summary, **spec)
+    assert bool(entry.apply) != bool(entry.parts or entry.base), f"{name}: give apply, or parts/base, not both"
+    assert all(p in METHODS and METHODS[p].apply for p in entry.parts), f"{name}: register its parts first"
+    METHODS[name] = entry
+    return entry
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise VLError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def applied(name: str) -> list[MethodSpec]:
+    """The methods that add modules when `name` is applied: itself, or a composite's parts."""
+    spec = get_method(name)
+    return [METHODS[p] for p in spec.parts] if not spec.apply else [spec]
+
+
+def sections() -> dict[str, type]:
+    """{section name: config dataclass} of every registered method that has settings."""
+    return {name: spec.config for name, spec in METHODS.items() if spec.config is not None}
+
+
+def group_under(attr: str, label: str, per_site: bool = False) -> Callable[[str, Any, str], str | None]:
+    """A `groups` function for a method whose modules are the model attribute `attr`: all
+    its parameters in one group `label`, or with per_site one group per stack and site kind
+    (`<attr>.<stack>.<layer>.<kind>...` -> "adapters: encoder ffn")."""
+    def group(module_name: str, module: Any, param: str) -> str | None:
+        parts = module_name.split(".")
+        if parts[0] != attr:
+            return None
+        return f"{label}: {parts[1]} {parts[3]}" if per_site and len(parts) > 3 else label
+
+    return group
+
+
+def display_name(method: str, settings: Any) -> str:
+    """The method as the paper names it ("single adapter", "multiple LoRA", "full fine-tuning",
+    "single adapter + multiple prompts"); `settings` holds the sections (TrainConfig, or the
+    dict of config.json). An unknown method keeps its own name."""
+    if method not in METHODS:
+        return method
+    spec = METHODS[method]
+    if isinstance(spec.display, str) and (spec.display or not spec.parts):
+        return spec.display or method
+    names = []
+    for part in applied(method):
+        if isinstance(part.display, str):
+            names.append(part.display or part.name)
+            continue
+        one, several = part.display
+        section = settings.get(part.name) if isinstance(settings, Mapping) else getattr(settings, part.name, None)
+        sharing = _sharing(section) if section is not None else "single"
+        names.append(f"single {one}" if sharing == "single" else f"{sharing} {several}")
+    return " + ".join(names)
