@@ -57,6 +57,16 @@ def test_the_registry_lists_the_papers_methods_in_order_and_a_miss_names_them():
         register_method("lora", "again", apply=lambda model, cfg, tasks: [])
 
 
+def test_the_order_holds_whichever_method_module_is_imported_first():
+    code = ("import vl.train.peft.prompt, vl.train.peft.compacter; from vl.train.peft.methods import METHODS; "
+            "from vl.train.config import TrainConfig; import dataclasses; "
+            "print(list(METHODS)); print([f.name for f in dataclasses.fields(TrainConfig)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == str(["full", "visual-only", "visual+ln", "adapter", "hyperformer", "compacter", "lora", "prompt",
+                          "adapter+prompt"])
+    assert "'adapter', 'hyperformer', 'compacter', 'lora', 'prompt'" in out[1]
+
+
 def test_train_config_has_one_section_per_method_with_settings():
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     assert list(sections()) == ["adapter", "hyperformer", "compacter", "lora", "prompt"]

@@ -20,6 +20,8 @@ registered here, from those groups alone.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5LayerNorm
@@ -65,6 +67,20 @@ register_method("full", "every parameter", base=all_parameter_names, display="fu
 register_method("visual-only", "the visual projection", base=visual_projection_names, display="visual-only")
 register_method("visual+ln", "the visual projection and every LayerNorm", base=visual_and_layer_norm_names,
                 display="visual + LayerNorms")
+
+
+def linear(d_in: int, d_out: int, init: Literal["zero", "normal", "default"], std: float = 0.02) -> nn.Linear:
+    """An nn.Linear for a method's added modules: `default` keeps PyTorch's own init (what the
+    reference's adapters were built with); `normal` draws the weight from N(0, std) and
+    `zero` zeroes it, both with a zero bias."""
+    layer = nn.Linear(d_in, d_out)
+    if init != "default":
+        nn.init.zeros_(layer.bias)
+        if init == "zero":
+            nn.init.zeros_(layer.weight)
+        else:
+            nn.init.normal_(layer.weight, std=std)
+    return layer
 
 
 def reference_reinit(modules: nn.Module, model: VLModel) -> None:

@@ -37,7 +37,7 @@ from transformers.activations import ACT2FN
 from vl.shared.config import literal_problems
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
-from vl.train.peft import for_task, reference_reinit, task_name_problems
+from vl.train.peft import for_task, linear, reference_reinit, task_name_problems
 from vl.train.peft.registry import group_under, register_method
 from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
 
@@ -86,18 +86,6 @@ class BottleneckAdapter(nn.Module):
         return x + up(self.act(down(x)))
 
 
-def _linear(d_in: int, d_out: int, init: Literal["zero", "normal", "default"]) -> nn.Linear:
-    """default: PyTorch's own init, which the reference's adapters were built with."""
-    layer = nn.Linear(d_in, d_out)
-    if init != "default":
-        nn.init.zeros_(layer.bias)
-        if init == "zero":
-            nn.init.zeros_(layer.weight)
-        else:
-            nn.init.normal_(layer.weight, std=0.02)
-    return layer
-
-
 def apply_adapters(model: VLModel, cfg: AdapterConfig, tasks: list[str]) -> list[str]:
     """Add bottleneck adapters at every site of `model` as `model.adapters`
     (names `adapters.<encoder|decoder>.<layer>.<self_attn|cross_attn|ffn>.<down|up>[.<task>].weight`);
@@ -116,7 +104,7 @@ def apply_adapters(model: VLModel, cfg: AdapterConfig, tasks: list[str]) -> list
 
     sites = find_sites(model)
     modules = per_site(sites, lambda s: BottleneckAdapter(
-        lambda: _linear(d, bottleneck, down_init), lambda: _linear(bottleneck, d, up_init),
+        lambda: linear(d, bottleneck, down_init), lambda: linear(bottleneck, d, up_init),
         cfg.activation, model.task_state, down_tasks, up_tasks))
     if cfg.init == "reference":
         reference_reinit(modules, model)  # BART: N(0, 0.02); T5: PyTorch's default stays

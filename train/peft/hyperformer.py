@@ -42,7 +42,7 @@ from vl.shared.config import literal_problems
 from vl.shared.errors import collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft.adapter import bottleneck_problems
-from vl.train.peft import for_task, reference_reinit, task_name_problems
+from vl.train.peft import for_task, linear, reference_reinit, task_name_problems
 from vl.train.peft.registry import group_under, register_method
 from vl.train.peft.sites import STACKS, attach, check_free, find_sites, trainable_names
 
@@ -64,13 +64,8 @@ class HyperformerConfig:
 
 
 def _linear(d_in: int, d_out: int, zero: bool = False) -> nn.Linear:
-    layer = nn.Linear(d_in, d_out)
-    nn.init.zeros_(layer.bias)
-    if zero:
-        nn.init.zeros_(layer.weight)
-    else:
-        nn.init.normal_(layer.weight, std=0.01)
-    return layer
+    """The hypernetworks' layers: weights N(0, 0.01) (or zero), zero bias."""
+    return linear(d_in, d_out, "zero" if zero else "normal", std=0.01)
 
 
 class AdapterGenerator(nn.Module):

@@ -12,13 +12,14 @@ each one adds and trains, and the table of trainable parameters `--dry-run` prin
     adapter+prompt adapters and prompts together
 
 Each method registers itself in its own module (vl.train.peft.registry); this module
-imports them all (METHOD MODULES below: a new method is one more import there), registers
+imports them all (METHOD_MODULES below: a new method is one more name there), registers
 the composite adapter+prompt, and reads everything else from the registry. Each method's
 settings live in its config section (`adapter:`, `lora:`, ...); the freezing rule is part
 of the method (see each module), never a search over names.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from torch import nn
@@ -27,14 +28,21 @@ from vl.train.model import VLModel
 from vl.train.peft import LAYER_NORMS
 from vl.train.peft.registry import METHODS, applied, display_name, get_method, register_method, sections
 
-# METHOD MODULES: each registers its method when imported; `vl list methods` and error
-# messages list them in this order (after full, visual-only, visual+ln: vl.train.peft).
-from vl.train.peft import adapter  # noqa: E402,F401,I001  (isort: keep this order)
-from vl.train.peft import hyperformer  # noqa: E402,F401
-from vl.train.peft import compacter  # noqa: E402,F401
-from vl.train.peft import lora  # noqa: E402,F401
-from vl.train.peft import prompt  # noqa: E402,F401
+# METHOD MODULES: each registers its method when imported; `vl list methods`, error
+# messages and TrainConfig's sections list them in this order (after full, visual-only,
+# visual+ln: vl.train.peft), whichever of them some other module imported first.
+METHOD_MODULES = ("adapter", "hyperformer", "compacter", "lora", "prompt")
 
+
+def _register_in_order() -> None:
+    modules = [importlib.import_module(f"vl.train.peft.{name}").__name__ for name in METHOD_MODULES]
+    rank = {module: i for i, module in enumerate(modules)}
+    ordered = sorted(METHODS.values(), key=lambda m: rank.get(m.apply.__module__, -1) if m.apply else -1)
+    METHODS.clear()  # stable sort: the built-in methods (no apply) stay first, in their order
+    METHODS.update((m.name, m) for m in ordered)
+
+
+_register_in_order()
 register_method("adapter+prompt", "adapters, prompts, LayerNorms, visual projection", parts=("adapter", "prompt"))
 
 __all__ = ["METHODS", "apply_method", "budget_table", "carry_over", "display_name", "method_sections",
