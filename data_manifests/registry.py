@@ -21,6 +21,7 @@ from typing import Any, Callable
 from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError
 from vl.shared.manifest import DatasetManifest, ManifestMeta, SourceFile, write_manifest
+from vl.shared.registry import Registry
 
 # Modules that register converters; imported on first lookup so `vl data --help` stays instant.
 CONVERTER_MODULES = ("vqa2", "gqa", "nlvr2", "coco_caption", "value_qa", "value_caption")
@@ -108,7 +109,7 @@ class Converter:
         return main or name in self.needs or name in self.accepts
 
 
-CONVERTERS: dict[str, Converter] = {}
+CONVERTERS: Registry[Converter] = Registry("dataset", sort=True)
 
 
 def register(name: str, *, task: str, media: str, needs: tuple[str, ...], reads: str,
@@ -116,24 +117,20 @@ def register(name: str, *, task: str, media: str, needs: tuple[str, ...], reads:
     assert set(several) <= set(MULTI_FILE_FLAGS), several
 
     def wrap(fn: Callable[[ConvertRequest], "list[dict] | Converted"]):
-        assert name not in CONVERTERS, f"converter {name} registered twice"
-        CONVERTERS[name] = Converter(name, task, media, needs, reads, fn, fn.__module__, accepts, several)
+        CONVERTERS.add(name, Converter(name, task, media, needs, reads, fn, fn.__module__, accepts, several))
         return fn
 
     return wrap
 
 
-def load_converters() -> dict[str, Converter]:
+def load_converters() -> Registry[Converter]:
     for module in CONVERTER_MODULES:
         importlib.import_module(f"vl.data_manifests.{module}")
     return CONVERTERS
 
 
 def get_converter(name: str) -> Converter:
-    converters = load_converters()
-    if name not in converters:
-        raise VLError(f"unknown dataset {name!r}; choose one of: {', '.join(sorted(converters))}")
-    return converters[name]
+    return load_converters().lookup(name)
 
 
 def _flag(name: str) -> str:

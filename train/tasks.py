@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, NamedTuple, Sequence
 
 from vl.shared.answers import vqa_soft_scores
-from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.errors import collect_or_raise
+from vl.shared.registry import Registry
 
 Count = Callable[[str], int]
 Target = tuple[str, float]
@@ -253,23 +254,20 @@ class Task:
         return items
 
 
-TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("task", sort=True)
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     def wrap(cls: type[Task]) -> type[Task]:
-        assert name not in TASKS, f"task {name} registered twice"
         cls.name = name
-        TASKS[name] = cls()
+        TASKS.add(name, cls())
         return cls
 
     return wrap
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise VLError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+    return TASKS.lookup(name)
 
 
 # --- image tasks -------------------------------------------------------------------

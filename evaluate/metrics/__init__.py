@@ -13,22 +13,17 @@ from __future__ import annotations
 import importlib
 from typing import Any, Iterable, Mapping
 
-from vl.shared.errors import VLError
+from vl.shared.registry import Registry
 
 # Task.metric -> the module whose score_examples computes it
-METRICS = {
-    "vqa_accuracy": "vqa",
-    "gqa_accuracy": "gqa",
-    "nlvr2_accuracy": "nlvr2",
-    "mc_accuracy": "multiple_choice",
-    "caption": "captions",
-}
+METRICS: Registry[str] = Registry("metric")
+for _key, _module in (("vqa_accuracy", "vqa"), ("gqa_accuracy", "gqa"), ("nlvr2_accuracy", "nlvr2"),
+                      ("mc_accuracy", "multiple_choice"), ("caption", "captions")):
+    METRICS.add(_key, _module)
 
 
 def score(metric: str, predictions: Mapping[str, Any], examples: Iterable[Mapping[str, Any]],
           **kwargs: Any) -> dict[str, Any]:
     """Score `predictions` ({id: prediction}) against manifest `examples` with `metric`."""
-    if metric not in METRICS:
-        raise VLError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    module = importlib.import_module(f"vl.evaluate.metrics.{METRICS[metric]}")
+    module = importlib.import_module(f"vl.evaluate.metrics.{METRICS.lookup(metric)}")
     return module.score_examples(predictions, examples, **kwargs)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from vl.shared.errors import VLError
+from vl.shared.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -63,23 +63,19 @@ class MethodSpec:
     to_plain_model: Callable[["VLModel", Any], bool] | None = None
 
 
-METHODS: dict[str, MethodSpec] = {}  # name -> spec, in registration order
+METHODS: Registry[MethodSpec] = Registry("method")  # name -> spec, in registration order
 
 
 def register_method(name: str, summary: str, **spec: Any) -> MethodSpec:
     """Add a method to METHODS (see MethodSpec for the fields); a name is registered once."""
-    assert name not in METHODS, f"method {name!r} is registered twice"
     entry = MethodSpec(name, summary, **spec)
     assert bool(entry.apply) != bool(entry.parts or entry.base), f"{name}: give apply, or parts/base, not both"
     assert all(p in METHODS and METHODS[p].apply for p in entry.parts), f"{name}: register its parts first"
-    METHODS[name] = entry
-    return entry
+    return METHODS.add(name, entry)
 
 
 def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise VLError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def applied(name: str) -> list[MethodSpec]:
