@@ -67,6 +67,17 @@ def test_the_order_holds_whichever_method_module_is_imported_first():
     assert "'adapter', 'hyperformer', 'compacter', 'lora', 'prompt'" in out[1]
 
 
+def test_every_module_of_the_peft_folder_but_the_machinery_is_a_method_module(tmp_path):
+    import vl.train.peft as peft
+    from vl.train.peft.methods import method_modules
+
+    assert method_modules(peft.__path__) == ["adapter", "hyperformer", "compacter", "lora", "prompt"]
+    for name in ("zeta", "beta", "lora", "sites", "registry", "methods", "adapter"):
+        (tmp_path / f"{name}.py").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    assert method_modules([str(tmp_path)]) == ["adapter", "lora", "beta", "zeta"]  # the paper's first, then by name
+
+
 def test_train_config_has_one_section_per_method_with_settings():
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     assert list(sections()) == ["adapter", "hyperformer", "compacter", "lora", "prompt"]
@@ -143,7 +154,8 @@ register_method("toy", "the visual projection, by a toy", config=ToyConfig, appl
 def test_a_new_method_is_one_module_that_registers_itself(tmp_path):
     """What the README promises: a module with a config and `register_method` gets its config
     section, `--method`, the dry-run, its report name and `vl list methods`, with no other edit
-    (here imported before vl.train.config, as the list in vl.train.peft.methods does)."""
+    (here imported from a folder of its own before vl.train.config; in `train/peft/` vl.train.peft.methods
+    finds and imports it)."""
     (tmp_path / "toy_method.py").write_text(TOY_METHOD)
     (tmp_path / "run.yaml").write_text("method: toy\ntoy: {scale: 3, sharing: multiple}\nfeat_dim: 8\n"
                                        "tasks: [{name: vqa, train_manifest: m.jsonl, store: f.h5}]\n")

@@ -12,7 +12,7 @@ each one adds and trains, and the table of trainable parameters `--dry-run` prin
     adapter+prompt adapters and prompts together
 
 Each method registers itself in its own module (vl.train.peft.registry); this module
-imports them all (METHOD_MODULES below: a new method is one more name there), registers
+imports every module of `train/peft/` (a new method is one new file there), registers
 the composite adapter+prompt, and reads everything else from the registry. Each method's
 settings live in its config section (`adapter:`, `lora:`, ...); the freezing rule is part
 of the method (see each module), never a search over names.
@@ -20,7 +20,8 @@ of the method (see each module), never a search over names.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import pkgutil
+from typing import Any, Iterable
 
 from torch import nn
 
@@ -28,21 +29,29 @@ from vl.train.model import VLModel
 from vl.train.peft import LAYER_NORMS
 from vl.train.peft.registry import METHODS, applied, display_name, get_method, register_method, sections
 
-# METHOD MODULES: each registers its method when imported; `vl list methods`, error
-# messages and TrainConfig's sections list them in this order (after full, visual-only,
-# visual+ln: vl.train.peft), whichever of them some other module imported first.
-METHOD_MODULES = ("adapter", "hyperformer", "compacter", "lora", "prompt")
+# Every module of vl.train.peft but the machinery below registers a method when imported.
+# `vl list methods`, error messages and TrainConfig's sections list them after full,
+# visual-only and visual+ln (vl.train.peft): the paper's in its order, then any other by
+# name, whichever of them some other module imported first.
+MACHINERY = ("methods", "registry", "sites")
+PAPER_ORDER = ("adapter", "hyperformer", "compacter", "lora", "prompt")
 
 
-def _register_in_order() -> None:
-    modules = [importlib.import_module(f"vl.train.peft.{name}").__name__ for name in METHOD_MODULES]
+def method_modules(paths: Iterable[str]) -> list[str]:
+    """The method modules' names found in the package folders `paths`, in listing order."""
+    found = {m.name for m in pkgutil.iter_modules(list(paths)) if m.name not in MACHINERY}
+    return [m for m in PAPER_ORDER if m in found] + sorted(found - set(PAPER_ORDER))
+
+
+def _register_in_order(names: list[str]) -> None:
+    modules = [importlib.import_module(f"{__package__}.{name}").__name__ for name in names]
     rank = {module: i for i, module in enumerate(modules)}
     ordered = sorted(METHODS.values(), key=lambda m: rank.get(m.apply.__module__, -1) if m.apply else -1)
     METHODS.clear()  # stable sort: the built-in methods (no apply) stay first, in their order
     METHODS.update((m.name, m) for m in ordered)
 
 
-_register_in_order()
+_register_in_order(method_modules(importlib.import_module(__package__).__path__))
 register_method("adapter+prompt", "adapters, prompts, LayerNorms, visual projection", parts=("adapter", "prompt"))
 
 __all__ = ["METHODS", "apply_method", "budget_table", "carry_over", "display_name", "method_sections",

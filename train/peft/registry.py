@@ -12,7 +12,7 @@ start from it (`init_from`), and its name in `vl report`. Composites (`full`,
 `adapter+prompt`, ...) are registered with `parts` or `base` instead of `apply`. No code
 outside a method's own module branches on its name.
 
-The method modules are imported, in a fixed order, by vl.train.peft.methods (`METHOD_MODULES`):
+Every module of `train/peft/` is imported by vl.train.peft.methods (`method_modules`):
 adding a method is one new module there plus its tests. This module imports no torch.
 """
 from __future__ import annotations
