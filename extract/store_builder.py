@@ -274,7 +274,11 @@ class StoreBuilder:
         write_json_atomic(path, sidecar)
 
     def _shards(self) -> list[Path]:
-        return sorted(self.parts.glob("shard-*.h5"))
+        """The committed shards of every rank; none once the folder is gone (another rank that
+        found nothing left to keep may remove it while this one looks)."""
+        with contextlib.suppress(FileNotFoundError):
+            return sorted(self.parts.glob("shard-*.h5"))
+        return []
 
     def _shard_prefix(self) -> str:
         return f"shard-r{self.rank:04d}-"

@@ -117,6 +117,23 @@ def test_another_writer_is_refused_while_one_holds_the_store(tmp_path):
                 pass
 
 
+def test_a_parts_folder_another_rank_removes_while_this_one_lists_it_is_no_error(tmp_path, monkeypatch):
+    """torchrun ranks share the parts folder; one that found nothing to keep removes it, and
+    another listing it at that moment saw FileNotFoundError from inside Path.glob."""
+    import pathlib
+
+    path = tmp_path / "s.h5"
+    builder = StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32", shard_rows=2, rank=1)
+    with builder:
+        parts_dir(path).mkdir(exist_ok=True)
+
+        def vanished(self, pattern):
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+
+        monkeypatch.setattr(pathlib.Path, "glob", vanished)
+    assert builder._shards() == []
+
+
 def test_damaged_shard_is_redone_not_trusted(tmp_path):
     path = tmp_path / "s.h5"
     builder = StoreBuilder(path, dict(SETTINGS), {"grid": (4, 3)}, "float32", shard_rows=2)
