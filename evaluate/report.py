@@ -336,7 +336,12 @@ def _curves(rows: Sequence[RunRow], path: Path) -> tuple[bool, str | None]:
     if val:
         panels.append(Panel("validation mean score", val, "epoch", "mean score"))
     line_chart(panels, path)
-    return True, None if val else "curves.png shows the training loss only: no run has validation scores yet"
+    if val:
+        return True, None
+    if any(r.scores for r in rows):  # the table's scores came from `vl evaluate`, not from epochs
+        return True, ("curves.png shows the training loss only: no run validated during training "
+                      "(val_every: 0); the table's scores are `vl evaluate`'s")
+    return True, "curves.png shows the training loss only: no run has validation scores yet"
 
 
 def _write_files(rows: Sequence[RunRow], out_dir: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:

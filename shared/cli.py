@@ -17,7 +17,7 @@ from vl.shared.version import __version__
 # name -> (import string, one-line help shown by `vl --help` without importing)
 STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("vl.data_manifests.cli:data", "Dataset manifests: convert official files, check them, write the demo world."),
-    "extract": ("vl.extract.cli:extract", "Stage 1: CLIP features of images into a resumable HDF5 feature store."),
+    "extract": ("vl.extract.cli:extract", "Stage 1: CLIP features of images and video frames into a resumable HDF5 feature store."),
     "train": ("vl.train.cli:train", "Stage 2: train PEFT variants of VL-T5 / VL-BART on cached features."),
     "evaluate": ("vl.evaluate.cli:evaluate", "Stage 3: score runs with each task's official metric."),
     "report": ("vl.evaluate.report:report", "Compare runs: one table (CSV, Markdown) and the score-vs-budget plot."),

@@ -253,6 +253,16 @@ def test_no_average_no_teaser_figure_and_an_old_one_is_removed(tmp_path):
     assert collect_runs([run])[0].source == "not validated yet (2 epochs trained)"
 
 
+def test_scores_from_vl_evaluate_are_not_called_missing_when_no_epoch_validated(tmp_path):
+    """As in the demo: val_every 0, so metrics.jsonl has losses only, and `vl evaluate` scored val."""
+    run = make_run(tmp_path, "evaluated", metrics=[epoch(1, 3.0), epoch(2, 2.0)],
+                   evals={"val": {t: 50.0 for t in IMAGE_TASKS}})
+    md = write_report([run], tmp_path / "out", split="val")["markdown"].read_text()
+    assert "no run has validation scores" not in md
+    assert "no run validated during training (val_every: 0); the table's scores are `vl evaluate`'s" in md
+    assert "| 50.00 |" in md
+
+
 def test_a_run_without_metrics_is_a_row_not_a_crash(tmp_path):
     run = make_run(tmp_path, "just-started")
     paths = write_report([run], tmp_path / "out")
