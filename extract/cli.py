@@ -4,10 +4,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import typing
 from pathlib import Path
 
 import click
 
+from vl.shared.devices import Precision
 from vl.shared.errors import VLError
 
 IMAGES_EXAMPLE = """\b
@@ -90,7 +92,7 @@ def _model_options(default_model: str, default_layer: str, unit: str):
                           "of them, since the forward pass needs the cores more)."),
         click.option("--device", default="auto", show_default=True,
                      help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)."),
-        click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+        click.option("--precision", type=click.Choice(typing.get_args(Precision)), default="fp32", show_default=True,
                      help="Compute precision (autocast). fp16 is for GPUs; on CPUs with AVX512-BF16/AMX, bf16 is "
                           "2-3.5x faster than fp32 (docs/benchmarks.md). Part of the provenance: a store keeps "
                           "one precision."),

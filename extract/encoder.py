@@ -15,6 +15,7 @@ Features:
 from __future__ import annotations
 
 import contextlib
+import typing
 import logging
 import os
 from dataclasses import dataclass
@@ -23,13 +24,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vl.shared.devices import amp_dtype, autocast, pick_device
+from vl.shared.devices import Precision, amp_dtype, autocast, pick_device
 from vl.shared.digests import digest_json, sha256_file
 from vl.shared.errors import VLError
 
 LAYERS = ("grid", "pooled", "both")
 RESIZE_MODES = ("model", "shortest", "longest", "squash")
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = typing.get_args(Precision)
 
 
 @dataclass

@@ -11,6 +11,7 @@ bf16 on CPUs, training refuses anything but fp32 there, evaluation falls back to
 from __future__ import annotations
 
 import contextlib
+import typing
 from typing import TYPE_CHECKING, ContextManager, Literal
 
 from vl.shared.distributed import Ranks
@@ -19,8 +20,8 @@ from vl.shared.errors import VLError
 if TYPE_CHECKING:
     import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
-_AMP = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+Precision = Literal["fp32", "bf16", "fp16"]  # the one list: configs, --precision, amp_dtype
+_AMP = dict(zip(typing.get_args(Precision), (None, "bfloat16", "float16")))
 
 
 def pick_device(requested: str, ranks: Ranks = Ranks(), option: str = "--device") -> torch.device:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vl.shared.config import literal_problems
+from vl.shared.devices import Precision
 from vl.train.data import DataSettings, Sampling, TaskOptions
 from vl.train.model import BackboneInit, VisualBoxes, VisualInputs
 from vl.train.peft.methods import METHODS, method_sections
@@ -125,7 +126,7 @@ class TrainConfig:
     temperature: float = 1.0  # sampling=temperature: task shares ∝ size^(1/T)
     epochs: int = 20
     seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast on the GPU
+    precision: Precision = "fp32"  # bf16/fp16: autocast on the GPU
     device: str = "auto"  # auto: cuda when available, else cpu
     workers: int = 0  # DataLoader worker processes (each reads the stores itself)
     features_in_memory: bool = False  # read the train tasks' features into memory once (if they fit)
