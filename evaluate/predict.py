@@ -51,7 +51,6 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
                  progress: bool = True) -> list[TaskResult]:
     """Predict, score and write every chosen task of `run_dir` on `split` (see the module docstring).
     `checkpoint` None scores the one the run's config names (`eval_checkpoint`)."""
-
     from vl.evaluate.formats import official_file_name, write_submission
     from vl.evaluate.metrics import score
     from vl.shared.feature_store import FeatureStore
