@@ -210,6 +210,9 @@ def load_encoder(spec: EncoderSpec) -> LoadedEncoder:
             "model": spec.model,
             "architecture_digest": digest_json(arch) if arch is not None else None,
             "model_config_sha256": config_digest,
+            # a custom architecture itself (a few hundred bytes), so the encoder can be rebuilt
+            # from the provenance alone (`vl predict`) when the file is gone
+            **({"architecture": arch} if config_digest is not None else {}),
             "weights": weights,
         },
         "preprocess": {

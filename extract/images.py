@@ -21,9 +21,9 @@ from vl.extract.store_builder import StoreBuilder
 
 
 def extract_images(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions,
-                   source: dict | None = None) -> ExtractSummary:
+                   source: dict | None = None, encoder: LoadedEncoder | None = None) -> ExtractSummary:
     """Extract features of images into `opts.out` (one row per image), skipping ids already there."""
-    return run_extraction(inputs, spec, opts, IMAGES, source)
+    return run_extraction(inputs, spec, opts, IMAGES, source, encoder)
 
 
 # Images a worker decodes per hand-over. Workers hand over small chunks that the main

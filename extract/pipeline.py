@@ -137,13 +137,16 @@ def check_options(opts: ExtractOptions) -> None:
 
 
 def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions, kind: MediaKind,
-                   source: dict | None = None) -> ExtractSummary:
+                   source: dict | None = None, encoder: LoadedEncoder | None = None) -> ExtractSummary:
     """Extract features of `inputs` into `opts.out`, skipping ids already there. Under
-    torchrun each rank does its share; rank 0 joins and returns the whole run's summary."""
+    torchrun each rank does its share; rank 0 joins and returns the whole run's summary.
+    `encoder`: one `load_encoder(spec)` made already (a caller that extracts again and again,
+    as `vl.load_run(...).predict` does), else it is loaded here."""
     check_options(opts)
     ranks = ranks_from_env()
     started = dt.datetime.now(dt.timezone.utc)
-    encoder = load_encoder(dataclasses.replace(spec, device=ranks.device(spec.device)))
+    if encoder is None:
+        encoder = load_encoder(dataclasses.replace(spec, device=ranks.device(spec.device)))
     if not opts.batch_size:
         opts = dataclasses.replace(opts, batch_size=DEFAULT_BATCH.get(encoder.device.type, 32))
     if opts.workers is None:

@@ -28,7 +28,8 @@ from vl.extract.video_decode import SamplingPolicy, VideoDecodeError, av_version
 
 
 def extract_videos(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions, policy: SamplingPolicy,
-                   time_limit_s: float = 300.0, source: dict | None = None) -> ExtractSummary:
+                   time_limit_s: float = 300.0, source: dict | None = None,
+                   encoder: LoadedEncoder | None = None) -> ExtractSummary:
     """Extract sampled-frame features of videos into `opts.out`, skipping ids already there."""
 
     def run_batches(pending, encoder, builder, opts):
@@ -37,7 +38,7 @@ def extract_videos(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
     kind = MediaKind(name="videos", layout="frames", run_batches=run_batches,
                      preprocess={"sampling": policy.to_dict(), "decoder": "PyAV (FFmpeg)"},
                      versions=av_versions())
-    return run_extraction(inputs, spec, opts, kind, source)
+    return run_extraction(inputs, spec, opts, kind, source, encoder)
 
 
 class VideoDataset(torch.utils.data.Dataset):

@@ -184,3 +184,14 @@ def world(tmp_path_factory) -> Path:
                                           "--pretrained", "none", "--layer", "grid", "--workers", "0"], prog_name="vl")
         assert result.exit_code == 0, result.output
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> tuple[Path, str]:
+    """`vl demo --size tiny` once for the session: (its folder, the command's output)."""
+    from vl.shared.cli import cli
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny"], prog_name="vl")
+    assert result.exit_code == 0, result.output[-3000:]
+    return out, result.output

@@ -16,11 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TASKS = {"image": ("vqa", "gqa", "nlvr2", "caption"), "video": ("tvqa", "how2qa", "tvc", "yc2c")}
 
 
-def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny"], prog_name="vl")
-    assert result.exit_code == 0, result.output[-3000:]
-    text = result.output
+def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
+    out, text = tiny_demo
     assert "$ vl data demo" in text and "$ (cd " in text and "$ vl extract images" in text  # the commands, printed
     assert "not the paper" in text and "majority baseline (always answering" in text and "VQA val accuracy:" in text
     assert "$ vl train -c " + str(out / "configs/pretrain.yaml") in text and "Pre-training" in text

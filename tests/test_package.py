@@ -1,5 +1,5 @@
-"""The package shape: subpackages of the namespace package `vl` from the card's
-top-level folders, the `vl` command, placeholders that refuse, import directions,
+"""The package shape: subpackages of the package `vl` from the card's top-level folders
+(and `vl` itself, the Python API, from vl/), the `vl` command, placeholders that refuse, import directions,
 no import cycles between modules, and the metrics a leaf."""
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from conftest import REPO, run_vl
 
 STAGES = {"vl.shared": "shared", "vl.extract": "extract", "vl.train": "train", "vl.evaluate": "evaluate",
           "vl.data_manifests": "data_manifests"}
+PACKAGES = {"vl": "vl", **STAGES}  # vl/ holds the front door: the Python API and `vl predict`
 
 
 def test_pyproject_maps_every_folder_to_a_subpackage():
     cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert cfg["package-dir"] == STAGES
+    assert cfg["package-dir"] == PACKAGES
     packages_on_disk = set()
-    for name, folder in STAGES.items():
+    for name, folder in PACKAGES.items():
         for init in (REPO / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(REPO / folder)
             packages_on_disk.add(".".join([name, *rel.parts]))
@@ -53,6 +54,7 @@ ALLOWED = {  # DESIGN.md: imports run one way
     "extract": {"shared", "extract"},
     "train": {"shared", "train", "evaluate.metrics"},
     "evaluate": {"shared", "evaluate", "train"},
+    "vl": {"shared", "data_manifests", "extract", "train", "evaluate", "runs", "cli"},  # above every stage
 }
 
 
@@ -74,7 +76,7 @@ def test_import_directions():
 def vl_modules() -> dict[str, Path]:
     """Every module of `vl` by its dotted name (a package by its __init__.py)."""
     modules = {}
-    for name, folder in STAGES.items():
+    for name, folder in PACKAGES.items():
         for py in (REPO / folder).rglob("*.py"):
             parts = py.relative_to(REPO / folder).with_suffix("").parts
             modules[".".join([name, *(parts[:-1] if parts[-1] == "__init__" else parts)])] = py
@@ -204,11 +206,11 @@ def test_built_wheel_installs_the_namespace_packages(tmp_path):
     for name, folder in STAGES.items():
         assert f"{name.replace('.', '/')}/__init__.py" in names
     assert not any(n.startswith(("train/", "extract/", "shared/", "tests/")) for n in names)
-    assert "vl/__init__.py" not in names  # `vl` stays a namespace package
+    assert "vl/__init__.py" in names and "vl/runs.py" in names  # `import vl; vl.load_run(...)`
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import vl.shared, vl.extract, vl.train, vl.evaluate, vl.data_manifests, vl.extract.cli; "
-            "print(vl.shared.__file__)")
+            "print(vl.shared.__file__); print(vl.load_run.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout
-    assert out.strip().startswith(str(site))
+    assert out.splitlines()[0].startswith(str(site)) and out.splitlines()[1] == "vl.runs"
