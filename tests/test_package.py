@@ -214,3 +214,17 @@ def test_built_wheel_installs_the_namespace_packages(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout
     assert out.splitlines()[0].startswith(str(site)) and out.splitlines()[1] == "vl.runs"
+
+
+def test_shell_completion_as_the_readme_says():
+    """`eval "$(_VL_COMPLETE=bash_source vl)"` (README): the script, and completion of a command name."""
+    import os
+    import shutil
+
+    vl_bin = shutil.which("vl", path=str(Path(sys.executable).parent)) or "vl"
+    script = subprocess.run([vl_bin], env={**os.environ, "_VL_COMPLETE": "bash_source"}, capture_output=True,
+                            text=True, check=True).stdout
+    assert "_vl_completion" in script and "complete " in script
+    done = subprocess.run([vl_bin], env={**os.environ, "_VL_COMPLETE": "bash_complete", "COMP_WORDS": "vl pre",
+                                         "COMP_CWORD": "1"}, capture_output=True, text=True, check=True).stdout
+    assert "plain,predict" in done.splitlines()

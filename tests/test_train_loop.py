@@ -48,11 +48,28 @@ def trainable_tensors(run_dir: Path, name: str = "last") -> dict[str, torch.Tens
     return load_file(str(run_dir / "checkpoints" / name / "model.safetensors"))
 
 
+def test_a_config_without_a_backbone_is_warned_of_the_test_model(world, tmp_path):
+    from vl.shared.config import load_config_with_sources
+    from vl.train.cli import start_line
+    from vl.train.config import TrainConfig
+
+    path = write_config(world, tmp_path / "run")
+    settings = json.loads(path.read_text())
+    del settings["backbone"]
+    path.write_text(json.dumps(settings))
+    cfg, sources = load_config_with_sources(TrainConfig, path)
+    assert "names no backbone, so this run uses tiny-t5" in start_line(cfg, sources, resume=False)
+    cfg, sources = load_config_with_sources(TrainConfig, path, ["backbone=tiny-t5"])  # named: no warning
+    assert "warning" not in start_line(cfg, sources, resume=False)
+
+
 def test_vqa_and_gqa_at_once_through_the_cli(world, tmp_path):
     run = tmp_path / "run"
     result = vl_train("-c", str(write_config(world, run)), "--set", "optim.lr=2e-3")
     assert result.exit_code == 0, result.output
-    assert "lr: 0.002" in result.output and "backbone: tiny-t5" in result.output  # the resolved config, printed
+    # a short line of what trains, not the whole config (config.json has it); the config names its backbone
+    assert f"training {run}: method full on tiny-t5 (random), tasks vqa, gqa, 2 epochs" in result.output
+    assert "names no backbone" not in result.output and "lr: 0.002" not in result.output
     assert json.loads((run / "config.json").read_text())["optim"]["lr"] == 2e-3
     run_json = json.loads((run / "run.json").read_text())
     assert run_json["budget"]["percent"] == 100.0 and len(run_json["manifests"]) == 2

@@ -71,9 +71,10 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
 
     Settings come from the built-in defaults, then the YAML files (-c, left to right,
     each over its `base:` chain), then each --set. Files merge key by key (nested
-    mappings too); a list or a value replaces the one before. The resolved config is
-    printed first. Paths in the config are relative to the current folder; `base:` is
-    relative to the file that names it.
+    mappings too); a list or a value replaces the one before. A line says what trains;
+    the resolved config goes to the run's config.json (`--print-config` shows it with
+    each setting's source). Paths in the config are relative to the current folder;
+    `base:` is relative to the file that names it.
 
     On several GPUs or machines, start the same command under torchrun (DDP: every
     rank takes its share of each step's batches; `batch_size` is per rank):
@@ -129,7 +130,7 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
     ranks = distributed.ranks_from_env(backend)
     try:
         if ranks.is_main:
-            click.echo(dump_config(cfg))
+            click.echo(start_line(cfg, sources, resume_dir is not None))
             if ranks.world_size > 1:
                 click.echo(f"torchrun: {ranks.world_size} ranks ({backend})")
         run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks)
@@ -139,6 +140,26 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
         from vl.shared.run_dir import metrics_path
 
         click.echo(f"done: {run_dir} (metrics in {metrics_path(run_dir)})")
+
+
+TEST_BACKBONES = ("tiny-t5", "tiny-bart")
+
+
+def start_line(cfg, sources, resume: bool) -> str:
+    """What is about to train, in a few lines (the whole resolved config is in the run's
+    config.json, and `--print-config` prints it), with a warning when the backbone is the
+    tiny test model only because the config names none."""
+    from vl.shared.run_dir import config_path
+
+    what = "resuming" if resume else "training"
+    lines = [f"{what} {cfg.run_dir}: method {cfg.method} on {cfg.backbone} ({cfg.init}), tasks "
+             f"{', '.join(t.name for t in cfg.tasks)}, {cfg.epochs} epochs; every setting: "
+             f"{config_path(cfg.run_dir)} (or add --print-config)"]
+    if cfg.backbone in TEST_BACKBONES and sources.of("backbone") == "default":
+        lines.insert(0, click.style(f"warning: the config names no backbone, so this run uses {cfg.backbone}, a tiny "
+                                    "random model for tests; set backbone (t5-base, bart-base, ...) or start from a "
+                                    "paper preset: `base: configs/paper/image/single_adapter.yaml`", fg="yellow"))
+    return "\n".join(lines)
 
 
 @click.command("methods")
