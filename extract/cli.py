@@ -37,8 +37,9 @@ def extract() -> None:
     """Stage 1: turn images and video frames into CLIP features, stored once in an HDF5
     feature store that every later experiment reuses (`from vl.shared import FeatureStore`).
 
-    Every command resumes where it stopped, records how its features were made, and
-    scales out under torchrun (each rank on its own GPU, rank 0 joins)."""
+    Every command resumes where it stopped and records how its features were made;
+    `images` and `videos` scale out under torchrun (each rank on its own GPU, rank 0
+    joins); `import` reads features someone else released (VALUE's video .npz files)."""
 
 
 def _input_options(kind: str):
