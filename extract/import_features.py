@@ -250,7 +250,7 @@ def import_features(opts: ImportOptions) -> ImportSummary:
                     features = None
                     if reason is None:
                         try:
-                            features = _checked(load_array(data, opts.format), width)
+                            features = _checked(load_array(data, opts.format), width, opts.dtype)
                         except FeatureFileError as e:
                             reason = str(e)
                     if reason is not None:
@@ -292,12 +292,17 @@ def import_features(opts: ImportOptions) -> ImportSummary:
     return summary
 
 
-def _checked(features: np.ndarray, width: int) -> np.ndarray:
+def _checked(features: np.ndarray, width: int, store_dtype: str) -> np.ndarray:
     problem = shape_problem(features.shape, features.dtype, width)
     if problem:
         raise FeatureFileError(problem)
     if not np.isfinite(features).all():
         raise FeatureFileError("features hold NaN or infinite values")
+    limit = np.finfo(store_dtype).max
+    if features.dtype.kind in "iu" or features.dtype.itemsize > np.dtype(store_dtype).itemsize:
+        if np.abs(features.astype(np.float64)).max() > limit:
+            raise FeatureFileError(f"features exceed {store_dtype}'s range (|x| > {limit:g}): import with "
+                                   "--dtype float32")
     return features
 
 

@@ -107,6 +107,8 @@ BAD_FILES = {
     "nan": (lambda p: np.savez(p, features=np.full((2, WIDTH), np.nan, np.float16)),
             "features hold NaN or infinite values"),
     "strings": (lambda p: np.savez(p, features=np.array([["a"] * WIDTH])), "not numbers"),
+    "too_big_for_fp16": (lambda p: np.savez(p, features=np.full((2, WIDTH), 1e6, np.float32)),
+                         "features exceed float16's range (|x| > 65504): import with --dtype float32"),
 }
 
 
@@ -125,7 +127,7 @@ def test_each_bad_file_is_recorded_with_its_reason_and_the_rest_import(tmp_path)
         write(src / f"{name}.npz")
     out = tmp_path / "f.h5"
     result = value_import(src, out, "--strict", expect=1)  # --strict: failures make the exit code 1
-    assert "9 file(s) failed; they are listed with reasons in" in result.output
+    assert "10 file(s) failed; they are listed with reasons in" in result.output
     store = FeatureStore(out)
     assert sorted(store.ids) == sorted(good)
     reasons = {f["id"]: f["reason"] for f in store.failures}
@@ -305,6 +307,13 @@ def test_a_tiny_run_trains_on_an_imported_store_and_refuses_to_mix_it_with_extra
     (info,) = run_json["feature_stores"].values()
     assert info["settings"]["encoder"]["origin"] == "imported"
     assert (tmp_path / "run/checkpoints/last/model.safetensors").is_file()
+    # --resume compares the imported store's settings as any store's: a re-import at another rate is refused
+    value_import(tmp_path / "src", store, "--fps", "1", "--overwrite")
+    result = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--set", "epochs=2"], prog_name="vl")
+    assert result.exit_code == 1
+    assert f"feature store {store}: preprocess.sampling.fps was 0.6666666666666666 when the run started, now 1.0" \
+        in result.output
+    value_import(tmp_path / "src", store, "--overwrite")
 
     other = extracted_video_store(tmp_path / "how2.h5", ["h0", "h1"])
     how2 = write_manifest(tmp_path / "how2qa_train.jsonl", [tvqa_example(i, f"h{i % 2}", "how2qa") for i in range(4)],
@@ -319,7 +328,12 @@ def test_a_tiny_run_trains_on_an_imported_store_and_refuses_to_mix_it_with_extra
 
 
 def test_vl_extract_import_help_names_the_formats_and_the_failure_rule():
+    import typing
+
+    from vl.extract.import_features import FORMATS, ImportFormat
+
     result = CliRunner().invoke(cli, ["extract", "import", "--help"], prog_name="vl")
     assert result.exit_code == 0
+    assert f"[{'|'.join(FORMATS)}]" in result.output and list(FORMATS) == list(typing.get_args(ImportFormat))
     for text in ("value-npz", "npy-dir", "recorded with its reason", "vl extract import --format value-npz"):
         assert text in result.output
