@@ -39,7 +39,7 @@ from typing import Literal
 
 import numpy as np
 
-from vl.extract.inputs import find_media
+from vl.extract.inputs import MediaInput, find_media
 from vl.extract.store_builder import FrameInfo, StoreBuilder
 from vl.shared.digests import digest_strings
 from vl.shared.errors import VLError
@@ -186,18 +186,11 @@ def check_options(opts: ImportOptions) -> FormatSpec:
     return spec
 
 
-def import_features(opts: ImportOptions) -> ImportSummary:
-    """Import every feature file under `opts.src` into `opts.out` (ids already there are
-    skipped; earlier failures are tried again), then check the manifests' coverage."""
+def survey(inputs: list[MediaInput], opts: ImportOptions, spec: FormatSpec) -> tuple[int, dict[str, str]]:
+    """Headers only, before anything is written: the width most files share (ties: the
+    first such file's, in sorted order) and why each file that cannot be used cannot."""
     from tqdm import tqdm
 
-    spec = check_options(opts)
-    fps = opts.fps or spec.default_fps
-    manifests = [DatasetManifest.read(m) for m in opts.manifests]  # a bad manifest stops us before any work
-    inputs = find_media(opts.src, opts.id_from, (spec.extension,), "--src")
-    started = dt.datetime.now(dt.timezone.utc)
-
-    # 1. Headers only: every file's shape, the width most files share, each bad file's reason.
     headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     reasons: dict[str, str] = {}
     for x in tqdm(inputs, unit="file", desc="check", disable=not opts.progress, dynamic_ncols=True, mininterval=0.5):
@@ -210,15 +203,18 @@ def import_features(opts: ImportOptions) -> ImportSummary:
         shown = "; ".join(f"{x.path}: {reasons.get(x.id) or shape_problem(*headers[x.id], None)}" for x in inputs[:3])
         raise VLError(f"--src {opts.src}: none of its {len(inputs)} {spec.extension} files holds usable features "
                       f"({shown})", hint=f"--format {opts.format} reads {spec.description}.")
-    width = widths.most_common(1)[0][0]  # ties: the width of the first such file in sorted order
+    width = widths.most_common(1)[0][0]
     for ident, (shape, dtype) in headers.items():
         problem = shape_problem(shape, dtype, width)
         if problem:
             reasons[ident] = problem
+    return width, reasons
 
-    model = opts.model or spec.default_model
-    pretrained = opts.pretrained or spec.default_pretrained
-    provenance = {
+
+def store_provenance(opts: ImportOptions, model: str | None, pretrained: str | None, fps: float, width: int) -> dict:
+    """The store's provenance: its settings sections (compared on reuse and by `vl train`)
+    say imported and what is claimed; `import` (the source digest) is added once it is known."""
+    return {
         "encoder": {"origin": "imported", "format": opts.format, "model": model,
                     "weights": {"source": "claimed", "tag": pretrained}},
         "preprocess": {"sampling": {"mode": "fps", "fps": fps, "frames": None, "max_frames": None,
@@ -229,6 +225,23 @@ def import_features(opts: ImportOptions) -> ImportSummary:
         "versions": {"vl": __version__, "python": platform.python_version(), "numpy": np.__version__,
                      **_h5_versions()},
     }
+
+
+def import_features(opts: ImportOptions) -> ImportSummary:
+    """Import every feature file under `opts.src` into `opts.out` (ids already there are
+    skipped; earlier failures are tried again), then check the manifests' coverage."""
+    from tqdm import tqdm
+
+    spec = check_options(opts)
+    fps = opts.fps or spec.default_fps
+    manifests = [DatasetManifest.read(m) for m in opts.manifests]  # a bad manifest stops us before any work
+    inputs = find_media(opts.src, opts.id_from, (spec.extension,), "--src")
+    started = dt.datetime.now(dt.timezone.utc)
+
+    width, reasons = survey(inputs, opts, spec)
+    model = opts.model or spec.default_model
+    pretrained = opts.pretrained or spec.default_pretrained
+    provenance = store_provenance(opts, model, pretrained, fps, width)
     builder = StoreBuilder(opts.out, provenance, {"pooled": (width,)}, opts.dtype, layout="frames",
                            overwrite=opts.overwrite, shard_rows=opts.shard_rows)
     with builder:
@@ -246,13 +259,7 @@ def import_features(opts: ImportOptions) -> ImportSummary:
                 file_digests.append(f"{Path(x.path).relative_to(opts.src).as_posix()}\t{len(data or b'')}\t"
                                     f"{hashlib.sha256(data or b'').hexdigest() if data is not None else 'unreadable'}")
                 if x.id in pending_ids:
-                    reason = reasons.get(x.id) or ("file could not be read" if data is None else None)
-                    features = None
-                    if reason is None:
-                        try:
-                            features = _checked(load_array(data, opts.format), width, opts.dtype)
-                        except FeatureFileError as e:
-                            reason = str(e)
+                    features, reason = _usable(data, reasons.get(x.id), opts.format, width, opts.dtype)
                     if reason is not None:
                         failure = {"id": x.id, "path": x.path, "reason": reason}
                         builder.add_failures([failure])
@@ -290,6 +297,19 @@ def import_features(opts: ImportOptions) -> ImportSummary:
         summary.coverage = {str(m.path): (len(m.media_ids()), [i for i in m.media_ids() if i not in store])
                             for m in manifests}
     return summary
+
+
+def _usable(data: bytes | None, survey_reason: str | None, fmt: str, width: int,
+            store_dtype: str) -> tuple[np.ndarray | None, str | None]:
+    """(the file's features, None) or (None, why it cannot be imported)."""
+    if survey_reason is not None:
+        return None, survey_reason
+    if data is None:
+        return None, "file could not be read"
+    try:
+        return _checked(load_array(data, fmt), width, store_dtype), None
+    except FeatureFileError as e:
+        return None, str(e)
 
 
 def _checked(features: np.ndarray, width: int, store_dtype: str) -> np.ndarray:
