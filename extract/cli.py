@@ -37,8 +37,9 @@ def extract() -> None:
     """Stage 1: turn images and video frames into CLIP features, stored once in an HDF5
     feature store that every later experiment reuses (`from vl.shared import FeatureStore`).
 
-    Every command resumes where it stopped, records how its features were made, and
-    scales out under torchrun (each rank on its own GPU, rank 0 joins)."""
+    Every command resumes where it stopped and records how its features were made;
+    `images` and `videos` scale out under torchrun (each rank on its own GPU, rank 0
+    joins); `import` reads features someone else released (VALUE's video .npz files)."""
 
 
 def _input_options(kind: str):
@@ -235,3 +236,92 @@ def _print_summary(s, kind: str) -> None:
         echo(f"  failed {f['id']}: {f['reason']} ({f['path']})")
     if len(s.failures) > 10:
         echo(f"  ... and {len(s.failures) - 10} more")
+
+
+IMPORT_EXAMPLE = """\b
+Example (VALUE's released CLIP ViT-B/32 features of the TV shows, for TVQA and TVC):
+  vl extract import --format value-npz --src /data/value/tv/clip-vit --out features/tv_vitb32.h5 \\
+      --manifest manifests/tvqa_train.jsonl --manifest manifests/tvc_train.jsonl
+\b
+A folder of <id>.npy arrays (frames x width), one feature a second:
+  vl extract import --format npy-dir --src feats/ --fps 1 --model ViT-B-32 --pretrained openai --out f.h5
+"""
+
+
+@extract.command("import", epilog=IMPORT_EXAMPLE)
+@click.option("--format", "fmt", type=click.Choice(["value-npz", "npy-dir"]), required=True,
+              help="value-npz: VALUE's release (<vid_name>.npz holding `features`, frames x 512, one every 1.5 s); "
+                   "npy-dir: <id>.npy arrays (frames x width), with --fps.")
+@click.option("--src", type=click.Path(path_type=Path), required=True,
+              help="Folder of feature files, searched recursively; each file's id is its name without extension.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The HDF5 feature store to write or extend.")
+@click.option("--fps", type=float, default=None,
+              help="Features per second of video (value-npz: 0.667, one every 1.5 s; npy-dir: required).")
+@click.option("--model", default=None,
+              help="The encoder the features are claimed to come from, recorded as claimed, not verified "
+                   "(value-npz: ViT-B-32).")
+@click.option("--pretrained", default=None, help="Its claimed pretrained weights tag (value-npz: openai).")
+@click.option("--manifest", "manifests", type=click.Path(path_type=Path), multiple=True,
+              help="Dataset manifest (.jsonl) whose media ids the store must cover; missing ids are listed (repeatable).")
+@click.option("--id-from", type=click.Choice(["stem", "relpath"]), default="stem", show_default=True,
+              help="Id of each file: its name without extension (as VALUE names them by vid_name), or its path "
+                   "relative to --src without extension.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="How features are stored (VALUE's are float16: nothing is lost).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Videos per crash-safe shard; a killed run loses at most one open shard.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing store made with other settings (the old one stays until the new one is complete).")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any file failed or a --manifest id is missing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def import_(fmt, src, out, fps, model, pretrained, manifests, id_from, dtype, shard_size, overwrite, strict,
+            quiet) -> None:
+    """Import released per-video features (VALUE's .npz, or .npy arrays) into a feature store.
+
+    The store has the frames layout of `vl extract videos`: each video's features, each
+    frame's time (k / fps: the release stores none) and its duration (frames / fps), so
+    `vl train` reads it like an extracted store (clip spans, reference inputs). Its
+    provenance says imported, with the format, the source folder and a sha256 of its
+    files, and the encoder the features are claimed to come from; `vl train` refuses to
+    mix imported and extracted stores in one run.
+
+    A file that cannot be used (unreadable, no `features` array, not 2-D, no frames, a
+    width other than most files', NaN) is recorded with its reason in the store and in
+    OUT.json, and the rest are imported, as `vl extract videos` records a broken video:
+    one bad file of a large release should not stop the import, and `vl train` names
+    the ids it lacks. Running the command again skips ids already in the store and tries
+    failed files again; an interrupted run continues.
+    """
+    from vl.extract.import_features import ImportOptions, import_features
+
+    opts = ImportOptions(format=fmt, src=src, out=out, fps=fps, model=model, pretrained=pretrained,
+                         manifests=tuple(manifests), id_from=id_from, dtype=dtype, overwrite=overwrite,
+                         shard_rows=shard_size, progress=not quiet)
+    try:
+        s = import_features(opts)
+    except KeyboardInterrupt:
+        click.secho(f"\ninterrupted: finished work is kept in {out}.parts; run the same command again to continue.",
+                    fg="yellow", err=True)
+        sys.exit(130)
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    if not quiet:
+        echo(f"done: {s.imported} imported, {s.already_done} already in store (skipped), {len(s.failures)} failed; "
+             f"{s.width} wide, {s.fps:g} frames a second")
+        echo(f"store: {s.out} holds {s.store_count} videos (provenance in {s.out}.json; source sha256 "
+             f"{s.source_sha256[:16]}...)")
+        for f in s.failures[:10]:
+            echo(f"  failed {f['id']}: {f['reason']} ({f['path']})")
+        if len(s.failures) > 10:
+            echo(f"  ... and {len(s.failures) - 10} more")
+    for manifest, (total, missing) in s.coverage.items():  # worded as `vl data check` words missing media
+        if missing:
+            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            click.secho(f"{manifest}: media: {len(missing)} of {total} MISSING from {s.out}: {shown}",
+                        fg="yellow", err=True)
+        elif not quiet:
+            echo(f"{manifest}: media: all {total} in {s.out}")
+    if s.failures:
+        click.secho(f"warning: {len(s.failures)} file(s) failed; they are listed with reasons in {out}.json",
+                    fg="yellow", err=True)
+    if strict and (s.failures or any(missing for _, missing in s.coverage.values())):
+        sys.exit(1)

@@ -75,6 +75,7 @@ def cli() -> None:
     \b
     The three stages, linked by files on disk:
       1. vl extract images|videos   media -> CLIP features in one HDF5 feature store
+         vl extract import          or released video features (VALUE's .npz) into one
       2. vl train                   PEFT training of VL-T5 / VL-BART on those features
       3. vl evaluate                official metrics of each task; vl report compares runs
     Dataset manifests (vl data) say which examples and media each task uses.

@@ -85,10 +85,31 @@ def check_store_matches(store: FeatureStore, expected: dict) -> None:
     diffs = settings_differences(_prune_to(store.provenance, want), want)
     problems = [f"{store.path}: {path} is {'not recorded' if have is None else repr(have)}, "
                 f"the config asks for {w!r}" for path, have, w in diffs]
-    kind = "videos" if store.layout == "frames" else "images"
+    kind = "import" if store_origin(store.provenance) == "imported" else "videos" if store.layout == "frames" else "images"
     collect_or_raise(problems, hint=(
-        f"re-extract the features with the settings the config names (`vl extract {kind} ... --out <new store>`) "
+        f"re-make the features with the settings the config names (`vl extract {kind} ... --out <new store>`) "
         "or change the config to match the store"))
+
+def store_origin(provenance: dict) -> str:
+    """'imported' for a store `vl extract import` made from released features (its encoder is
+    only claimed), 'extracted' for one `vl extract` computed itself."""
+    return str((provenance.get("encoder") or {}).get("origin", "extracted"))
+
+
+def mixed_origin_problems(stores: Iterable["FeatureStore"]) -> list[str]:
+    """One problem when a run's stores mix imported and extracted features: one model reads
+    one encoder's features, and an imported store's encoder and preprocessing are only
+    claimed, so a match cannot be checked."""
+    by_origin: dict[str, list[str]] = {}
+    for store in stores:
+        by_origin.setdefault(store_origin(store.provenance), []).append(str(store.path))
+    if len(by_origin) < 2:
+        return []
+    listed = "; ".join(f"{origin}: {', '.join(paths)}" for origin, paths in sorted(by_origin.items()))
+    return [f"the run's feature stores mix imported and extracted features ({listed}); one model reads one "
+            "encoder's features, made one way: import every task's features (`vl extract import`) or extract "
+            "them all (`vl extract videos` / `vl extract images`)"]
+
 
 class FeatureStore:
     """Read features by media id.

@@ -43,7 +43,8 @@ from vl.shared.config import save_config
 from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.feature_store import FeatureStore, check_store_matches, settings_differences, store_settings
+from vl.shared.feature_store import (FeatureStore, check_store_matches, mixed_origin_problems, settings_differences,
+                                     store_settings)
 from vl.shared.manifest import DatasetManifest
 from vl.shared.run_dir import (
     BEST,
@@ -242,6 +243,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     stores: dict[Path, FeatureStore] = {}
     train_data = task_data(cfg, lambda t: (t.train_split, t.train_manifest), stores)
     val_data = task_data(cfg, lambda t: (t.val_split, t.val_manifest), stores)
+    collect_or_raise(mixed_origin_problems(stores.values()))
     if any(d.task.metric == "caption" for d in val_data.values()):  # before hours of training, not after
         from vl.evaluate.metrics.captions import require_java
 
