@@ -307,6 +307,11 @@ def test_a_tiny_run_trains_on_an_imported_store_and_refuses_to_mix_it_with_extra
     (info,) = run_json["feature_stores"].values()
     assert info["settings"]["encoder"]["origin"] == "imported"
     assert (tmp_path / "run/checkpoints/last/model.safetensors").is_file()
+    # `vl predict` cannot make features like imported ones for a new video: one message, before any work
+    (tmp_path / "new.mp4").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["predict", "--run", str(tmp_path / "run"), "--video", str(tmp_path / "new.mp4"),
+                                      "--question", "q", "--choice", "a", "--choice", "b"], prog_name="vl")
+    assert result.exit_code == 1 and "were not made by `vl extract` from an open_clip model" in result.output
     # --resume compares the imported store's settings as any store's: a re-import at another rate is refused
     value_import(tmp_path / "src", store, "--fps", "1", "--overwrite")
     result = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path / "run"), "--set", "epochs=2"], prog_name="vl")
