@@ -63,7 +63,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
     from tqdm import tqdm
 
     dataset = ImageDataset(pending, encoder.transform, opts.max_pixels,
-                           delay_s=test_delay_s())
+                           delay_s=test_delay_s(), fetch=opts.fetch)
     chunk = opts.batch_size if opts.workers == 0 else max(1, min(opts.batch_size, WORKER_CHUNK))
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -92,7 +92,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                 joiner.push(indices, images)
                 encode()
             if failed:
-                new = [{"id": pending[i].id, "path": pending[i].path, "reason": why,
+                new = [{"id": pending[i].id, "path": pending[i].location, "reason": why,
                         "file": file_signature(pending[i].path)} for i, why in failed]
                 builder.add_failures(new)
                 failures.extend(new)
