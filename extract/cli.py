@@ -53,9 +53,11 @@ def _input_options(kind: str):
     what = "images" if kind == "images" else "videos"
     decorators = [
         click.option(f"--{what}", "media_dir", type=click.Path(path_type=Path),
-                     help=f"Folder of {what}, searched recursively."),
+                     help=f"Folder of {what}, searched recursively"
+                          + (" (with --input-format webdataset: tar shards)." if what == "images" else ".")),
         click.option("--list", "list_file", type=click.Path(path_type=Path),
-                     help="Text file with one path per line (relative to the file), or `id<TAB>path`."),
+                     help="Text file with one path per line (relative to the file), or `id<TAB>path`"
+                          + ("; lines may be http(s) URLs, or `id<TAB>url`." if what == "images" else ".")),
         click.option("--manifest", type=click.Path(path_type=Path),
                      help="Dataset manifest (.jsonl): extract the media ids it uses, found under --media-root."),
         click.option("--media-root", type=click.Path(path_type=Path),
@@ -261,7 +263,7 @@ def _webdataset_inputs(shards, id_from: str):
     if not any(x.member for x in items) and not any(x.error for x in items):
         raise VLError(f"--images {shards}: the {len(shard_files)} shard(s) hold no image members "
                       "({key}.jpg, .jpeg, .png or .webp)")
-    return items, {"webdataset": str(shards), "shards": len(shard_files), "input_format": "webdataset"}
+    return items, {"webdataset": os.path.abspath(shards), "shards": len(shard_files), "input_format": "webdataset"}
 
 
 def _print_summary(s, kind: str) -> None:

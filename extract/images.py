@@ -72,7 +72,8 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
         collate_fn=collate_decoded,
         pin_memory=encoder.device.type == "cuda",
         prefetch_factor=max(4, 2 * opts.batch_size // chunk) if opts.workers > 0 else None,
-        timeout=600 if opts.workers > 0 else 0,  # a stuck worker ends the run with an error, never a hang
+        # a stuck worker ends the run with an error, never a hang (downloads may take their time first)
+        timeout=600 + (opts.fetch.longest_s() if any(x.is_url for x in pending) else 0) if opts.workers > 0 else 0,
     )
     store_dtype = STORE_DTYPES[opts.dtype]
     failures: list[dict] = []

@@ -10,6 +10,7 @@ body that is not an image fails when decoded, with the Content-Type the server g
 """
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import socket
@@ -38,6 +39,11 @@ class InputError(Exception):
 class FetchSettings:
     timeout_s: float = 10.0
     retries: int = 2
+
+    def longest_s(self) -> float:
+        """The longest one URL can take, every attempt and wait included."""
+        attempts = 1 + max(0, self.retries)
+        return attempts * self.timeout_s + sum(min(BACKOFF_S * 2 ** a, MAX_BACKOFF_S) for a in range(attempts - 1))
 
 
 @dataclass
@@ -100,8 +106,9 @@ def fetch_url(url: str, settings: FetchSettings, sleep=time.sleep) -> Fetched:
             else:
                 reason = f"cannot connect: {inner}"
             retry = True
-        except (ConnectionError, OSError, ValueError) as e:  # reset mid-body, bad URL, ...
-            reason, retry = f"download failed: {type(e).__name__}: {e}", not isinstance(e, ValueError)
+        except (OSError, http.client.HTTPException, ValueError) as e:  # reset or cut short mid-body, bad URL, ...
+            reason = f"download failed: {type(e).__name__}: {e}"
+            retry = not isinstance(e, (ValueError, http.client.InvalidURL))
         if not retry or attempt == attempts - 1:
             tries = f" (after {attempt + 1} attempts)" if attempt else ""
             raise InputError(f"{reason}{tries}")

@@ -144,8 +144,8 @@ def _list_members(shard: str, members: dict[str, list[tuple[str, TarMember]]]) -
                 tar.members.clear()  # the reader keeps every header it has read; we keep our own index
                 listed += 1
                 key, ext = split_key(info.name)
-                if not info.isfile() or ext not in IMAGE_EXTS:
-                    continue
+                if not info.isfile() or ext not in IMAGE_EXTS or not key or key.endswith("/"):
+                    continue  # not an image member, or one with no key (`.jpg`, `dir/.jpg`)
                 if info.offset_data + info.size > size:
                     return (f"shard is truncated: it ends inside member {info.name} "
                             f"({size - info.offset_data:,} of {info.size:,} bytes); the members before it are kept")
@@ -156,13 +156,17 @@ def _list_members(shard: str, members: dict[str, list[tuple[str, TarMember]]]) -
             compressed = " (compressed shards are not read: decompress .tar.gz shards first)" \
                 if shard.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")) else ""
             return f"not a tar file: {e}{compressed}"
-        return f"shard is damaged after {listed} members ({e}); the members before it are kept"
+        return f"shard is damaged after {_members(listed)} ({e}); the members before it are kept"
     # The tar reader ends quietly at a damaged header past the first: whatever follows the
     # end of the archive must be the zero blocks that close it.
     with open(shard, "rb") as f:
         f.seek(stopped_at)
         rest = f.read(64 * 1024)
     if rest.strip(b"\0"):
-        return (f"shard is damaged after {listed} members (no valid tar header at byte {stopped_at:,}); "
+        return (f"shard is damaged after {_members(listed)} (no valid tar header at byte {stopped_at:,}); "
                 "the members before it are kept")
     return None
+
+
+def _members(n: int) -> str:
+    return f"{n} member" + ("" if n == 1 else "s")

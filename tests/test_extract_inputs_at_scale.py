@@ -73,23 +73,30 @@ def test_shards_by_file_folder_pattern_and_glob_and_a_clear_error_for_missing_on
 def test_index_records_duplicate_keys_and_bad_shards_and_ignores_other_members(tmp_path):
     # Listing reads headers only, so the members' bytes need not be images here.
     a = write_shard(tmp_path / "a.tar", [("k1.jpg", b"1"), ("k1.txt", b"cap"), ("k1.json", b"{}"), ("k1.cls", b"3"),
-                                         ("sub/k2.png", b"2"), ("k3.jpg", b"3"), ("k3.png", b"3"), ("k4.seg.png", b"4")])
+                                         ("sub/k2.png", b"2"), ("k3.jpg", b"3"), ("k3.png", b"3"), ("k4.seg.png", b"4"),
+                                         ("sub/.jpg", b"no key"), ("sub", b"")])
     b = write_shard(tmp_path / "b.tar", [("k1.webp", b"5"), ("k5.jpeg", b"6")])
     not_tar = tmp_path / "c.tar"
     not_tar.write_bytes(b"this is no tar file" * 100)
     whole = write_shard(tmp_path / "d.tar", [("k6.jpg", b"x" * 3000), ("k7.jpg", b"y" * 3000)])
     cut = tmp_path / "e.tar"
     cut.write_bytes(whole.read_bytes()[:2500])  # cut inside k6's data
+    damaged = tmp_path / "f.tar"
+    raw = bytearray(write_shard(tmp_path / "g.tar", [("k8.jpg", b"8" * 100), ("k9.jpg", b"9" * 100)]).read_bytes())
+    raw[1024:1124] = b"\xff" * 100  # k9's header: the tar reader would end here without a word
+    damaged.write_bytes(bytes(raw))
 
-    items = {x.id: x for x in index_shards([str(a), str(b), str(not_tar), str(cut)])}
+    items = {x.id: x for x in index_shards([str(a), str(b), str(not_tar), str(cut), str(damaged)])}
     # k4.seg.png: key k4, extension seg.png (webdataset's rule): a mask beside an image, not one
-    assert sorted(items) == sorted(["k1", "sub/k2", "k3", "k5", str(not_tar), str(cut)])
-    assert {i for i, x in items.items() if not x.error} == {"sub/k2", "k5"}
+    assert sorted(items) == sorted(["k1", "sub/k2", "k3", "k5", "k8", str(not_tar), str(cut), str(damaged)])
+    assert {i for i, x in items.items() if not x.error} == {"sub/k2", "k5", "k8"}
     assert items["sub/k2"].member.name == "sub/k2.png" and items["sub/k2"].location == f"{a}#sub/k2.png"
     assert f"{a}#k1.jpg" in items["k1"].error and f"{b}#k1.webp" in items["k1"].error  # across shards too
     assert "2 image members" in items["k3"].error and "k3.png" in items["k3"].error
     assert items[str(not_tar)].error.startswith("not a tar file")
     assert "truncated" in items[str(cut)].error and "k6.jpg" in items[str(cut)].error
+    assert items[str(damaged)].error == ("shard is damaged after 1 member (no valid tar header at byte 1,024); "
+                                         "the members before it are kept")
 
 
 # -- URL lists ------------------------------------------------------------------------------
@@ -101,7 +108,7 @@ def test_url_lines_keep_or_get_stable_ids_and_other_schemes_are_refused(tmp_path
                        "local.jpg\nhttps://x.org/\n")
     items = read_list(listing)
     ids = [x.id for x in items]
-    assert ids[0].startswith("cat-") and ids[1].startswith("cat-") and ids[0] != ids[1]
+    assert ids[0] == "cat-4a221d3639" and ids[1].startswith("cat-") and ids[0] != ids[1]
     assert ids[0] == url_id("https://x.org/a/cat.jpg?s=2") == read_list(listing)[0].id  # stable
     assert ids[2] == "mine" and items[2].path == "http://x.org/dog.png" and items[2].is_url
     assert ids[3] == "local" and items[3].path == str(tmp_path / "local.jpg") and not items[3].is_url
@@ -284,7 +291,7 @@ def test_url_list_equals_the_folder_and_records_each_failed_url(tiny_models, tmp
     out = tmp_path / "web.h5"
     common = ["--list", listing, "--timeout", 0.4, "--retries", 1]
     started = time.monotonic()
-    result = _extract(tiny_models, out, *common)
+    result = _extract(tiny_models, out, *common, workers=2)  # downloads in the decoding processes
     assert time.monotonic() - started < 60
     assert "5 extracted" in result.stderr and "3 failed" in result.stderr
     store = FeatureStore(out)
@@ -332,3 +339,23 @@ def test_member_read_is_one_seek_and_a_short_shard_is_a_reason(tmp_path):
     short = MediaInput(item.id, item.path, type(item.member)(item.member.name, item.member.offset, 10_000))
     with pytest.raises(sources.InputError, match=r"ends inside member b.jpg \(truncated shard\)"):
         sources.read_member(short)
+
+
+def test_two_rank_torchrun_splits_shard_members_like_one_process(tiny_models, tmp_path):
+    from test_extract_distributed import _same, torchrun
+
+    photos = write_photos(tmp_path / "photos", 7)
+    for s in range(2):  # members of both shards go to both ranks (every 2nd pending input)
+        write_shard(tmp_path / "shards" / f"{s}.tar", [(f"k/{p.stem}.jpg", p.read_bytes()) for p in photos[s::2]]
+                    + [(f"bad{s}.jpg", b"no image"), (f"k/{photos[s].stem}.txt", b"caption")])
+    common = ["extract", "images", "--input-format", "webdataset", "--images", f"{tmp_path}/shards/{{0..1}}.tar",
+              *model_args(tiny_models), "--workers", 0, "--batch-size", 2, "--dtype", "float32"]
+    run_vl([*common, "--out", tmp_path / "one.h5"])
+    proc = torchrun([*common, "--out", tmp_path / "two.h5"])
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    assert "7 extracted" in err and "2 failed" in err
+    two = FeatureStore(tmp_path / "two.h5")
+    _same(FeatureStore(tmp_path / "one.h5"), two)
+    assert sorted(two.ids) == sorted(f"k/{p.stem}" for p in photos)
+    assert two.provenance["runs"][-1]["world_size"] == 2
