@@ -202,6 +202,9 @@ def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
     if kw.get("input_format") == "webdataset":
         items, source = _webdataset_inputs(media_dir, kw["id_from"])
     elif media_dir is not None:
+        if kind == "images" and not media_dir.is_dir() and (media_dir.suffix == ".tar" or "{" in str(media_dir)):
+            raise VLError(f"--images {media_dir}: not a folder of images but, by its name, webdataset shards; "
+                          "add --input-format webdataset")
         items = inp.find_media(media_dir, kw["id_from"], extensions, flag)
         source = {kind: str(media_dir.resolve()), "id_from": kw["id_from"], "input_format": "files"}
     elif list_file is not None:

@@ -271,6 +271,8 @@ def test_webdataset_errors_name_the_fix_before_any_work(tiny_models, tmp_path):
     assert "hold no image members" in empty.stderr
     listed = _extract(tiny_models, out, "--input-format", "webdataset", "--list", tmp_path / "x.txt", expect=1)
     assert "reads tar shards given with --images" in listed.stderr
+    forgot = _extract(tiny_models, out, "--images", tmp_path / "only_text.tar", expect=1)
+    assert "add --input-format webdataset" in forgot.stderr
     assert not out.exists()
 
 
