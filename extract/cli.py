@@ -18,6 +18,13 @@ Example (the paper's setting, on a GPU):
       --layer grid --pool 6 --batch-size 256 --workers 8 --device cuda \\
       --precision fp16 --out features/coco_val2014_rn101.h5
 \b
+webdataset tar shards ({key}.jpg members; the keys are the ids):
+  vl extract images --input-format webdataset --images 'shards/{00000..00009}.tar' \\
+      --model RN101 --pool 6 --out features/laion_rn101.h5
+\b
+A list of http(s) URLs (`url` or `id<TAB>url` lines), downloaded as it goes:
+  vl extract images --list urls.txt --timeout 10 --retries 2 --out features/web.h5
+\b
 On several GPUs or machines, the same command under torchrun:
   torchrun --nproc-per-node 8 -m vl.shared.cli extract images ...
 """
@@ -47,9 +54,11 @@ def _input_options(kind: str):
     what = "images" if kind == "images" else "videos"
     decorators = [
         click.option(f"--{what}", "media_dir", type=click.Path(path_type=Path),
-                     help=f"Folder of {what}, searched recursively."),
+                     help=f"Folder of {what}, searched recursively"
+                          + (" (with --input-format webdataset: tar shards)." if what == "images" else ".")),
         click.option("--list", "list_file", type=click.Path(path_type=Path),
-                     help="Text file with one path per line (relative to the file), or `id<TAB>path`."),
+                     help="Text file with one path per line (relative to the file), or `id<TAB>path`"
+                          + ("; lines may be http(s) URLs, or `id<TAB>url`." if what == "images" else ".")),
         click.option("--manifest", type=click.Path(path_type=Path),
                      help="Dataset manifest (.jsonl): extract the media ids it uses, found under --media-root."),
         click.option("--media-root", type=click.Path(path_type=Path),
@@ -121,12 +130,21 @@ def _model_options(default_model: str, default_layer: str, unit: str):
 
 @extract.command("images", epilog=IMAGES_EXAMPLE)
 @_input_options("images")
+@click.option("--input-format", type=click.Choice(["files", "webdataset"]), default="files", show_default=True,
+              help="webdataset: --images names tar shards (a .tar file, a folder of them, or a pattern such as "
+                   "'shards/{00000..00009}.tar'); each {key}.jpg|jpeg|png|webp member is stored under its key.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to wait on a URL (per attempt) before it counts as failed.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="More attempts for a URL after a timeout, connection error or HTTP 408/429/5xx "
+                   "(waiting 1, 2, 4, ... s); other HTTP errors are final.")
 @_model_options("RN101", "grid", "Images")
 def images(**kw) -> None:
     """Extract CLIP features of images into one HDF5 feature store.
 
-    Give the images as a folder (--images), a list file (--list) or a dataset
-    manifest (--manifest). Running the same command again skips images already
+    Give the images as a folder (--images), a list file of paths or http(s) URLs
+    (--list), a dataset manifest (--manifest), or webdataset tar shards
+    (--input-format webdataset --images SHARDS). Running the same command again skips images already
     in the store, finishes an interrupted run, and adds new images; a store made
     with other settings is refused unless --overwrite. Images that cannot be read
     are recorded (with the reason) in the store and in OUT.json, and the run goes on.
@@ -182,19 +200,30 @@ def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
     from vl.shared.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
     extensions = IMAGE_EXTENSIONS if kind == "images" else VIDEO_EXTENSIONS
-    if media_dir is not None:
+    if kw.get("input_format") == "webdataset":
+        items, source = _webdataset_inputs(media_dir, kw["id_from"])
+    elif media_dir is not None:
+        if kind == "images" and not media_dir.is_dir() and (media_dir.suffix == ".tar" or "{" in str(media_dir)):
+            raise VLError(f"--images {media_dir}: not a folder of images but, by its name, webdataset shards; "
+                          "add --input-format webdataset")
         items = inp.find_media(media_dir, kw["id_from"], extensions, flag)
-        source = {kind: str(media_dir.resolve()), "id_from": kw["id_from"]}
+        source = {kind: str(media_dir.resolve()), "id_from": kw["id_from"], "input_format": "files"}
     elif list_file is not None:
-        items = inp.read_list(list_file, kw["id_from"])
-        source = {"list": str(list_file.resolve()), "id_from": kw["id_from"]}
+        items = inp.read_list(list_file, kw["id_from"], allow_urls=kind == "images")
+        urls = sum(x.is_url for x in items)
+        source = {"list": str(list_file.resolve()), "id_from": kw["id_from"],
+                  "input_format": "urls" if urls == len(items) else "files+urls" if urls else "files"}
+        if urls:
+            source.update(timeout_s=kw["timeout"], retries=kw["retries"])
     else:
         items = inp.from_manifest(manifest, media_root, extensions)
-        source = {"manifest": str(manifest.resolve()), "media_root": str(media_root) if media_root else None}
+        source = {"manifest": str(manifest.resolve()), "media_root": str(media_root) if media_root else None,
+                  "input_format": "files"}
 
     from vl.extract.decode import DEFAULT_MAX_PIXELS
     from vl.extract.encoder import EncoderSpec
     from vl.extract.pipeline import ExtractOptions
+    from vl.extract.sources import FetchSettings
 
     model_config, pretrained, out = kw["model_config"], kw["pretrained"], kw["out"]
     model = kw["model"] or (model_config.stem if model_config else default_model)
@@ -204,7 +233,8 @@ def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
                        seed=kw["seed"])
     opts = ExtractOptions(out=out, batch_size=kw["batch_size"] or 0, workers=kw["workers"], dtype=kw["dtype"],
                           max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, overwrite=kw["overwrite"],
-                          shard_rows=kw["shard_size"], progress=not kw["quiet"], retry_failed=kw["retry_failed"])
+                          shard_rows=kw["shard_size"], progress=not kw["quiet"], retry_failed=kw["retry_failed"],
+                          fetch=FetchSettings(kw.get("timeout", 10.0), kw.get("retries", 2)))
     try:
         summary = extract_fn(items, spec, opts, source)
     except KeyboardInterrupt:
@@ -220,6 +250,24 @@ def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
                     fg="yellow", err=True)
         if kw["strict"]:
             sys.exit(1)
+
+
+def _webdataset_inputs(shards, id_from: str):
+    """Inputs and the source record for --input-format webdataset --images SHARDS."""
+    if shards is None:
+        raise VLError("--input-format webdataset reads tar shards given with --images: a .tar file, a folder "
+                      "of them, or a pattern such as 'shards/{00000..00009}.tar' (not --list or --manifest)")
+    if id_from != "stem":
+        raise VLError("--id-from does not apply to webdataset shards: each image is stored under its key "
+                      "(the member name without extension, folder part included)")
+    from vl.extract.webdataset import find_shards, index_shards
+
+    shard_files = find_shards(shards)
+    items = index_shards(shard_files)
+    if not any(x.member for x in items) and not any(x.error for x in items):
+        raise VLError(f"--images {shards}: the {len(shard_files)} shard(s) hold no image members "
+                      "({key}.jpg, .jpeg, .png or .webp)")
+    return items, {"webdataset": os.path.abspath(shards), "shards": len(shard_files), "input_format": "webdataset"}
 
 
 def _print_summary(s, kind: str) -> None:

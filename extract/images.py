@@ -63,7 +63,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
     from tqdm import tqdm
 
     dataset = ImageDataset(pending, encoder.transform, opts.max_pixels,
-                           delay_s=test_delay_s())
+                           delay_s=test_delay_s(), fetch=opts.fetch)
     chunk = opts.batch_size if opts.workers == 0 else max(1, min(opts.batch_size, WORKER_CHUNK))
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -72,7 +72,8 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
         collate_fn=collate_decoded,
         pin_memory=encoder.device.type == "cuda",
         prefetch_factor=max(4, 2 * opts.batch_size // chunk) if opts.workers > 0 else None,
-        timeout=600 if opts.workers > 0 else 0,  # a stuck worker ends the run with an error, never a hang
+        # a stuck worker ends the run with an error, never a hang (downloads may take their time first)
+        timeout=600 + (opts.fetch.longest_s() if any(x.is_url for x in pending) else 0) if opts.workers > 0 else 0,
     )
     store_dtype = STORE_DTYPES[opts.dtype]
     failures: list[dict] = []
@@ -92,7 +93,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                 joiner.push(indices, images)
                 encode()
             if failed:
-                new = [{"id": pending[i].id, "path": pending[i].path, "reason": why,
+                new = [{"id": pending[i].id, "path": pending[i].location, "reason": why,
                         "file": file_signature(pending[i].path)} for i, why in failed]
                 builder.add_failures(new)
                 failures.extend(new)

@@ -22,6 +22,7 @@ from vl.extract.decode import DEFAULT_MAX_PIXELS
 from vl.shared.distributed import ranks_from_env
 from vl.extract.encoder import EncoderSpec, LoadedEncoder, load_encoder
 from vl.extract.inputs import MediaInput
+from vl.extract.sources import FetchSettings
 from vl.extract.store_builder import StoreBuilder
 from vl.shared.digests import digest_strings
 from vl.shared.errors import VLError
@@ -62,6 +63,7 @@ class ExtractOptions:
     shard_seconds: float = 60.0
     progress: bool = True
     retry_failed: bool = False
+    fetch: FetchSettings = field(default_factory=FetchSettings)  # for http(s) inputs
 
 
 @dataclass
@@ -201,7 +203,7 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "source": source or {},
                 "inputs": len(inputs),
-                "input_list_digest": digest_strings(f"{x.id}\t{x.path}" for x in inputs),
+                "input_list_digest": digest_strings(f"{x.id}\t{x.location}" for x in inputs),
                 "seconds": round(seconds, 3),
                 "device": str(encoder.device),
                 "world_size": ranks.world_size,
