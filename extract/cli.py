@@ -189,36 +189,11 @@ def videos(fps, frames, max_frames, video_timeout, **kw) -> None:
 
 def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
     """What both commands do around the extraction: inputs, settings, summary, exit code."""
-    media_dir, list_file, manifest, media_root = kw["media_dir"], kw["list_file"], kw["manifest"], kw["media_root"]
-    flag = f"--{kind}"
-    if sum(s is not None for s in (media_dir, list_file, manifest)) != 1:
-        raise VLError(f"give exactly one of {flag} DIR, --list FILE or --manifest M.jsonl")
-    if media_root is not None and manifest is None:
-        raise VLError("--media-root goes with --manifest")
+    from vl.extract.collect import collect_inputs
 
-    from vl.extract import inputs as inp
-    from vl.shared.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
-    extensions = IMAGE_EXTENSIONS if kind == "images" else VIDEO_EXTENSIONS
-    if kw.get("input_format") == "webdataset":
-        items, source = _webdataset_inputs(media_dir, kw["id_from"])
-    elif media_dir is not None:
-        if kind == "images" and not media_dir.is_dir() and (media_dir.suffix == ".tar" or "{" in str(media_dir)):
-            raise VLError(f"--images {media_dir}: not a folder of images but, by its name, webdataset shards; "
-                          "add --input-format webdataset")
-        items = inp.find_media(media_dir, kw["id_from"], extensions, flag)
-        source = {kind: str(media_dir.resolve()), "id_from": kw["id_from"], "input_format": "files"}
-    elif list_file is not None:
-        items = inp.read_list(list_file, kw["id_from"], allow_urls=kind == "images")
-        urls = sum(x.is_url for x in items)
-        source = {"list": str(list_file.resolve()), "id_from": kw["id_from"],
-                  "input_format": "urls" if urls == len(items) else "files+urls" if urls else "files"}
-        if urls:
-            source.update(timeout_s=kw["timeout"], retries=kw["retries"])
-    else:
-        items = inp.from_manifest(manifest, media_root, extensions)
-        source = {"manifest": str(manifest.resolve()), "media_root": str(media_root) if media_root else None,
-                  "input_format": "files"}
+    items, source = collect_inputs(kind, kw["media_dir"], kw["list_file"], kw["manifest"], kw["media_root"],
+                                   kw["id_from"], kw.get("input_format") or "files", kw.get("timeout", 10.0),
+                                   kw.get("retries", 2))
 
     from vl.extract.decode import DEFAULT_MAX_PIXELS
     from vl.extract.encoder import EncoderSpec
@@ -250,24 +225,6 @@ def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
                     fg="yellow", err=True)
         if kw["strict"]:
             sys.exit(1)
-
-
-def _webdataset_inputs(shards, id_from: str):
-    """Inputs and the source record for --input-format webdataset --images SHARDS."""
-    if shards is None:
-        raise VLError("--input-format webdataset reads tar shards given with --images: a .tar file, a folder "
-                      "of them, or a pattern such as 'shards/{00000..00009}.tar' (not --list or --manifest)")
-    if id_from != "stem":
-        raise VLError("--id-from does not apply to webdataset shards: each image is stored under its key "
-                      "(the member name without extension, folder part included)")
-    from vl.extract.webdataset import find_shards, index_shards
-
-    shard_files = find_shards(shards)
-    items = index_shards(shard_files)
-    if not any(x.member for x in items) and not any(x.error for x in items):
-        raise VLError(f"--images {shards}: the {len(shard_files)} shard(s) hold no image members "
-                      "({key}.jpg, .jpeg, .png or .webp)")
-    return items, {"webdataset": os.path.abspath(shards), "shards": len(shard_files), "input_format": "webdataset"}
 
 
 def _print_summary(s, kind: str) -> None:

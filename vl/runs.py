@@ -415,42 +415,40 @@ def _media_inputs(paths: Iterable[Path]) -> list[Any]:
 # -- extraction from Python ----------------------------------------------------------------------
 
 def _inputs(kind: str, media: PathLike | Sequence[PathLike] | None, list_file: PathLike | None,
-            manifest: PathLike | None, media_root: PathLike | None, id_from: str) -> tuple[list[Any], dict]:
+            manifest: PathLike | None, media_root: PathLike | None, id_from: str, input_format: str,
+            timeout: float, retries: int) -> tuple[list[Any], dict]:
+    """As the command reads them (vl.extract.collect), plus a Python list of files (ids: their
+    names without extension)."""
     from vl.extract import inputs as inp
-    from vl.shared.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+    from vl.extract.collect import collect_inputs
 
-    extensions = IMAGE_EXTENSIONS if kind == "images" else VIDEO_EXTENSIONS
-    if sum(x is not None for x in (media, list_file, manifest)) != 1:
-        raise VLError(f"give exactly one of {kind} (a folder or a list of files), list_file or manifest")
-    if manifest is not None:
-        return (inp.from_manifest(manifest, media_root, extensions),
-                {"manifest": str(Path(manifest).resolve()), "media_root": str(media_root) if media_root else None})
-    if list_file is not None:
-        return inp.read_list(list_file, id_from), {"list": str(Path(list_file).resolve()), "id_from": id_from}
-    if isinstance(media, (str, os.PathLike)) and Path(media).is_dir():
-        return (inp.find_media(media, id_from, extensions, f"--{kind}"),
-                {kind: str(Path(media).resolve()), "id_from": id_from})
-    files = [Path(media)] if isinstance(media, (str, os.PathLike)) else [Path(m) for m in media]
-    items = inp.check_unique([inp.MediaInput(p.stem, str(p)) for p in files], id_from="stem")
-    return items, {kind: [str(p) for p in files]}
+    if media is not None and not isinstance(media, (str, os.PathLike)):
+        if list_file is not None or manifest is not None:
+            raise VLError(f"give exactly one of {kind} (a folder or a list of files), list_file or manifest")
+        files = [Path(m) for m in media]
+        items = inp.check_unique([inp.MediaInput(p.stem, str(p)) for p in files], id_from="stem")
+        return items, {kind: [str(p) for p in files], "input_format": "files"}
+    return collect_inputs(kind, media, list_file, manifest, media_root, id_from, input_format, timeout, retries)
 
 
 def _extract(kind: str, media, out: PathLike, *, list_file, manifest, media_root, id_from, model, pretrained,
              model_config, layer, pool, resize, precision, device, dtype, batch_size, workers, overwrite, seed,
-             progress, sampling=None):
+             progress, sampling=None, input_format="files", timeout=10.0, retries=2):
     from vl.extract.decode import DEFAULT_MAX_PIXELS
     from vl.extract.encoder import EncoderSpec
     from vl.extract.images import extract_images as run_images
     from vl.extract.pipeline import ExtractOptions
+    from vl.extract.sources import FetchSettings
     from vl.extract.videos import extract_videos as run_videos
 
-    items, source = _inputs(kind, media, list_file, manifest, media_root, id_from)
+    items, source = _inputs(kind, media, list_file, manifest, media_root, id_from, input_format, timeout, retries)
     spec = EncoderSpec(model=model or (Path(model_config).stem if model_config else None),
                        pretrained=None if pretrained is None or str(pretrained).lower() == "none" else str(pretrained),
                        model_config=str(model_config) if model_config else None, layer=layer, pool=pool,
                        resize=resize, precision=precision, device=device, seed=seed)
     opts = ExtractOptions(out=Path(out), batch_size=batch_size, workers=workers, dtype=dtype,
-                          max_pixels=DEFAULT_MAX_PIXELS, overwrite=overwrite, progress=progress)
+                          max_pixels=DEFAULT_MAX_PIXELS, overwrite=overwrite, progress=progress,
+                          fetch=FetchSettings(timeout, retries))
     if kind == "images":
         return run_images(items, spec, opts, source)
     return run_videos(items, spec, opts, sampling, source=source)
@@ -462,16 +460,19 @@ def extract_images(images: PathLike | Sequence[PathLike] | None = None, *, out: 
                    pretrained: PathLike | None = "openai", model_config: PathLike | None = None, layer: str = "grid",
                    pool: int | None = None, resize: str = "model", precision: str = "fp32", device: str = "auto",
                    dtype: str = "float16", batch_size: int = 0, workers: int | None = None,
-                   overwrite: bool = False, seed: int = 0, progress: bool = True):
-    """`vl extract images` from Python: CLIP features of `images` (a folder, or a list of
-    files: ids are their names without extension), a `list_file` or a `manifest`, into the
-    store `out`; resumable like the command. The options are the command's (`vl extract
-    images --help`); returns the ExtractSummary (counts, failures, seconds)."""
+                   overwrite: bool = False, seed: int = 0, progress: bool = True, input_format: str = "files",
+                   timeout: float = 10.0, retries: int = 2):
+    """`vl extract images` from Python: CLIP features of `images` (a folder, a list of files:
+    ids are their names without extension, or with input_format="webdataset" tar shards:
+    a file, folder or 'shards/{00000..00009}.tar'), a `list_file` (paths or http(s) URLs,
+    fetched with `timeout` and `retries`) or a `manifest`, into the store `out`; resumable
+    like the command. The options are the command's (`vl extract images --help`); returns
+    the ExtractSummary (counts, failures, seconds)."""
     return _extract("images", images, out, list_file=list_file, manifest=manifest, media_root=media_root,
                     id_from=id_from, model=model if model_config is None else None, pretrained=pretrained,
                     model_config=model_config, layer=layer, pool=pool, resize=resize, precision=precision,
                     device=device, dtype=dtype, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                    seed=seed, progress=progress)
+                    seed=seed, progress=progress, input_format=input_format, timeout=timeout, retries=retries)
 
 
 def extract_videos(videos: PathLike | Sequence[PathLike] | None = None, *, out: PathLike,
