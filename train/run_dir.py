@@ -46,6 +46,7 @@ from vl.shared.run_dir import (
     curves_path,
     find_checkpoint,
     read_metrics,
+    step_checkpoints,
     run_json_path,
 )
 from vl.shared.version import __version__
@@ -218,6 +219,20 @@ def load_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
     if restore_rng:
         _set_rng_state(state["rng"])
     return state["extra"]
+
+
+def prune_step_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[str]:
+    """Remove all but the newest `keep` step-N checkpoints (never `last` or `best`); returns
+    the names removed. Each is renamed aside before it is deleted, so a kill never leaves a
+    half-deleted checkpoint under its own name."""
+    removed = []
+    for _, name in step_checkpoints(run_dir)[:-keep]:
+        folder = checkpoints_dir(run_dir) / name
+        aside = folder.with_name(f".{name}.old-{os.getpid()}")
+        os.replace(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 # -- run.json ---------------------------------------------------------------------------
