@@ -15,11 +15,12 @@ tqdm is imported on the first bar, not with this module, so `vl --help` stays fa
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import sys
-from typing import Any, Iterable, TextIO
+from typing import Any, Iterable, Iterator, TextIO
 
 OFF_WORDS = {"", "0", "false", "no", "off"}
 LINES_PER_BAR = 10  # without a terminal: one line per 10 % of the total
@@ -29,6 +30,20 @@ def bars_disabled_by_env() -> bool:
     """Whether `TQDM_DISABLE` asks for no bars (tqdm's own variable, which an explicit
     `disable=` argument would otherwise override)."""
     return os.environ.get("TQDM_DISABLE", "").strip().lower() not in OFF_WORDS
+
+
+@contextlib.contextmanager
+def bars_off() -> Iterator[None]:
+    """No progress bars inside the block (it sets TQDM_DISABLE, and restores it after)."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 def _is_terminal(file: TextIO) -> bool:
@@ -67,10 +82,10 @@ def _log_lines_class() -> type:
         def __init__(self, *args: Any, total: int | None = None, **kwargs: Any):
             step = max(1, math.ceil(total / LINES_PER_BAR)) if total else 1
             self._printed_n = kwargs.get("initial", 0)  # where the last line was (tqdm's __init__ displays)
-            # miniters set by hand: tqdm redraws only after that many items, never by time
-            # (mininterval 0, no monitor thread raising the rate after maxinterval).
-            super().__init__(*args, total=total, miniters=step, mininterval=0, maxinterval=float("inf"),
-                             ncols=100, ascii=True, **kwargs)
+            # miniters set by hand (over the caller's timing): tqdm redraws only after that many
+            # items, never by time (mininterval 0, no monitor thread raising the rate after maxinterval).
+            kwargs.update(miniters=step, mininterval=0, maxinterval=float("inf"), ncols=100, ascii=True)
+            super().__init__(*args, total=total, **kwargs)
             self.sp = None  # tqdm's in-place printer: unused here, and close() then writes no "\n"
 
         def display(self, msg: str | None = None, pos: int | None = None) -> bool:

@@ -408,9 +408,9 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
             epoch_sums = sums if first else {"seen": 0, "loss_sum": 0.0, "task_loss": {}, "seconds": 0.0}
             t0, micro, ended_by_max = time.perf_counter() - epoch_sums["seconds"], first, False
             window = {"seen": 0, "loss_sum": 0.0, "t0": time.perf_counter()}  # since the last step record
-            bar = progress_bar(loader, total=len(sampler), initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            bar = progress_bar(total=len(sampler), initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                                unit="batch", enabled=main and progress)
-            for batch in bar:
+            for batch in loader:
                 batch = to_device(batch, device)
                 n = len(batch["ids"])
                 # An optimizer step averages its micro-batches; the epoch's last step takes what is left.
@@ -446,6 +446,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
                 window["seen"] += step_n
                 window["loss_sum"] += step_loss * step_n
                 bar.set_postfix(loss=f"{step_loss:.4f}", task=batch["task"], refresh=False)
+                bar.update(1)  # (by hand: a bar iterating the loader would not count a batch left by `break`)
                 if not boundary:
                     continue
                 log_step = every > 0 and (step + 1) % every == 0

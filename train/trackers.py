@@ -124,7 +124,9 @@ class WandbTracker:
         else:
             from vl.shared.atomic import write_text_atomic
 
-            run_id = wandb.util.generate_id()
+            import secrets
+
+            run_id = secrets.token_hex(4)  # lower-case letters and digits, as W&B run ids
             write_text_atomic(id_file, run_id + "\n")
         folder = Path(os.environ.get("WANDB_DIR") or run_dir)
         folder.mkdir(parents=True, exist_ok=True)
