@@ -8,11 +8,12 @@ its file names, and the reading and appending that needs no torch.
                                            optimizer steps, a "kind": "step" one (loss, lr, grad_norm)
     <run>/curves.png, curves.svg           training loss and validation scores by epoch
     <run>/tokenizer/                       the tokenizer trained for the run (when the config names none)
-    <run>/checkpoints/<name>/model.safetensors   the trainable tensors only
+    <run>/checkpoints/<name>/model.safetensors   the trainable tensors only (<name>: last, best, step-N)
     <run>/checkpoints/<name>/state.pt      optimizer, scheduler, RNG states and the caller's `extra`
     <run>/checkpoints/<name>/meta.json     step, trainable names and count, sha256 of model.safetensors
     <run>/eval/epoch_<N>.json              the validation of epoch N: metrics, predictions
     <run>/eval/<split>/<task>.json         `vl evaluate`'s scores, beside the predictions files
+    <run>/tensorboard/, wandb_run_id.txt   the trackers of logging.report_to (vl.train.trackers)
 
 `vl train` writes the directory (the tensors through vl.train.run_dir); `vl evaluate`
 and `vl report` read it here, so a report imports no torch.

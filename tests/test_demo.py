@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -18,9 +19,10 @@ TASKS = {"image": ("vqa", "gqa", "nlvr2", "caption"), "video": ("tvqa", "how2qa"
 
 def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny"], prog_name="vl")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny", "--quiet"], prog_name="vl")
     assert result.exit_code == 0, result.output[-3000:]
     text = result.output
+    assert not re.search(r"^(epoch \d+/\d+|predict \w+|extract): ", text, re.M)  # --quiet: no progress bars
     assert "$ vl data demo" in text and "$ (cd " in text and "$ vl extract images" in text  # the commands, printed
     assert "not the paper" in text and "majority baseline (always answering" in text and "VQA val accuracy:" in text
     assert "$ vl train -c " + str(out / "configs/pretrain.yaml") in text and "Pre-training" in text

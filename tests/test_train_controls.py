@@ -176,3 +176,16 @@ def test_resume_from_names_the_checkpoints_a_run_has(world, tmp_path):
     assert result.exit_code == 1 and "this run has: best, last" in result.output
     with pytest.raises(VLError, match="no checkpoints"):
         loop.train(load_config(TrainConfig, write_config(world, tmp_path / "empty")), resume=True)
+
+
+def test_metrics_readers_tell_epoch_records_from_step_records(tmp_path):
+    from vl.shared.run_dir import append_metrics, drop_metrics_after
+
+    for record in ({"epoch": 1, "step": 4, "train_loss": 2.0},  # written before records had a kind
+                   {"kind": "step", "step": 6, "loss": 1.5}, {"kind": "epoch", "epoch": 2, "step": 8},
+                   {"kind": "step", "step": 10, "loss": 1.0}):
+        append_metrics(tmp_path, record)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [4, 8]
+    assert [r["step"] for r in read_metrics(tmp_path, kind="step")] == [6, 10]
+    assert drop_metrics_after(tmp_path, 6) == 2 and [r["step"] for r in read_metrics(tmp_path, kind=None)] == [4, 6]
+    assert drop_metrics_after(tmp_path, 6) == 0
