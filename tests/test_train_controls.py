@@ -83,7 +83,8 @@ def test_a_tracker_whose_package_is_missing_names_the_pip_extra(world, tmp_path,
 def test_max_steps_ends_inside_an_epoch_with_validation_and_checkpoints(world, tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     run = tmp_path / "max"
-    result = vl_train("-c", str(write_config(world, run)), "--set", "max_steps=5", "--set", "logging.every_n_steps=1")
+    result = vl_train("-c", str(write_config(world, run, epochs=1)), "--set", "max_steps=5",
+                      "--set", "logging.every_n_steps=1")
     assert result.exit_code == 0, result.output
     assert bar_lines(result.output) == [] and "stopped at max_steps=5" in result.output
     (record,) = read_metrics(run)
@@ -94,10 +95,12 @@ def test_max_steps_ends_inside_an_epoch_with_validation_and_checkpoints(world, t
 
     again = vl_train("--resume", str(run))
     assert again.exit_code == 0 and "reached max_steps=5" in again.output and len(read_metrics(run)) == 1
-    more = vl_train("--resume", str(run), "--set", "max_steps=7")  # on inside the same epoch
+    # on from inside the same epoch, and past `epochs`: max_steps replaces it
+    more = vl_train("--resume", str(run), "--set", "max_steps=12")
     assert more.exit_code == 0, more.output
     assert "inside epoch 1, after 5 of its 9 batches" in more.output
-    assert [(r["epoch"], r["step"]) for r in read_metrics(run)] == [(1, 5), (1, 7)]
+    assert [(r["epoch"], r["step"]) for r in read_metrics(run)] == [(1, 5), (1, 9), (2, 12)]
+    assert "batches" not in read_metrics(run)[1] and read_metrics(run)[2]["batches"] == f"3/{STEPS_PER_EPOCH}"
 
 
 def test_early_stopping_stops_and_resume_does_not_continue_past_it(world, tmp_path, monkeypatch):

@@ -159,8 +159,8 @@ class TrainConfig:
     sampling: Sampling = "proportional"
     temperature: float = 1.0  # sampling=temperature: task shares ∝ size^(1/T)
     epochs: int = 20
-    # stop after this many optimizer steps (with validation and checkpoints, as after the last
-    # epoch), even inside an epoch; the lr schedule then decays to 0 at this step. None: epochs decide
+    # train this many optimizer steps instead of `epochs` epochs (as many epochs as that takes, the last
+    # one stopped inside, then validated and saved); the lr schedule decays to 0 at this step
     max_steps: int | None = None
     seed: int = 0
     precision: Precision = "fp32"  # bf16/fp16: autocast on the GPU

@@ -341,7 +341,9 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
     # 5. Optimizer and schedule over the whole run's optimizer steps.
     accum = cfg.optim.grad_accum
     steps_per_epoch = math.ceil(len(sampler) / accum)
-    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or math.inf)
+    # max_steps, when set, replaces epochs (as in HF's Trainer): as many epochs as it takes, the last one cut short
+    epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / steps_per_epoch)
+    total_steps = cfg.max_steps or steps_per_epoch * epochs
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear(total_steps, int(cfg.optim.warmup_ratio * total_steps)))
@@ -396,11 +398,11 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
                                "stale": stale, "stopped": early}}
 
     # 7. Epochs.
-    trackers = Trackers(run_dir, cfg.logging) if main else None
+    trackers = Trackers(run_dir, cfg) if main else None
     every = cfg.logging.every_n_steps
     trainable_params = [p for p in model.parameters() if p.requires_grad]
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, epochs):
             first = start_micro if epoch == start_epoch else 0
             sampler.set_epoch(epoch, start=first)
             model.train()
@@ -408,7 +410,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
             epoch_sums = sums if first else {"seen": 0, "loss_sum": 0.0, "task_loss": {}, "seconds": 0.0}
             t0, micro, ended_by_max = time.perf_counter() - epoch_sums["seconds"], first, False
             window = {"seen": 0, "loss_sum": 0.0, "t0": time.perf_counter()}  # since the last step record
-            bar = progress_bar(total=len(sampler), initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            bar = progress_bar(total=len(sampler), initial=first, desc=f"epoch {epoch + 1}/{epochs}",
                                unit="batch", enabled=main and progress)
             for batch in loader:
                 batch = to_device(batch, device)
@@ -487,7 +489,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
                       "samples_per_s": round(seen / max(seconds, 1e-9), 2),
                       **{f"{t}_train_loss": sum(v) / len(v) for t, v in sorted(task_loss.items())}}
             inside = micro if micro < len(sampler) else None  # max_steps ended the run inside the epoch
-            last_epoch = epoch + 1 == cfg.epochs or ended_by_max
+            last_epoch = epoch + 1 == epochs or ended_by_max
             if inside is not None:
                 record["batches"] = f"{micro}/{len(sampler)}"
                 epoch_sums["seconds"] = seconds

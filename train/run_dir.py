@@ -357,7 +357,8 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     epoch. None when there is nothing to plot yet."""
     from vl.shared.figures import Panel, Series, line_chart
 
-    records = read_metrics(run_dir)
+    # the latest record of each epoch (a run stopped inside an epoch by max_steps and resumed has two)
+    records = list({r["epoch"]: r for r in read_metrics(run_dir)}.values())
     if not records:
         return None
     epochs = [r["epoch"] for r in records]

@@ -30,7 +30,7 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-TrackerFactory = Callable[[Path, Any], Tracker]  # (run_dir, LoggingConfig) -> Tracker
+TrackerFactory = Callable[[Path, Any], Tracker]  # (run_dir, the run's TrainConfig) -> Tracker
 TRACKERS: Registry[TrackerFactory] = Registry("tracker")
 
 
@@ -130,8 +130,10 @@ class WandbTracker:
             write_text_atomic(id_file, run_id + "\n")
         folder = Path(os.environ.get("WANDB_DIR") or run_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=cfg.wandb_project, name=run_dir.resolve().name, id=run_id, resume="allow",
-                              dir=str(folder), config={"run_dir": str(run_dir)})
+        from vl.shared.config import config_to_dict
+
+        self.run = wandb.init(project=cfg.logging.wandb_project, name=run_dir.resolve().name, id=run_id,
+                              resume="allow", dir=str(folder), config=config_to_dict(cfg))
 
     def log(self, record: dict[str, Any]) -> None:
         self.run.log(scalars(record), step=record["step"])
@@ -146,7 +148,7 @@ class Trackers:
     def __init__(self, run_dir: Path, cfg: Any):
         self.trackers: list[Tracker] = []
         try:
-            for name in cfg.report_to:
+            for name in cfg.logging.report_to:
                 self.trackers.append(TRACKERS.lookup(name)(run_dir, cfg))
         except BaseException:
             self.close()
