@@ -192,3 +192,15 @@ def test_metrics_readers_tell_epoch_records_from_step_records(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path, kind="step")] == [6, 10]
     assert drop_metrics_after(tmp_path, 6) == 2 and [r["step"] for r in read_metrics(tmp_path, kind=None)] == [4, 6]
     assert drop_metrics_after(tmp_path, 6) == 0
+
+
+def test_the_sampler_starts_an_epoch_where_a_step_checkpoint_left_it():
+    from vl.train.data import MultiTaskSampler
+
+    sampler = MultiTaskSampler({"vqa": 36, "gqa": 25}, 8, seed=3)
+    sampler.set_epoch(1)
+    whole = list(sampler)
+    sampler.set_epoch(1, start=4)
+    assert list(sampler) == whole[4:] and len(sampler) == len(whole) == STEPS_PER_EPOCH
+    sampler.set_epoch(2)
+    assert list(sampler) != whole and len(list(sampler)) == STEPS_PER_EPOCH  # a new epoch starts at 0 again
