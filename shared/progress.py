@@ -8,8 +8,8 @@
 - On a terminal it is tqdm's ordinary bar, redrawn in place.
 - With no terminal (a log file, CI, `nohup`) a redrawn bar would write a line per
   refresh; here it writes a plain line only when another 10 % of `total` is done (and
-  the last one), so a log holds at most 11 lines a bar. Its postfix (loss, task) shows in
-  those lines.
+  where it stopped, if that was between two tenths), so a log holds at most 10 lines a
+  bar. Its postfix (loss, task) shows in those lines.
 
 tqdm is imported on the first bar, not with this module, so `vl --help` stays fast.
 """
