@@ -22,6 +22,7 @@ Nothing is downloaded, so the numbers show the pipeline working, not the paper's
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -35,6 +36,7 @@ import click
 
 from vl.shared.atomic import write_text_atomic
 from vl.shared.errors import VLError
+from vl.shared.progress import bars_off
 from vl.shared.run_dir import LAST, eval_scores_path, has_checkpoint, metrics_path, read_metrics
 
 IMAGE_TASKS = (("vqa", "vqa2"), ("gqa", "gqa"), ("nlvr2", "nlvr2"), ("caption", "coco_caption"))
@@ -251,8 +253,11 @@ Examples:
               help="Folder for everything the demo makes; rerunning reuses finished steps.")
 @click.option("--quick", is_flag=True, help="A small world and one epoch a run: checks the whole pipeline fast.")
 @click.option("--size", type=click.Choice(sorted(RECIPES)), default=None, hidden=True)  # tiny: the tests
-def demo(out: Path, quick: bool, size: str | None) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (extraction, training, evaluation).")
+def demo(out: Path, quick: bool, size: str | None, quiet: bool) -> None:
     """Run the whole pipeline offline on the synthetic shapes world: write the world,
     convert it, extract features, train full fine-tuning and PEFT methods, evaluate
     every run and report. Each step is printed as the `vl` command it runs."""
-    run_demo(out, size or ("quick" if quick else "full"))
+    # Every bar goes through vl.shared.progress, which TQDM_DISABLE turns off, whichever command draws it.
+    with bars_off() if quiet else contextlib.nullcontext():
+        run_demo(out, size or ("quick" if quick else "full"))

@@ -18,6 +18,7 @@ from vl.extract.pipeline import (
     test_delay_s,
 )
 from vl.extract.store_builder import StoreBuilder
+from vl.shared.progress import progress_bar
 
 
 def extract_images(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions,
@@ -60,8 +61,6 @@ class BatchJoiner:
 def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder: StoreBuilder,
                       opts: ExtractOptions) -> list[dict]:
     """Decode in DataLoader workers, encode batch by batch, append to the store."""
-    from tqdm import tqdm
-
     dataset = ImageDataset(pending, encoder.transform, opts.max_pixels,
                            delay_s=test_delay_s(), fetch=opts.fetch)
     chunk = opts.batch_size if opts.workers == 0 else max(1, min(opts.batch_size, WORKER_CHUNK))
@@ -78,8 +77,8 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
     store_dtype = STORE_DTYPES[opts.dtype]
     failures: list[dict] = []
     joiner = BatchJoiner(opts.batch_size)
-    with tqdm(total=len(pending), unit="img", desc="extract", disable=not opts.progress,
-              dynamic_ncols=True, mininterval=0.5, smoothing=0.05) as bar:
+    with progress_bar(total=len(pending), unit="img", desc="extract", enabled=opts.progress,
+                      mininterval=0.5, smoothing=0.05) as bar:
 
         def encode(final: bool = False) -> None:
             for indices, images in joiner.batches(final):

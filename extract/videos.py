@@ -25,6 +25,7 @@ from vl.extract.pipeline import (
 )
 from vl.extract.store_builder import FrameInfo, StoreBuilder
 from vl.extract.video_decode import SamplingPolicy, VideoDecodeError, av_versions, decode_video
+from vl.shared.progress import progress_bar
 
 
 def extract_videos(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions, policy: SamplingPolicy,
@@ -103,8 +104,6 @@ class FramePacker:
 
 def run_video_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder: StoreBuilder,
                       opts: ExtractOptions, policy: SamplingPolicy, time_limit_s: float) -> list[dict]:
-    from tqdm import tqdm
-
     dataset = VideoDataset(pending, encoder.transform, policy, time_limit_s, opts.max_pixels, test_delay_s())
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=opts.workers, collate_fn=_one,
@@ -137,8 +136,8 @@ def run_video_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                 del videos[i]
             bar.update(len(done))
 
-    with tqdm(total=len(pending), unit="video", desc="extract", disable=not opts.progress,
-              dynamic_ncols=True, mininterval=0.5, smoothing=0.05) as bar:
+    with progress_bar(total=len(pending), unit="video", desc="extract", enabled=opts.progress,
+                      mininterval=0.5, smoothing=0.05) as bar:
         for index, frames, timestamps, duration, reason in guarded(loader):
             if reason is not None:
                 failure = {"id": pending[index].id, "path": pending[index].path, "reason": reason,

@@ -3,14 +3,17 @@ its file names, and the reading and appending that needs no torch.
 
     <run>/config.json                      the resolved TrainConfig (`vl train --resume` reads it back)
     <run>/run.json                         resolved config, input digests, budget, method name, versions, git
-    <run>/metrics.jsonl                    one JSON record per line, appended as training goes
+    <run>/metrics.jsonl                    one JSON record per line, appended as training goes: one an
+                                           epoch ("kind": "epoch") and, every logging.every_n_steps
+                                           optimizer steps, a "kind": "step" one (loss, lr, grad_norm)
     <run>/curves.png, curves.svg           training loss and validation scores by epoch
     <run>/tokenizer/                       the tokenizer trained for the run (when the config names none)
-    <run>/checkpoints/<name>/model.safetensors   the trainable tensors only
+    <run>/checkpoints/<name>/model.safetensors   the trainable tensors only (<name>: last, best, step-N)
     <run>/checkpoints/<name>/state.pt      optimizer, scheduler, RNG states and the caller's `extra`
     <run>/checkpoints/<name>/meta.json     step, trainable names and count, sha256 of model.safetensors
     <run>/eval/epoch_<N>.json              the validation of epoch N: metrics, predictions
     <run>/eval/<split>/<task>.json         `vl evaluate`'s scores, beside the predictions files
+    <run>/tensorboard/, wandb_run_id.txt   the trackers of logging.report_to (vl.train.trackers)
 
 `vl train` writes the directory (the tensors through vl.train.run_dir); `vl evaluate`
 and `vl report` read it here, so a report imports no torch.
@@ -22,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vl.shared.atomic import write_text_atomic
 from vl.shared.errors import VLError
 
 CONFIG_FILE = "config.json"
@@ -33,6 +37,8 @@ CHECKPOINTS = "checkpoints"
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 EVAL_DIR = "eval"
 LAST, BEST = "last", "best"  # the loop's checkpoints: after every epoch, at the best validation score
+STEP_PREFIX = "step-"  # step-N: every save_every_n_steps optimizer steps (resumable mid-epoch)
+EPOCH_RECORD, STEP_RECORD = "epoch", "step"  # a metrics.jsonl record's "kind" (no kind: an epoch record)
 CHECKPOINT_KIND, RUN_KIND, SCHEMA_VERSION = "vl.checkpoint", "vl.run", 1
 
 
@@ -75,6 +81,33 @@ def checkpoint_dir(run_dir: str | os.PathLike, name: str) -> Path:
 
 def has_checkpoint(run_dir: str | os.PathLike, name: str) -> bool:
     return checkpoint_dir(run_dir, name).is_dir()
+
+
+def step_checkpoint_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step}"
+
+
+def step_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
+    """The run's step-N checkpoints as (N, name), oldest first."""
+    root = checkpoints_dir(run_dir)
+    found = []
+    for p in root.glob(f"{STEP_PREFIX}*") if root.is_dir() else []:
+        number = p.name[len(STEP_PREFIX):]
+        if p.is_dir() and number.isdigit():
+            found.append((int(number), p.name))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    """The checkpoint a resume continues from: of `last` and the step-N ones, the one saved
+    at the latest optimizer step (`last` on a tie: it also holds the epoch's validation);
+    None when the run has none."""
+    steps = step_checkpoints(run_dir)
+    if not has_checkpoint(run_dir, LAST):
+        return steps[-1][1] if steps else None
+    if steps and steps[-1][0] > (read_checkpoint_meta(run_dir, LAST).get("step") or 0):
+        return steps[-1][1]
+    return LAST
 
 
 def eval_dir(run_dir: str | os.PathLike, split: str) -> Path:
@@ -170,9 +203,13 @@ def _repair_tail(path: Path) -> None:
             f.truncate(pos)
 
 
+def _metrics_line(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, default=_json_default, ensure_ascii=False) + "\n"
+
+
 def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
     """Append `record` as one JSON line to `<run_dir>/metrics.jsonl` and flush it."""
-    line = json.dumps(record, sort_keys=True, default=_json_default, ensure_ascii=False) + "\n"
+    line = _metrics_line(record)
     path = metrics_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -182,9 +219,31 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
         f.flush()
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """Every record of `<run_dir>/metrics.jsonl`; a last line cut short by a kill is skipped,
-    a damaged line elsewhere is an error."""
+def record_kind(record: dict) -> str:
+    """EPOCH_RECORD or STEP_RECORD (records written before there were step records have no kind)."""
+    return record.get("kind", EPOCH_RECORD)
+
+
+def read_metrics(run_dir: str | os.PathLike, kind: str | None = EPOCH_RECORD) -> list[dict]:
+    """The records of `<run_dir>/metrics.jsonl` of this `kind` (epoch records unless told;
+    None: all, in file order); a last line cut short by a kill is skipped, a damaged line
+    elsewhere is an error."""
+    records = _read_all_metrics(run_dir)
+    return records if kind is None else [r for r in records if record_kind(r) == kind]
+
+
+def drop_metrics_after(run_dir: str | os.PathLike, step: int) -> int:
+    """Remove the records of optimizer steps after `step` (what a killed run logged past the
+    checkpoint it resumes from, which the resumed run logs again); returns how many went.
+    The file is rewritten atomically."""
+    records = _read_all_metrics(run_dir)
+    kept = [r for r in records if not (isinstance(r.get("step"), int) and r["step"] > step)]
+    if len(kept) < len(records):
+        write_text_atomic(metrics_path(run_dir), "".join(map(_metrics_line, kept)))
+    return len(records) - len(kept)
+
+
+def _read_all_metrics(run_dir: str | os.PathLike) -> list[dict]:
     path = metrics_path(run_dir)
     if not path.is_file():
         return []

@@ -188,10 +188,10 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> tuple[Path, str]:
-    """`vl demo --size tiny` once for the session: (its folder, the command's output)."""
+    """`vl demo --size tiny --quiet` once for the session: (its folder, the command's output)."""
     from vl.shared.cli import cli
 
     out = tmp_path_factory.mktemp("demo") / "demo"
-    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny"], prog_name="vl")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny", "--quiet"], prog_name="vl")
     assert result.exit_code == 0, result.output[-3000:]
     return out, result.output

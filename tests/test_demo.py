@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +19,7 @@ TASKS = {"image": ("vqa", "gqa", "nlvr2", "caption"), "video": ("tvqa", "how2qa"
 
 def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
     out, text = tiny_demo
+    assert not re.search(r"^(epoch \d+/\d+|predict \w+|extract): ", text, re.M)  # --quiet: no progress bars
     assert "$ vl data demo" in text and "$ (cd " in text and "$ vl extract images" in text  # the commands, printed
     assert "not the paper" in text and "majority baseline (always answering" in text and "VQA val accuracy:" in text
     assert "$ vl train -c " + str(out / "configs/pretrain.yaml") in text and "Pre-training" in text

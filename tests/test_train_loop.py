@@ -112,22 +112,27 @@ def test_full_fine_tuning_overfits_eight_examples(world, tmp_path):
     assert records[0]["train_loss"] > 3.0 and records[-1]["train_loss"] < 0.5, records[-1]
 
 
+def train_until_killed(cfg: TrainConfig, checkpoint: str) -> None:
+    """loop.train(cfg), killed (KeyboardInterrupt) right after it first saves `checkpoint`."""
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run_dir, name, *args, **kwargs):
+        out = real_save(run_dir, name, *args, **kwargs)
+        if name == checkpoint:
+            raise KeyboardInterrupt
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            loop.train(cfg, progress=False)
+
+
 def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(world, tmp_path, monkeypatch):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert vl_train("-c", str(write_config(world, whole))).exit_code == 0
 
-    real_save = loop.save_checkpoint
-
-    def save_then_die(run_dir, name, *args, **kwargs):  # killed right after the first epoch's checkpoint
-        out = real_save(run_dir, name, *args, **kwargs)
-        if name == "last":
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(load_config(TrainConfig, write_config(world, killed)))
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    train_until_killed(load_config(TrainConfig, write_config(world, killed)), "last")  # after epoch 1's
     assert [r["epoch"] for r in read_metrics(killed)] == [1]
 
     result = vl_train("--resume", str(killed))

@@ -12,13 +12,15 @@ ConfigSource = str | os.PathLike | TrainConfig | Sequence[str | os.PathLike]
 
 
 def train(config: ConfigSource | None = None, *, overrides: Sequence[str] = (),
-          resume: str | os.PathLike | None = None) -> Path:
+          resume: str | os.PathLike | None = None, resume_from: str | None = None, progress: bool = True) -> Path:
     """Train one run and return its folder.
 
     config: a YAML file, several (merged left to right, as repeated `-c`), or a TrainConfig;
     overrides: `KEY=VALUE` strings, as `--set`; resume: a run folder to continue (its saved
-    config.json; overrides still apply), instead of config. Under torchrun every rank calls
-    it, as `vl train` does. Errors are VLError, with the message the command would print."""
+    config.json; overrides still apply), instead of config; resume_from: which checkpoint
+    (`last`, `step-N`; default the newest); progress: the bars (TQDM_DISABLE also silences
+    them). Under torchrun every rank calls it, as `vl train` does. Errors are VLError, with
+    the message the command would print."""
     from vl.shared import distributed
     from vl.shared.config import load_config
     from vl.shared.run_dir import config_path
@@ -44,7 +46,7 @@ def train(config: ConfigSource | None = None, *, overrides: Sequence[str] = (),
     backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
     ranks = distributed.ranks_from_env(backend)
     try:
-        return run_training(cfg, resume=resume is not None, ranks=ranks)
+        return run_training(cfg, resume=resume is not None, ranks=ranks, progress=progress, resume_from=resume_from)
     finally:
         distributed.close()
 

@@ -20,7 +20,15 @@ Example (the demo world: `vl data demo`, convert.sh, `vl extract images`):
        val_manifest: manifests/gqa_val.jsonl}
   EOF
   vl train -c vqa_gqa.yaml --set optim.lr=3e-4 --set epochs=10
-  vl train --resume runs/vqa-gqa          # after a kill: continues after the last finished epoch
+  vl train --resume runs/vqa-gqa          # after a kill: continues from the latest checkpoint
+  vl train --resume runs/vqa-gqa --resume-from step-2000   # or from the checkpoint named
+
+\b
+Logging and training controls (settings, as any other):
+  vl train -c vqa_gqa.yaml --set 'logging.report_to=[jsonl, tensorboard]' --set logging.every_n_steps=20 \\
+      --set max_steps=5000 --set save_every_n_steps=1000 --set keep_last_n=2 \\
+      --set early_stopping.patience=3 --quiet
+  tensorboard --logdir runs/vqa-gqa/tensorboard
 
 \b
 Composing configs: a file may build on another (a paper preset, a shared base) and change
@@ -35,8 +43,9 @@ a few settings; several -c files merge left to right, then each --set:
 
 \b
 The run dir gets config.json (the resolved config), run.json (inputs, digests, versions,
-parameter budget), metrics.jsonl (one line an epoch), eval/epoch_N.json (predictions)
-and checkpoints/{last,best}/ (the trainable tensors, optimizer and RNG states).
+parameter budget), metrics.jsonl (a line an epoch, and one every logging.every_n_steps
+steps), eval/epoch_N.json (predictions) and checkpoints/{last,best,step-N}/ (the trainable
+tensors, optimizer and RNG states).
 Every setting, with its default: `vl train --print-config`."""
 
 
@@ -47,8 +56,12 @@ Every setting, with its default: `vl train --print-config`."""
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one setting by its dotted key (repeatable), e.g. --set optim.lr=3e-4.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Continue the run in this folder from its last finished epoch (with its saved config.json; "
-                   "--set still applies).")
+              help="Continue the run in this folder from its latest checkpoint, `last` or a `step-N` (with its "
+                   "saved config.json; --set still applies).")
+@click.option("--resume-from", "resume_from", metavar="CHECKPOINT",
+              help="With --resume: continue from this checkpoint (e.g. step-2000) instead of the latest; the "
+                   "metrics logged after it are dropped.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars (TQDM_DISABLE=1 does the same).")
 @click.option("--features-in-memory", is_flag=True,
               help="Read the training features into memory once (refused when they would not fit); "
                    "same as --set features_in_memory=true.")
@@ -65,8 +78,9 @@ Every setting, with its default: `vl train --print-config`."""
 @click.option("--dry-run", is_flag=True,
               help="Build the model with the method applied (offline, random weights) and print its trainable "
                    "parameters per group, then exit.")
-def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir: Path | None, features_in_memory: bool,
-          skip_missing: bool, method: str | None, print_config: bool, dry_run: bool) -> None:
+def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir: Path | None, resume_from: str | None,
+          quiet: bool, features_in_memory: bool, skip_missing: bool, method: str | None, print_config: bool,
+          dry_run: bool) -> None:
     """Train VL-T5 / VL-BART on one or more tasks at once (stage 2).
 
     Settings come from the built-in defaults, then the YAML files (-c, left to right,
@@ -88,6 +102,8 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
                  *(["features_in_memory=true"] if features_in_memory else []),
                  *(["skip_missing=true"] if skip_missing else []))
 
+    if resume_from is not None and resume_dir is None:
+        raise click.UsageError("--resume-from names a checkpoint of the run given with --resume RUN_DIR")
     if resume_dir is not None:
         if config_paths:
             raise VLError("give either -c CONFIG (a new run) or --resume RUN_DIR (its saved config.json), not both")
@@ -133,7 +149,8 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
             click.echo(start_line(cfg, sources, resume_dir is not None))
             if ranks.world_size > 1:
                 click.echo(f"torchrun: {ranks.world_size} ranks ({backend})")
-        run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks)
+        run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks, progress=not quiet,
+                               resume_from=resume_from)
     finally:
         distributed.close()
     if ranks.is_main:

@@ -26,6 +26,7 @@ from vl.train.peft.methods import METHODS, method_sections
 from vl.train.tasks import TASKS
 from vl.train.weight_decay import DecayRule
 
+Tracker = Literal["jsonl", "tensorboard", "wandb"]  # where training metrics go (vl.train.trackers)
 Checkpoint = Literal["best", "last"]  # which checkpoint `vl evaluate --run` scores (vl.train.build.load_trained)
 METRIC_SUFFIX = "score"  # <task>_score: the task's official main score, 0-100 (see vl.train.loop.validate)
 
@@ -91,6 +92,39 @@ class OptimConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where the training metrics go and how often. Epoch records (train loss, validation
+    scores) always go to metrics.jsonl (`vl report` and the curves read them); per-step
+    records (loss, lr, grad norm, samples/s) every `every_n_steps` optimizer steps go to
+    each tracker of `report_to`: jsonl (metrics.jsonl, as `"kind": "step"` lines),
+    tensorboard (<run_dir>/tensorboard; pip install 'vl[tensorboard]'), wandb (pip install
+    'vl[wandb]'; WANDB_MODE=offline works without an account)."""
+
+    report_to: list[Tracker] = field(default_factory=lambda: ["jsonl"])
+    every_n_steps: int = 50  # 0: no per-step records (epoch records only)
+    wandb_project: str = "vl"  # the W&B project; the run is named after run_dir's folder
+
+    def check(self) -> list[str]:
+        problems = literal_problems(self)
+        if self.every_n_steps < 0:
+            problems.append(f"every_n_steps must be >= 1, or 0 for no per-step records (got {self.every_n_steps})")
+        problems += [f"report_to names {t!r} twice" for t in sorted(set(self.report_to))
+                     if self.report_to.count(t) > 1]
+        return problems
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when `metric` has not beaten its best for `patience` validations in a row."""
+
+    metric: str | None = None  # a validation metric (mean_score, <task>_score); None: best_metric
+    patience: int = 0  # 0: never stop early
+
+    def check(self) -> list[str]:
+        return [f"patience must be >= 0, 0 for no early stopping (got {self.patience})"] if self.patience < 0 else []
+
+
+@dataclass
 @method_sections  # after `method`: one section per registered method with settings (adapter:, lora:, ...)
 class TrainConfig:
     """A whole run. `vl train -c this.yaml` reads it; the resolved copy is saved as
@@ -125,6 +159,9 @@ class TrainConfig:
     sampling: Sampling = "proportional"
     temperature: float = 1.0  # sampling=temperature: task shares ∝ size^(1/T)
     epochs: int = 20
+    # train this many optimizer steps instead of `epochs` epochs (as many epochs as that takes, the last
+    # one stopped inside, then validated and saved); the lr schedule decays to 0 at this step
+    max_steps: int | None = None
     seed: int = 0
     precision: Precision = "fp32"  # bf16/fp16: autocast on the GPU
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -138,6 +175,11 @@ class TrainConfig:
     # the checkpoint `vl evaluate --run` scores unless --checkpoint says otherwise: best (by best_metric)
     # or last; the reference tested the model of its last epoch (the paper presets say last)
     eval_checkpoint: Checkpoint = "best"
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    # also checkpoint every N optimizer steps as checkpoints/step-N (resumable mid-epoch); None: never
+    save_every_n_steps: int | None = None
+    keep_last_n: int | None = None  # keep only the newest N step-N checkpoints (never best or last); None: all
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def metric_names(self) -> list[str]:
         return [f"mean_{METRIC_SUFFIX}"] + [f"{t.name}_{METRIC_SUFFIX}" for t in self.tasks]
@@ -150,6 +192,10 @@ class TrainConfig:
         problems += [f"task {n!r} is listed twice" for n in sorted(set(names)) if names.count(n) > 1]
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1 (got {self.epochs})")
+        for name in ("max_steps", "save_every_n_steps", "keep_last_n"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be >= 1 or null (got {value})")
         if self.val_every < 0:
             problems.append(f"val_every must be >= 1, or 0 for no validation (got {self.val_every})")
         if self.val_batch_size < 1:
@@ -178,4 +224,14 @@ class TrainConfig:
         if self.tasks and any(t.val_manifest for t in self.tasks) and self.best_metric not in self.metric_names():
             problems.append(f"best_metric {self.best_metric!r} is not a validation metric of this run; "
                             f"choose one of: {', '.join(self.metric_names())}")
+        if self.early_stopping.patience:
+            if not self.tasks or not any(t.val_manifest for t in self.tasks) or not self.val_every:
+                problems.append("early_stopping needs validation: give a task a val_manifest and keep val_every >= 1 "
+                                "(or set early_stopping.patience=0)")
+            elif self.early_stopping_metric() not in self.metric_names():
+                problems.append(f"early_stopping.metric {self.early_stopping.metric!r} is not a validation metric of "
+                                f"this run; choose one of: {', '.join(self.metric_names())}")
         return problems
+
+    def early_stopping_metric(self) -> str:
+        return self.early_stopping.metric or self.best_metric

@@ -597,10 +597,12 @@ class MultiTaskSampler:
         self.sizes = {t: int(sizes[t]) for t in sorted(sizes)}  # sorted: the plan must not depend on dict order
         self.batch_sizes = {t: int(batch_sizes[t]) for t in self.sizes}
         self.sampling, self.temperature, self.seed = sampling, float(temperature), seed
-        self.rank, self.world_size, self.shuffle, self.epoch = rank, world_size, shuffle, 0
+        self.rank, self.world_size, self.shuffle, self.epoch, self.start = rank, world_size, shuffle, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Plan `epoch`; iterating then yields its batches from number `start` on (a resume
+        from a checkpoint saved inside the epoch). len() stays the whole epoch's."""
+        self.epoch, self.start = epoch, start
 
     def steps_per_task(self) -> dict[str, int]:
         """Global steps of each task in one epoch (each rank runs their sum)."""
@@ -648,7 +650,7 @@ class MultiTaskSampler:
         return steps
 
     def __iter__(self) -> Iterator[list[ItemKey]]:
-        for step in self.plan():
+        for step in self.plan()[self.start:]:
             yield step[self.rank]
 
     def __len__(self) -> int:

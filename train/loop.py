@@ -3,9 +3,12 @@
 One explicit loop, readable top to bottom (nanoGPT's train.py, minGPT's trainer):
 
     checks (cheap) -> tokenizer -> datasets -> model -> freeze all, apply method, unfreeze
-    -> AdamW + warmup/linear decay -> [resume] -> epochs:
+    -> AdamW + warmup/linear decay -> [resume from `last` or a `step-N`] -> epochs:
          steps: forward, per-example weighted loss, NaN check, backward, clip, accumulate, step
+                -> every logging.every_n_steps a step record (trackers), every
+                   save_every_n_steps a `step-N` checkpoint; max_steps ends the run here
          validate -> metrics.jsonl -> checkpoints `last` (and `best` when it improved)
+                  -> early stopping
 
 The loop never asks which method trains: a method only answers "which parameters"
 (vl.train.peft.methods), and the checkpoints hold exactly those. The model comes from
@@ -13,9 +16,10 @@ vl.train.build (new, or started from another run), the validation's predictions 
 vl.train.predict.
 
 Reproducibility: the batch order comes from (seed, epoch) alone (MultiTaskSampler) and
-every checkpoint holds the optimizer, scheduler and RNG states, so on the CPU in fp32 a
-run killed after epoch k and resumed with `train(cfg, resume=True)` ends with the same
-weights as an uninterrupted one.
+every checkpoint holds the optimizer, scheduler and RNG states and where in the epoch it
+was saved (a step-N checkpoint: the batches done, and the epoch's running loss sums), so
+on the CPU in fp32 a run killed after epoch k, or after step N, and resumed with
+`train(cfg, resume=True)` ends with the same weights as an uninterrupted one.
 
 Under `torchrun` (`Ranks` from vl.shared.distributed) the model is wrapped in DDP: every
 rank builds the same plan of global steps (MultiTaskSampler) and takes its share of each
@@ -45,17 +49,23 @@ from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import (FeatureStore, check_store_matches, mixed_origin_problems, settings_differences,
                                      store_settings)
+from vl.shared.progress import progress_bar
 from vl.shared.manifest import DatasetManifest
 from vl.shared.run_dir import (
     BEST,
     LAST,
     append_metrics,
+    EPOCH_RECORD,
+    STEP_RECORD,
     checkpoints_dir,
     config_path,
+    drop_metrics_after,
     epoch_eval_path,
-    has_checkpoint,
+    find_checkpoint,
+    latest_checkpoint,
     read_run_json,
     run_json_path,
+    step_checkpoint_name,
     tokenizer_dir,
 )
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
@@ -64,7 +74,8 @@ from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskData
 from vl.train.model import BACKBONE_SHAPES, VLModel, count_parameters
 from vl.train.peft.methods import display_name, uses_every_parameter_each_step
 from vl.train.predict import MODEL_INPUTS, generate_predictions, to_device
-from vl.train.run_dir import load_checkpoint, plot_curves, save_checkpoint, write_run_json
+from vl.train.run_dir import load_checkpoint, plot_curves, prune_step_checkpoints, save_checkpoint, write_run_json
+from vl.train.trackers import Trackers, check_trackers
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts, train_tokenizer, vis_token_ids
 from vl.train.weight_decay import decay_groups
 
@@ -105,7 +116,7 @@ def weighted_sequence_loss(logits: torch.Tensor, labels: torch.Tensor, weights: 
 # -- validation ----------------------------------------------------------------------------
 
 def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, device: torch.device,
-             batch_size: int, autocast: Any) -> tuple[dict[str, float], dict[str, Any]]:
+             batch_size: int, autocast: Any, progress: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
     """Each validation task's official metric (vl.evaluate.metrics, the task's `metric`):
     `<task>_score` its main score (0-100: VQA accuracy, CIDEr-D, ...), `mean_score` the
     tasks' average. Returns the metrics and, per task, the predictions with the whole
@@ -115,7 +126,7 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
     model.eval()
     metrics, details = {}, {}
     for name, ds in val_sets.items():
-        predictions = generate_predictions(model, ds, tokenizer, device, batch_size, autocast)
+        predictions = generate_predictions(model, ds, tokenizer, device, batch_size, autocast, progress=progress)
         by_id = {ex["id"]: ex for ex in ds.data.examples}
         scores = score(ds.data.task.metric, predictions, [by_id[i] for i in predictions])
         metrics[f"{name}_{METRIC_SUFFIX}"] = scores["overall"]
@@ -138,6 +149,25 @@ def global_batch(loss: torch.Tensor, n: int, ranks: Ranks) -> tuple[float, int]:
     both = torch.stack([loss.detach().float() * n, torch.tensor(float(n), device=loss.device)])
     dist.all_reduce(both)
     return (both[0] / both[1]).item(), int(both[1].item())
+
+
+def agree(flag: bool, ranks: Ranks) -> bool:
+    """Rank 0's `flag` on every rank (a decision only rank 0 can make, e.g. early stopping)."""
+    if ranks.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def grad_norm(params: list[nn.Parameter], clip: float | None) -> torch.Tensor:
+    """The global L2 norm of the gradients, clipped to `clip` when set (the norm before clipping)."""
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 def check_files(cfg: TrainConfig) -> None:
@@ -215,17 +245,23 @@ def check_visual_tokens(cfg: TrainConfig, data: list[TaskData], object_order_ids
 
 # -- the loop --------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Path:
-    """Run `cfg` (or continue the run in cfg.run_dir after its last finished epoch); returns the run dir.
-    `ranks`: this process's place under torchrun (its process group already joined)."""
+def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progress: bool = True,
+          resume_from: str | None = None) -> Path:
+    """Run `cfg` (or continue the run in cfg.run_dir from its latest checkpoint, `last` or
+    a `step-N`, or from `resume_from`, a checkpoint name); returns the run dir.
+    `ranks`: this process's place under torchrun (its process group already joined).
+    `progress`: progress bars (rank 0's; TQDM_DISABLE turns them off too)."""
     cfg = inherit_from_run(cfg)  # init_from: that run's backbone and tokenizer (a no-op when done already)
     run_dir = Path(cfg.run_dir)
     main = ranks.is_main
     # 1. Cheap checks first: files exist, the run dir is fresh (or resumable), the device works.
     check_files(cfg)
+    check_trackers(cfg.logging.report_to)
     if resume:
-        if not has_checkpoint(run_dir, LAST):
-            raise VLError(f"nothing to resume in {run_dir}: it has no checkpoints/last (start it without --resume)")
+        resume_from = resume_from or latest_checkpoint(run_dir)
+        if resume_from is None:
+            raise VLError(f"nothing to resume in {run_dir}: it has no checkpoints (start it without --resume)")
+        find_checkpoint(run_dir, resume_from)  # a missing one names those the run has
     elif run_json_path(run_dir).exists() or checkpoints_dir(run_dir).exists():
         raise VLError(f"run dir {run_dir} already holds a run: continue it with `vl train --resume {run_dir}`, "
                       "or set run_dir to a new folder")
@@ -307,111 +343,202 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks()) -> Pat
     # 5. Optimizer and schedule over the whole run's optimizer steps.
     accum = cfg.optim.grad_accum
     steps_per_epoch = math.ceil(len(sampler) / accum)
-    total_steps = steps_per_epoch * cfg.epochs
+    # max_steps, when set, replaces epochs (as in HF's Trainer): as many epochs as it takes, the last one cut short
+    epochs = cfg.epochs if cfg.max_steps is None else math.ceil(cfg.max_steps / steps_per_epoch)
+    total_steps = cfg.max_steps or steps_per_epoch * epochs
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear(total_steps, int(cfg.optim.warmup_ratio * total_steps)))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     # 6. Start or resume.
-    start_epoch, step, best = 0, 0, None
+    start_epoch, start_micro, step, best = 0, 0, 0, None
+    sums: dict[str, Any] | None = None  # a checkpoint's running sums of the epoch it was saved in
+    stopping = cfg.early_stopping
+    stop_metric, stop_best, stale = cfg.early_stopping_metric(), None, 0  # validations without a new best
     if resume:
         check_stores_unchanged(run_dir, stores)
-        extra = load_checkpoint(run_dir, LAST, model, optimizer, scheduler, restore_rng=True)
+        extra = load_checkpoint(run_dir, resume_from, model, optimizer, scheduler, restore_rng=True)
         if extra.get("stopped"):
             raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "
                           "(e.g. with a lower optim.lr)")
-        start_epoch, step, best = extra["epoch"] + 1, extra["step"], extra.get("best")
-        print(f"resuming {run_dir} after epoch {extra['epoch']} (step {step})", flush=True)
+        step, best = extra["step"], extra.get("best")
+        if extra.get("micro") is None:  # saved at the end of its epoch
+            start_epoch = extra["epoch"] + 1
+            where = f"after epoch {extra['epoch'] + 1}"
+        else:  # inside its epoch: that epoch again, from the next batch, with its sums so far
+            start_epoch, start_micro, sums = extra["epoch"], extra["micro"], extra["sums"]
+            where = f"inside epoch {extra['epoch'] + 1}, after {start_micro} of its {len(sampler)} batches"
+        early = extra.get("early_stop") or {}
+        if early.get("metric") == stop_metric:
+            stop_best, stale = early.get("best"), early.get("stale", 0)
+        if early.get("stopped") and early.get("metric") == stop_metric and 0 < stopping.patience <= early["patience"]:
+            print(f"{run_dir} stopped early: {early['stopped']}. Nothing to resume; to train on, raise the patience "
+                  f"(`vl train --resume {run_dir} --set early_stopping.patience=N`, 0: no early stopping)", flush=True)
+            return run_dir
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            print(f"{run_dir} has reached max_steps={cfg.max_steps} (step {step}); nothing to resume "
+                  f"(raise it with --set max_steps=N to train on)", flush=True)
+            return run_dir
+        if main and drop_metrics_after(run_dir, step):
+            print(f"metrics.jsonl: dropped the records after step {step}, which this resume makes again", flush=True)
+        print(f"resuming {run_dir} from checkpoint {resume_from} {where} (step {step})", flush=True)
     elif main:
         save_config(cfg, config_path(run_dir))
         write_run_json(run_dir, cfg, model, manifests=dict.fromkeys(
             p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
             stores=list(stores.values()), method={"name": cfg.method, "display": display_name(cfg.method, cfg)})
 
-    def extra_state(epoch: int, stopped: str | None = None) -> dict:
+    def extra_state(epoch: int, stopped: str | None = None, micro: int | None = None, early: str | None = None) -> dict:
+        """What a checkpoint keeps besides tensors. `micro`: the batches done in `epoch` when
+        saved inside it (None: at its end), with the epoch's running sums; `early`: why
+        early stopping ended the run."""
         return {"epoch": epoch, "step": step, "best": best, "best_metric": cfg.best_metric,
-                "sampler": {"seed": cfg.seed, "epoch": epoch}, "stopped": stopped}
+                "sampler": {"seed": cfg.seed, "epoch": epoch, "start": micro or 0}, "stopped": stopped,
+                "micro": micro, "sums": None if micro is None else epoch_sums,
+                "early_stop": {"metric": stop_metric, "patience": stopping.patience, "best": stop_best,
+                               "stale": stale, "stopped": early}}
 
     # 7. Epochs.
-    from tqdm.auto import tqdm
-
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        t0, seen, loss_sum, micro = time.perf_counter(), 0, 0.0, 0
-        task_loss: dict[str, list[float]] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(sampler), disable=not main,
-                   dynamic_ncols=True)
-        for batch in bar:
-            batch = to_device(batch, device)
-            n = len(batch["ids"])
-            # An optimizer step averages its micro-batches; the epoch's last step takes what is left.
-            group = min(accum, len(sampler) - (micro // accum) * accum)
-            boundary = (micro + 1) % accum == 0 or micro + 1 == len(sampler)
-            # Between optimizer steps DDP need not reduce gradients: they accumulate locally.
-            sync = contextlib.nullcontext() if boundary or net is model else net.no_sync()
-            with sync:
-                with autocast_step():
-                    decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-                    out = net(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids,
-                              task=batch["task"])
-                loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
-                step_loss, step_n = global_batch(loss, n, ranks)  # the same on every rank
-                if not math.isfinite(step_loss):
-                    what = (f"loss is {step_loss} at step {step + 1} (epoch {epoch + 1}) on a batch of task "
-                            f"{batch['task']} (examples {', '.join(map(str, batch['ids'][:3]))})")
-                    if main:
-                        save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch, stopped=what))
-                    raise VLError(f"{what}; stopped, the weights before this step are in {run_dir}/checkpoints/last",
-                                  hint="Lower optim.lr, set optim.grad_clip, or use precision=fp32/bf16 instead of "
-                                       "fp16.")
-                # DDP averages gradients over ranks: scaling by n * world / global n makes that
-                # average the gradient of the global batch's mean loss, even when ranks got
-                # batches of different sizes (a task's last step).
-                share = n * ranks.world_size / step_n
-                scaler.scale(loss * share / group).backward()
-            micro += 1
-            if boundary:
-                if cfg.optim.grad_clip is not None:
+    trackers = Trackers(run_dir, cfg) if main else None
+    every = cfg.logging.every_n_steps
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for epoch in range(start_epoch, epochs):
+            first = start_micro if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, start=first)
+            model.train()
+            # The epoch's running sums (a step-N checkpoint keeps them, so a resumed epoch's line is the whole epoch's).
+            epoch_sums = sums if first else {"seen": 0, "loss_sum": 0.0, "task_loss": {}, "seconds": 0.0}
+            t0, micro, ended_by_max = time.perf_counter() - epoch_sums["seconds"], first, False
+            window = {"seen": 0, "loss_sum": 0.0, "t0": time.perf_counter()}  # since the last step record
+            bar = progress_bar(total=len(sampler), initial=first, desc=f"epoch {epoch + 1}/{epochs}",
+                               unit="batch", enabled=main and progress)
+            for batch in loader:
+                batch = to_device(batch, device)
+                n = len(batch["ids"])
+                # An optimizer step averages its micro-batches; the epoch's last step takes what is left.
+                group = min(accum, len(sampler) - (micro // accum) * accum)
+                boundary = (micro + 1) % accum == 0 or micro + 1 == len(sampler)
+                # Between optimizer steps DDP need not reduce gradients: they accumulate locally.
+                sync = contextlib.nullcontext() if boundary or net is model else net.no_sync()
+                with sync:
+                    with autocast_step():
+                        decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+                        out = net(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids,
+                                  task=batch["task"])
+                    loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
+                    step_loss, step_n = global_batch(loss, n, ranks)  # the same on every rank
+                    if not math.isfinite(step_loss):
+                        what = (f"loss is {step_loss} at step {step + 1} (epoch {epoch + 1}) on a batch of task "
+                                f"{batch['task']} (examples {', '.join(map(str, batch['ids'][:3]))})")
+                        if main:
+                            save_checkpoint(run_dir, LAST, model, optimizer, scheduler,
+                                            extra_state(epoch, stopped=what))
+                        raise VLError(f"{what}; stopped, the weights before this step are in "
+                                      f"{run_dir}/checkpoints/last", hint="Lower optim.lr, set optim.grad_clip, or "
+                                      "use precision=fp32/bf16 instead of fp16.")
+                    # DDP averages gradients over ranks: scaling by n * world / global n makes that
+                    # average the gradient of the global batch's mean loss, even when ranks got
+                    # batches of different sizes (a task's last step).
+                    share = n * ranks.world_size / step_n
+                    scaler.scale(loss * share / group).backward()
+                micro += 1
+                epoch_sums["seen"] += step_n
+                epoch_sums["loss_sum"] += step_loss * step_n
+                epoch_sums["task_loss"].setdefault(batch["task"], []).append(step_loss)
+                window["seen"] += step_n
+                window["loss_sum"] += step_loss * step_n
+                bar.set_postfix(loss=f"{step_loss:.4f}", task=batch["task"], refresh=False)
+                bar.update(1)  # (by hand: a bar iterating the loader would not count a batch left by `break`)
+                if not boundary:
+                    continue
+                log_step = every > 0 and (step + 1) % every == 0
+                norm = None
+                if cfg.optim.grad_clip is not None or log_step:  # the norm costs a pass over the grads
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                   cfg.optim.grad_clip)
+                    norm = grad_norm(trainable_params, cfg.optim.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 step += 1
-            seen += step_n
-            loss_sum += step_loss * step_n
-            task_loss.setdefault(batch["task"], []).append(step_loss)
-            bar.set_postfix(loss=f"{step_loss:.4f}", task=batch["task"],
-                            samples_s=f"{seen / (time.perf_counter() - t0):.1f}")
-        bar.close()
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, seen),
-                  "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
-                  "samples_per_s": round(seen / max(seconds, 1e-9), 2),
-                  **{f"{t}_train_loss": sum(v) / len(v) for t, v in sorted(task_loss.items())}}
+                if log_step and main:
+                    now = time.perf_counter()
+                    trackers.log({"kind": STEP_RECORD, "step": step, "epoch": epoch + 1,
+                                  "loss": window["loss_sum"] / max(1, window["seen"]),
+                                  "lr": scheduler.get_last_lr()[0], "grad_norm": norm.item(),
+                                  "samples_per_s": round(window["seen"] / max(now - window["t0"], 1e-9), 2)})
+                    window = {"seen": 0, "loss_sum": 0.0, "t0": now}
+                ended_by_max = cfg.max_steps is not None and step >= cfg.max_steps
+                if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0 and micro < len(sampler):
+                    # (at the epoch's end it is saved after the validation, beside `last`)
+                    if main:
+                        epoch_sums["seconds"] = time.perf_counter() - t0
+                        save_checkpoint(run_dir, step_checkpoint_name(step), model, optimizer, scheduler,
+                                        extra_state(epoch, micro=micro))
+                        if cfg.keep_last_n:
+                            prune_step_checkpoints(run_dir, cfg.keep_last_n)
+                    ranks.barrier()
+                if ended_by_max:
+                    break
+            bar.close()
+            seconds = time.perf_counter() - t0
+            seen, task_loss = epoch_sums["seen"], epoch_sums["task_loss"]
+            record = {"kind": EPOCH_RECORD, "epoch": epoch + 1, "step": step,
+                      "train_loss": epoch_sums["loss_sum"] / max(1, seen),
+                      "lr": scheduler.get_last_lr()[0], "seconds": round(seconds, 3),
+                      "samples_per_s": round(seen / max(seconds, 1e-9), 2),
+                      **{f"{t}_train_loss": sum(v) / len(v) for t, v in sorted(task_loss.items())}}
+            inside = micro if micro < len(sampler) else None  # max_steps ended the run inside the epoch
+            last_epoch = epoch + 1 == epochs or ended_by_max
+            if inside is not None:
+                record["batches"] = f"{micro}/{len(sampler)}"
+                epoch_sums["seconds"] = seconds
 
-        # Validation every val_every epochs and after the last; the best checkpoint by best_metric.
-        improved = False
-        if not main:  # rank 0 validates and writes; the others wait for it
-            ranks.barrier()
-            continue
-        if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size, autocast_step)
-            write_json_atomic(epoch_eval_path(run_dir, epoch + 1),
-                              {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
-            record.update(metrics)
-            value = metrics.get(cfg.best_metric)
-            if value is not None and (best is None or value > best):
-                best, improved = value, True
-        append_metrics(run_dir, record)
-        plot_curves(run_dir)
-        print(json.dumps(record, sort_keys=True), flush=True)
-        save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch))
-        if improved:
-            save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch))
-        ranks.barrier()
+            # Validation every val_every epochs and at the end; the best checkpoint by best_metric.
+            improved, early = False, None
+            if main:
+                if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
+                    metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size,
+                                                autocast_step, progress=progress)
+                    write_json_atomic(epoch_eval_path(run_dir, epoch + 1),
+                                      {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
+                    record.update(metrics)
+                    value = metrics.get(cfg.best_metric)
+                    if value is not None and (best is None or value > best):
+                        best, improved = value, True
+                    watched = metrics.get(stop_metric)
+                    if stopping.patience and watched is not None:
+                        if stop_best is None or watched > stop_best:
+                            stop_best, stale = watched, 0
+                        else:
+                            stale += 1
+                        if stale >= stopping.patience and not last_epoch:
+                            early = (f"{stop_metric} has not beaten its best, {stop_best:.4g}, in {stale} "
+                                     f"validation{'s' * (stale != 1)} (early_stopping.patience={stopping.patience})")
+                append_metrics(run_dir, record)
+                trackers.log(record)
+                plot_curves(run_dir)
+                print(json.dumps(record, sort_keys=True), flush=True)
+                save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch, micro=inside,
+                                                                                         early=early))
+                if improved:
+                    save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch, micro=inside))
+                if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:  # the same state as `last`
+                    save_checkpoint(run_dir, step_checkpoint_name(step), model, optimizer, scheduler,
+                                    extra_state(epoch, micro=inside, early=early))
+                    if cfg.keep_last_n:
+                        prune_step_checkpoints(run_dir, cfg.keep_last_n)
+                if early:
+                    print(f"early stopping after epoch {epoch + 1} (step {step}): {early}", flush=True)
+                elif ended_by_max:
+                    print(f"stopped at max_steps={cfg.max_steps} (epoch {epoch + 1}, {micro} of its "
+                          f"{len(sampler)} batches)", flush=True)
+            ranks.barrier()  # rank 0 validates and writes; the others wait for it
+            if agree(early is not None, ranks) or ended_by_max:
+                break
+    finally:
+        if trackers is not None:
+            trackers.close()
     return run_dir

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from vl.shared.progress import progress_bar
 from vl.train.data import TaskDataset, collate
 from vl.train.model import VLModel
 
@@ -28,15 +29,13 @@ def generate_predictions(model: VLModel, ds: TaskDataset, tokenizer: Any, device
     settings (`ds.data.generation`: greedy for short answers, beams for captions, unless
     the task's options say otherwise); `rank` picks the best of the example's candidate
     answers (`rank_candidates`)."""
-    from tqdm.auto import tqdm
-
     data, task = ds.data, ds.data.task
     generation = data.generation
     examples = {ex["id"]: ex for ex in data.examples}
     firsts = sorted({item.example_id: i for i, item in reversed(list(enumerate(ds.items)))}.values())
     predictions = {}
-    for start in tqdm(range(0, len(firsts), batch_size), desc=f"predict {task.name}", disable=not progress,
-                      unit="batch", dynamic_ncols=True):
+    for start in progress_bar(range(0, len(firsts), batch_size), desc=f"predict {task.name}", unit="batch",
+                              enabled=progress):
         items = [ds.item(i, 0) for i in firsts[start:start + batch_size]]
         batch = to_device(collate(items, tokenizer, max_text_tokens=data.token_cut), device)
         with autocast():

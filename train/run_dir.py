@@ -46,6 +46,7 @@ from vl.shared.run_dir import (
     curves_path,
     find_checkpoint,
     read_metrics,
+    step_checkpoints,
     run_json_path,
 )
 from vl.shared.version import __version__
@@ -220,6 +221,20 @@ def load_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
     return state["extra"]
 
 
+def prune_step_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[str]:
+    """Remove all but the newest `keep` step-N checkpoints (never `last` or `best`); returns
+    the names removed. Each is renamed aside before it is deleted, so a kill never leaves a
+    half-deleted checkpoint under its own name."""
+    removed = []
+    for _, name in step_checkpoints(run_dir)[:-keep]:
+        folder = checkpoints_dir(run_dir) / name
+        aside = folder.with_name(f".{name}.old-{os.getpid()}")
+        os.replace(folder, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
 # -- run.json ---------------------------------------------------------------------------
 
 def _git_state(where: Path) -> tuple[str | None, bool | None]:
@@ -342,7 +357,8 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     epoch. None when there is nothing to plot yet."""
     from vl.shared.figures import Panel, Series, line_chart
 
-    records = read_metrics(run_dir)
+    # the latest record of each epoch (a run stopped inside an epoch by max_steps and resumed has two)
+    records = list({r["epoch"]: r for r in read_metrics(run_dir)}.values())
     if not records:
         return None
     epochs = [r["epoch"] for r in records]
