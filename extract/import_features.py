@@ -45,6 +45,7 @@ from vl.shared.digests import digest_strings
 from vl.shared.errors import VLError
 from vl.shared.feature_store import STORE_FORMAT, FeatureStore
 from vl.shared.manifest import DatasetManifest
+from vl.shared.progress import progress_bar
 from vl.shared.version import __version__
 
 ImportFormat = Literal["value-npz", "npy-dir"]
@@ -189,11 +190,9 @@ def check_options(opts: ImportOptions) -> FormatSpec:
 def survey(inputs: list[MediaInput], opts: ImportOptions, spec: FormatSpec) -> tuple[int, dict[str, str]]:
     """Headers only, before anything is written: the width most files share (ties: the
     first such file's, in sorted order) and why each file that cannot be used cannot."""
-    from tqdm import tqdm
-
     headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     reasons: dict[str, str] = {}
-    for x in tqdm(inputs, unit="file", desc="check", disable=not opts.progress, dynamic_ncols=True, mininterval=0.5):
+    for x in progress_bar(inputs, unit="file", desc="check", enabled=opts.progress, mininterval=0.5):
         try:
             headers[x.id] = read_header(x.path, opts.format)
         except FeatureFileError as e:
@@ -230,8 +229,6 @@ def store_provenance(opts: ImportOptions, model: str | None, pretrained: str | N
 def import_features(opts: ImportOptions) -> ImportSummary:
     """Import every feature file under `opts.src` into `opts.out` (ids already there are
     skipped; earlier failures are tried again), then check the manifests' coverage."""
-    from tqdm import tqdm
-
     spec = check_options(opts)
     fps = opts.fps or spec.default_fps
     manifests = [DatasetManifest.read(m) for m in opts.manifests]  # a bad manifest stops us before any work
@@ -252,8 +249,8 @@ def import_features(opts: ImportOptions) -> ImportSummary:
         # 2. Every file's bytes are hashed for the source digest; the pending ones are also read.
         pending_ids = {x.id for x in pending}
         file_digests, failures, batch = [], [], _Batch()
-        with tqdm(total=len(inputs), unit="file", desc="import", disable=not opts.progress, dynamic_ncols=True,
-                  mininterval=0.5) as bar:
+        with progress_bar(total=len(inputs), unit="file", desc="import", enabled=opts.progress,
+                          mininterval=0.5) as bar:
             for x in inputs:
                 data = _read_bytes(x.path)
                 file_digests.append(f"{Path(x.path).relative_to(opts.src).as_posix()}\t{len(data or b'')}\t"

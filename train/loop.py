@@ -80,6 +80,11 @@ from vl.train.tokenizer import add_extra_tokens, load_tokenizer, manifest_texts,
 from vl.train.weight_decay import decay_groups
 
 
+# Drawing curves.png takes about half a second; runs of many short epochs redraw it at most
+# this often (and after their last epoch), so plotting never costs more than ~2 % of a run.
+PLOT_EVERY_S = 30.0
+
+
 # -- optimizer and schedule --------------------------------------------------------------
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -403,6 +408,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
     trackers = Trackers(run_dir, cfg) if main else None
     every = cfg.logging.every_n_steps
     trainable_params = [p for p in model.parameters() if p.requires_grad]
+    plotted_at = -math.inf  # curves.png is redrawn after an epoch at most every PLOT_EVERY_S, and at the end
     try:
         for epoch in range(start_epoch, epochs):
             first = start_micro if epoch == start_epoch else 0
@@ -519,7 +525,9 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
                                      f"validation{'s' * (stale != 1)} (early_stopping.patience={stopping.patience})")
                 append_metrics(run_dir, record)
                 trackers.log(record)
-                plot_curves(run_dir)
+                if last_epoch or early or ended_by_max or time.monotonic() - plotted_at >= PLOT_EVERY_S:
+                    plot_curves(run_dir)
+                    plotted_at = time.monotonic()
                 print(json.dumps(record, sort_keys=True), flush=True)
                 save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch, micro=inside,
                                                                                          early=early))
