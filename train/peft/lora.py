@@ -263,6 +263,13 @@ def export_peft(model: VLModel, out_dir: str | Path, task: str | None = None) ->
     return out
 
 
+def _export_peft(model: VLModel, cfg: LoRAConfig, out: Path, task: str | None = None) -> list[str]:
+    """The registry's writer of the `peft` format (export_peft); every trainable tensor of the
+    backbone (A, B and with train_biases its biases) is in it."""
+    export_peft(model, out, task)
+    return [name for name, p in model.named_parameters() if p.requires_grad and name.startswith("backbone.")]
+
+
 def _lora_group(module_name: str, module: nn.Module, attr: str) -> str | None:
     """The dry-run group of the A and B matrices (`....q.lora_A.<key>.weight`)."""
     return "LoRA" if attr.startswith("lora_") or ".lora_" in module_name else None
@@ -277,4 +284,4 @@ def _merged(model: VLModel, cfg: LoRAConfig) -> bool:
 
 
 register_method("lora", "LoRA matrices, every bias, visual projection", config=LoRAConfig, apply=apply_lora,
-                display=("LoRA", "LoRA"), groups=_lora_group, to_plain_model=_merged)
+                display=("LoRA", "LoRA"), groups=_lora_group, to_plain_model=_merged, exports={"peft": _export_peft})
