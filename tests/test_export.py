@@ -42,6 +42,7 @@ def runs(world, tmp_path_factory) -> dict[str, Path]:
     for name, preset, overrides in (("lora", "image/single_lora", {}),
                                     ("prompt", "image/single_prompt", {"visual_inputs": "packed"}),
                                     ("adapter", "image/single_adapter", {}),
+                                    ("adapter-t5", "image/single_adapter", {"backbone": "tiny-t5"}),
                                     ("compacter", "image/single_compacter", {})):
         made[name] = root / name
         cfg = dataclasses.replace(demo_config(world, made[name], preset), **overrides)
@@ -201,7 +202,7 @@ print(name, adapters.__version__)
 
 @pytest.mark.skipif(not ADAPTERS_PYTHON, reason="set VL_ADAPTERS_PYTHON to a Python with the `adapters` library "
                                                 "(transformers ~=4.57.6; .ci/run makes one)")
-@pytest.mark.parametrize("method", ["adapter", "compacter"])
+@pytest.mark.parametrize("method", ["adapter", "adapter-t5", "compacter"])
 def test_adapterhub_export_loads_in_the_adapters_library_to_the_same_logits(runs, method, tmp_path):
     out = export_run(runs[method], "adapters", tmp_path / method)
     done = subprocess.run([ADAPTERS_PYTHON, "-c", ROUND_TRIP, str(out), json.dumps(IDS.tolist())],

@@ -51,13 +51,13 @@ BUNDLE_FILES = ("run.json", "metrics.jsonl", "curves.png", "curves.svg")
 SCHEMA_VERSION = 1
 
 EXAMPLE = """\b
-Examples (runs of the demo world, `vl demo`):
-  vl export runs/lora --format peft --out exports/lora-peft
+Examples (runs of the demo world: `vl demo --out vl_demo`):
+  vl export vl_demo/runs/image-lora --format peft --out exports/lora-peft
   python -c "from peft import AutoPeftModelForSeq2SeqLM as A; print(A.from_pretrained('exports/lora-peft'))"
-  vl export runs/adapter --format adapters --out exports/adapter-hub
-  vl export runs/adapter --format bundle --out /elsewhere/adapter-run
-  vl evaluate --run /elsewhere/adapter-run        # works without runs/ (and its init_from run)
-  vl export runs/lora --format peft --push-to-hub me/vl-lora   # needs `hf auth login` or HF_TOKEN
+  vl export vl_demo/runs/image-adapter --format adapters --out exports/adapter-hub
+  vl export vl_demo/runs/image-adapter --format bundle --out /elsewhere/image-adapter
+  vl evaluate --run /elsewhere/image-adapter   # works without vl_demo/runs (and its init_from run)
+  vl export vl_demo/runs/image-lora --format peft --push-to-hub me/vl-lora   # needs `hf auth login`
 
 \b
 Formats by method: `vl list methods` names the methods; peft takes lora and prompt,
