@@ -23,7 +23,7 @@ from vl.shared.cli import cli
 from vl.shared.errors import VLError
 from vl.train import loop
 from vl.train.build import load_trained
-from vl.train.export import BASE_DIR, EXPORT_JSON, EXTRAS_FILE, export_run, push_to_hub
+from vl.train.export import BASE_DIR, EXPORT_JSON, EXTRAS_FILE, export_run, load_peft_export, push_to_hub
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IDS = torch.tensor([[5, 17, 42, 99, 3, 1], [7, 8, 9, 1, 0, 0]])  # text only, right-padded
@@ -86,6 +86,13 @@ def test_peft_export_loads_with_auto_peft_model_to_the_same_logits(runs, method,
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for name, tensor in extras.items():
         assert torch.equal(tensor, trained.model.get_parameter(name).detach())
+    # vl's loader: the same model again, visual tokens and all
+    again = load_peft_export(out)
+    feats = torch.randn(2, 3, again.visual_embedding.feat_dim)
+    inputs = dict(input_ids=IDS, attention_mask=mask, visual_feats=feats, visual_mask=torch.ones(2, 3, dtype=torch.long),
+                  decoder_input_ids=IDS)
+    with torch.no_grad():
+        torch.testing.assert_close(again(**inputs).logits, trained.model(**inputs).logits, atol=1e-5, rtol=1e-5)
     if method == "lora":  # the trained adapter changes the logits: the comparison is not of two frozen models
         base = peft.AutoPeftModelForSeq2SeqLM.from_pretrained(str(out)).get_base_model()
         with torch.no_grad(), loaded.disable_adapter():

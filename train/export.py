@@ -13,7 +13,8 @@ Which of peft / adapters a method can be written in, each method's module declar
 can be bundled. The peft and adapters folders also hold what vl trained that those
 libraries have no place for: `vl_extras.safetensors` (the visual embedding, `visual_embedding.*`;
 for adapters the trained LayerNorms, `backbone.<the transformers model's name>`), and
-`vl_export.json` (the run, checkpoint, feature width and visual-input settings).
+`vl_export.json` (the run, checkpoint, feature width and visual-input settings);
+`load_peft_export` puts a peft export back together as a VLModel.
 The backbone named as the base is the run's own pretrained one (its hub id or folder) when
 the run's frozen weights are exactly those; otherwise (random init, a run started from
 another, a vocabulary the library cannot resize to) the frozen backbone is written into
@@ -156,6 +157,42 @@ def write_library_format(run_dir: Path, fmt: str, tmp: Path, out: Path, checkpoi
              "visual_inputs": model.visual_inputs, "visual_boxes": model.visual_boxes,
              "extras": sorted(extras)}
     (tmp / EXPORT_JSON).write_text(dumps_json(facts), encoding="utf-8")
+
+
+def load_peft_export(folder: str | os.PathLike):
+    """A `peft` export back as a vl model that reads CLIP features (needs the `peft` library):
+    AutoPeftModelForSeq2SeqLM's model, a LoRA merged into its weights or a prompt as the
+    encoder prompt, with the visual embedding of vl_extras.safetensors and the visual-input
+    settings of vl_export.json. Returns the VLModel, in eval mode."""
+    from peft import AutoPeftModelForSeq2SeqLM
+    from safetensors.torch import load_file
+
+    from vl.train.model import VLModel
+    from vl.train.peft.prompt import SHARED, EncoderPrompt, Prompt
+    from vl.train.tokenizer import load_tokenizer, vis_token_ids
+
+    folder = Path(folder)
+    facts = json.loads((folder / EXPORT_JSON).read_text(encoding="utf-8")) if (folder / EXPORT_JSON).is_file() else {}
+    if facts.get("format") != "peft":
+        raise VLError(f"{folder} is not a peft export of vl (no {EXPORT_JSON} of format peft): give a folder "
+                      "`vl export RUN --format peft` wrote")
+    loaded = AutoPeftModelForSeq2SeqLM.from_pretrained(str(folder))
+    prompt = loaded.peft_config["default"].peft_type == "PROMPT_TUNING"
+    vectors = loaded.get_prompt_embedding_to_save("default") if prompt else None  # (P, d)
+    backbone = loaded.get_base_model() if prompt else loaded.merge_and_unload()
+    reference = facts["visual_inputs"] == "reference"
+    model = VLModel(backbone, facts["feat_dim"], facts["max_images"], facts["visual_inputs"], facts["visual_boxes"],
+                    vis_token_ids(load_tokenizer(str(folder))) if reference else None)
+    extras = {k: v for k, v in load_file(str(folder / EXTRAS_FILE)).items() if k.startswith("visual_embedding.")}
+    missing = {f"visual_embedding.{k}" for k in model.visual_embedding.state_dict()} - set(extras)
+    if missing:
+        raise VLError(f"{folder / EXTRAS_FILE} lacks {', '.join(sorted(missing))}: export the run again")
+    model.load_state_dict(extras, strict=False)
+    if vectors is not None:
+        fixed = Prompt(vectors.shape[0], vectors.shape[1], 0, reparameterize=False, dtype=vectors.dtype)
+        fixed.embedding.weight.data.copy_(vectors)
+        model.encoder_prompt = EncoderPrompt({SHARED: fixed}, vectors.shape[0])
+    return model.eval()
 
 
 def _named_base(trained: "TrainedRun") -> tuple[str | None, int | None]:
