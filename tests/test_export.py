@@ -127,7 +127,15 @@ def test_a_lora_on_a_pretrained_backbone_names_it_and_carries_the_grown_vocabula
     mask[:, 0] = 1
     with torch.no_grad():
         got = loaded(input_ids=ids, attention_mask=mask, decoder_input_ids=ids).logits
-    torch.testing.assert_close(got, text_logits(load_trained(run).model, ids), atol=1e-5, rtol=1e-5)
+    want = text_logits(load_trained(run).model, ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # bundled, the backbone folder goes with it: moved, and the folder and the run deleted, it still loads
+    bundle = export_run(run, "bundle", tmp_path / "bundle")
+    assert json.loads((bundle / "bundle.json").read_text())["relative"] == ["tokenizer", "backbone"]
+    shutil.move(bundle, tmp_path / "moved")
+    shutil.rmtree(folder)
+    shutil.rmtree(run)
+    torch.testing.assert_close(text_logits(load_trained(tmp_path / "moved").model, ids), want, atol=0, rtol=0)
 
 
 def test_a_format_the_method_cannot_be_written_in_is_refused_in_one_line_and_nothing_is_left(runs, tmp_path):
@@ -237,7 +245,7 @@ def test_a_bundle_evaluates_after_moving_it_and_deleting_its_runs(world, tmp_pat
     shutil.move(tmp_path / "bundle", moved)
     shutil.rmtree(tmp_path / "runs")
     config = json.loads((moved / "config.json").read_text())
-    assert config["init_from"] == "init_from" and config["tokenizer"] is None
+    assert config["init_from"] == "init_from" and config["tokenizer"] == "tokenizer"
     assert (moved / "init_from/checkpoints").is_dir() and (moved / "tokenizer").is_dir()
     result = vl("evaluate", "--run", moved, "--split", "val", "--tasks", "vqa", "--quiet")
     assert result.exit_code == 0, result.output
@@ -245,7 +253,7 @@ def test_a_bundle_evaluates_after_moving_it_and_deleting_its_runs(world, tmp_pat
     assert load_trained(moved).cfg.init_from == moved / "init_from"  # what `vl predict` loads through
 
 
-def test_push_to_hub_creates_the_repository_and_uploads_the_folder(tmp_path, monkeypatch):
+def test_push_to_hub_creates_the_repository_and_uploads_the_folder(runs, tmp_path, monkeypatch):
     import huggingface_hub
 
     calls = []
@@ -271,6 +279,12 @@ def test_push_to_hub_creates_the_repository_and_uploads_the_folder(tmp_path, mon
     assert calls == [("token", "hf_test"), ("create_repo", "me/vl-lora", True, True),
                      ("upload_folder", "me/vl-lora", ["adapter_config.json"])]
 
+    calls.clear()  # the command: export, then upload what it wrote
+    result = vl("export", runs["lora"], "--format", "bundle", "--out", tmp_path / "bundle", "--push-to-hub", "me/b")
+    assert result.exit_code == 0, result.output
+    assert "uploaded to https://huggingface.co/me/b/commit/abc" in result.output
+    assert calls[-1] == ("upload_folder", "me/b", sorted(os.listdir(tmp_path / "bundle")))
+
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(VLError, match="needs a Hugging Face token: run `hf auth login` or set HF_TOKEN"):
         push_to_hub(tmp_path / "export", "me/vl-lora")
@@ -285,3 +299,16 @@ def test_push_to_hub_in_offline_mode_fails_with_the_folder_kept(tmp_path, monkey
     with pytest.raises(VLError, match="uploading .* to the hub repository me/x failed") as caught:
         push_to_hub(tmp_path / "export", "me/x")
     assert "upload it later" in str(caught.value) and (tmp_path / "export").is_dir()
+
+
+def test_every_registered_method_names_formats_that_vl_export_knows():
+    from vl.train.export import FORMATS
+    from vl.train.peft.methods import METHODS
+    from vl.train.peft.registry import export_formats
+
+    for name, spec in METHODS.items():
+        formats = export_formats(name)
+        assert formats[-1] == "bundle" and set(formats) <= set(FORMATS), name
+        assert all(callable(write) for write in spec.exports.values()), name
+    assert {name: export_formats(name)[:-1] for name in METHODS if export_formats(name) != ["bundle"]} == {
+        "adapter": ["adapters"], "compacter": ["adapters"], "lora": ["peft"], "prompt": ["peft"]}

@@ -110,13 +110,13 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, che
         raise VLError(f"a run of method {method} cannot be written as {fmt}; it can be written as: {', '.join(formats)}")
     if out.exists():
         raise VLError(f"{out} exists: give another --out, or remove it first")
+    if fmt == "bundle" and task is not None:
+        raise VLError("--task is for peft and adapters exports; a bundle holds every task")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)  # left by a killed export of this process id
     try:
         if fmt == "bundle":
-            if task is not None:
-                raise VLError("--task is for peft and adapters exports; a bundle holds every task")
             write_bundle(run_dir, tmp, checkpoint)
         else:
             write_library_format(run_dir, fmt, tmp, out, checkpoint, task)
@@ -303,15 +303,18 @@ def write_bundle(run_dir: Path, tmp: Path, checkpoint: str | None = None) -> Non
         shutil.copytree(run_dir / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
     else:  # a folder or hub id: stored as it loads (load_trained adds the extra tokens again)
         load_tokenizer(str(cfg["tokenizer"])).save_pretrained(str(tmp / TOKENIZER_DIR))
-        cfg["tokenizer"] = None
-    if cfg.get("init_from") is not None:
-        write_bundle(Path(cfg["init_from"]), tmp / "init_from")  # starting_model reads its best (else last)
+        cfg["tokenizer"] = TOKENIZER_DIR
+        relative.append("tokenizer")
+    source = cfg.get("init_from")
+    if source is not None:
+        write_bundle(Path(source), tmp / "init_from")  # starting_model reads its best (else last)
         cfg["init_from"] = "init_from"
         relative.append("init_from")
     from vl.train.model import BACKBONE_SHAPES
 
     backbone = Path(str(cfg.get("backbone", ""))).expanduser()
-    if cfg.get("backbone") not in BACKBONE_SHAPES and backbone.is_dir():
+    # a backbone folder goes in, unless the run starts from another (whose bundle holds it)
+    if source is None and cfg.get("backbone") not in BACKBONE_SHAPES and backbone.is_dir():
         shutil.copytree(backbone, tmp / "backbone")
         cfg["backbone"] = "backbone"
         relative.append("backbone")
