@@ -122,7 +122,7 @@ def load_trained(run_dir: str | os.PathLike, checkpoint: str | None = None, devi
         raise VLError(f"{run_dir} has no checkpoints yet (training stopped before its first epoch ended): "
                       f"continue it with `vl train --resume {run_dir}`")
     cfg = load_config(TrainConfig, config_path(run_dir), [f"run_dir={run_dir}"])
-    # a bundle (vl export) names its own folders (backbone, init_from) relative to itself
+    # a bundle (vl export) names its own folders (tokenizer, init_from, backbone) relative to itself
     cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(run_dir / getattr(cfg, key))
                                       for key in bundle_relative(run_dir)})
     checkpoint = checkpoint or cfg.eval_checkpoint

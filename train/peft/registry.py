@@ -64,9 +64,10 @@ class MethodSpec:
     to_plain_model: Callable[["VLModel", Any], bool] | None = None
     # formats other libraries read that `vl export --format` can write this method's modules in (every
     # method can also be written as a `bundle`, vl.train.export): {format: write(model, settings, out_dir,
-    # task)}, which writes the method's weights and config files into the folder out_dir, or raises a
-    # VLError when these settings cannot be written exactly in that format (one per task, say)
-    exports: Mapping[str, Callable[["VLModel", Any, Path, str | None], None]] = field(default_factory=dict)
+    # task)}, which writes the method's weights and config files into the folder out_dir and returns the
+    # names of the model's parameters it wrote, or raises a VLError when these settings cannot be written
+    # exactly in that format (one module per task, say)
+    exports: Mapping[str, Callable[["VLModel", Any, Path, str | None], list[str]]] = field(default_factory=dict)
 
 
 METHODS: Registry[MethodSpec] = Registry("method")  # name -> spec, in registration order
