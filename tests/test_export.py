@@ -251,6 +251,9 @@ def test_a_bundle_evaluates_after_moving_it_and_deleting_its_runs(world, tmp_pat
     assert result.exit_code == 0, result.output
     assert json.loads((moved / "eval/val/vqa_val_predictions.json").read_text()) == want
     assert load_trained(moved).cfg.init_from == moved / "init_from"  # what `vl predict` loads through
+    again = export_run(moved, "bundle", tmp_path / "again")  # a bundle of a bundle
+    assert json.loads((again / "config.json").read_text())["init_from"] == "init_from"
+    assert torch.equal(text_logits(load_trained(again).model), text_logits(load_trained(moved).model))
 
 
 def test_push_to_hub_creates_the_repository_and_uploads_the_folder(runs, tmp_path, monkeypatch):

@@ -36,8 +36,8 @@ import click
 
 from vl.shared.atomic import dumps_json, temporary_sibling
 from vl.shared.errors import VLError
-from vl.shared.run_dir import (BEST, BUNDLE_JSON, CHECKPOINTS, CONFIG_FILE, LAST, TOKENIZER_DIR, config_path,
-                               has_checkpoint)
+from vl.shared.run_dir import (BEST, BUNDLE_JSON, CHECKPOINTS, CONFIG_FILE, LAST, TOKENIZER_DIR, bundle_relative,
+                               config_path, has_checkpoint)
 
 if TYPE_CHECKING:
     from vl.train.build import TrainedRun
@@ -288,6 +288,8 @@ def write_bundle(run_dir: Path, tmp: Path, checkpoint: str | None = None) -> Non
     from vl.train.tokenizer import load_tokenizer
 
     cfg = json.loads(config_path(run_dir).read_text(encoding="utf-8"))
+    for key in bundle_relative(run_dir):  # a bundle bundled again
+        cfg[key] = str(run_dir / cfg[key])
     tmp.mkdir(parents=True)
     relative = []
     names = [checkpoint] if checkpoint else [LAST, BEST]

@@ -219,7 +219,7 @@ def export_peft(model: VLModel, out_dir: str | Path, task: str | None = None) ->
     `peft.PeftModel.from_pretrained(<the base backbone>, out_dir)` computes what
     `model.backbone` does. With train_biases the backbone's biases go too (bias="all").
     The visual embedding is not part of the backbone: `vl export` (vl.train.export) writes it
-    beside, with the base backbone's name and the tokenizer.
+    beside, with the base backbone's name and the tokenizer."""
     from safetensors.torch import save_file
 
     key = _chosen_key(model, task, "export_peft")
