@@ -22,6 +22,7 @@ STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("vl.evaluate.cli:evaluate", "Stage 3: score runs with each task's official metric."),
     "report": ("vl.evaluate.report:report", "Compare runs: one table (CSV, Markdown) and the score-vs-budget plot."),
     "predict": ("vl.cli:predict", "Answer a question about a new image or video with a trained run."),
+    "export": ("vl.train.export:export", "A trained run as a peft checkpoint, an AdapterHub adapter or a relocatable bundle."),
     "demo": ("vl.evaluate.demo:demo", "The whole pipeline offline on a synthetic world, in minutes (start here)."),
     "list": ("vl.shared.cli:list_registered", "What is registered: methods, tasks, converters, metrics."),
 }

@@ -14,6 +14,8 @@ its file names, and the reading and appending that needs no torch.
     <run>/eval/epoch_<N>.json              the validation of epoch N: metrics, predictions
     <run>/eval/<split>/<task>.json         `vl evaluate`'s scores, beside the predictions files
     <run>/tensorboard/, wandb_run_id.txt   the trackers of logging.report_to (vl.train.trackers)
+    <run>/bundle.json                      only in a bundle (`vl export --format bundle`): the config
+                                           settings that name folders inside it, relative to it
 
 `vl train` writes the directory (the tensors through vl.train.run_dir); `vl evaluate`
 and `vl report` read it here, so a report imports no torch.
@@ -36,6 +38,7 @@ TOKENIZER_DIR = "tokenizer"
 CHECKPOINTS = "checkpoints"
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 EVAL_DIR = "eval"
+BUNDLE_JSON = "bundle.json"
 LAST, BEST = "last", "best"  # the loop's checkpoints: after every epoch, at the best validation score
 STEP_PREFIX = "step-"  # step-N: every save_every_n_steps optimizer steps (resumable mid-epoch)
 EPOCH_RECORD, STEP_RECORD = "epoch", "step"  # a metrics.jsonl record's "kind" (no kind: an epoch record)
@@ -149,6 +152,12 @@ def find_checkpoint(run_dir: str | os.PathLike, name: str) -> Path:
 def read_checkpoint_meta(run_dir: str | os.PathLike, name: str) -> dict:
     """`checkpoints/<name>/meta.json`: step, trainable names and count, model_sha256."""
     return json.loads((find_checkpoint(run_dir, name) / META_FILE).read_text(encoding="utf-8"))
+
+
+def bundle_relative(run_dir: str | os.PathLike) -> list[str]:
+    """The config settings that a bundle names relative to itself (bundle.json); [] for a run."""
+    path = Path(run_dir) / BUNDLE_JSON
+    return list(json.loads(path.read_text(encoding="utf-8")).get("relative", [])) if path.is_file() else []
 
 
 # -- run.json -----------------------------------------------------------------------------------

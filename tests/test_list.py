@@ -36,7 +36,8 @@ def test_each_kind_prints_one_line_per_registered_name_with_a_description(kind):
 
 def test_what_each_line_says():
     methods = run_vl(["list", "methods"]).stdout
-    assert "adapter+prompt  adapters, prompts, LayerNorms, visual projection" in methods.splitlines()
+    assert "adapter+prompt  adapters, prompts, LayerNorms, visual projection; vl export: bundle" in methods.splitlines()
+    assert "lora            LoRA matrices, every bias, visual projection; vl export: peft, bundle" in methods.splitlines()
     tasks = run_vl(["list", "tasks"]).stdout.splitlines()
     assert tasks[0].split() == ["vqa", "image,", "scored", "by", "vqa_accuracy,", "prefix", "'vqa:'"]
     assert any(line.startswith("caption ") and line.endswith("tasks: caption, tvc, yc2c")

@@ -177,4 +177,4 @@ print([line for line in CliRunner().invoke(cli, ['list', 'methods']).output.spli
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["3 multiple toys True", "1 True",
-                                      "['toy             the visual projection, by a toy']"]
+                                      "['toy             the visual projection, by a toy; vl export: bundle']"]

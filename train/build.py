@@ -22,7 +22,8 @@ import torch
 from vl.shared.config import load_config
 from vl.shared.errors import VLError
 from vl.shared.feature_store import FeatureStore
-from vl.shared.run_dir import BEST, CONFIG_FILE, LAST, config_path, has_checkpoint, read_run_json, tokenizer_dir
+from vl.shared.run_dir import (BEST, CONFIG_FILE, LAST, bundle_relative, config_path, has_checkpoint, read_run_json,
+                               tokenizer_dir)
 from vl.train.config import Checkpoint, TrainConfig
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
 from vl.train.peft.methods import apply_method, budget_table, carry_over
@@ -121,6 +122,9 @@ def load_trained(run_dir: str | os.PathLike, checkpoint: str | None = None, devi
         raise VLError(f"{run_dir} has no checkpoints yet (training stopped before its first epoch ended): "
                       f"continue it with `vl train --resume {run_dir}`")
     cfg = load_config(TrainConfig, config_path(run_dir), [f"run_dir={run_dir}"])
+    # a bundle (vl export) names its own folders (tokenizer, init_from, backbone) relative to itself
+    cfg = dataclasses.replace(cfg, **{key: type(getattr(cfg, key))(run_dir / getattr(cfg, key))
+                                      for key in bundle_relative(run_dir)})
     checkpoint = checkpoint or cfg.eval_checkpoint
     name = checkpoint if checkpoint in have else LAST if checkpoint == BEST and LAST in have else None
     if name is None:

@@ -184,8 +184,10 @@ def list_methods() -> None:
     """The registered PEFT methods (vl.train.peft.registry)."""
     from vl.shared.cli import print_rows
     from vl.train.peft.methods import METHODS
+    from vl.train.peft.registry import export_formats
 
-    print_rows([(name, spec.summary) for name, spec in METHODS.items()])
+    print_rows([(name, f"{spec.summary}; vl export: {', '.join(export_formats(name))}")
+                for name, spec in METHODS.items()])
 
 
 @click.command("tasks")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 import torch
@@ -35,11 +36,12 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from vl.shared.config import literal_problems
-from vl.shared.errors import collect_or_raise
+from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import TaskState, VLModel
 from vl.train.peft import for_task, linear, reference_reinit, task_name_problems
 from vl.train.peft.registry import group_under, register_method
-from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
+from vl.train.peft.sites import (ADAPTERHUB_PLACEMENT, attach, check_free, find_sites, per_site, trainable_names,
+                                 write_adapterhub)
 
 # Names of transformers.activations.ACT2FN accepted here (written out so the config needs no torch).
 Activation = Literal["gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu", "swish", "tanh"]
@@ -112,6 +114,29 @@ def apply_adapters(model: VLModel, cfg: AdapterConfig, tasks: list[str]) -> list
     return trainable_names(model, "adapters", cfg.train_layer_norms)
 
 
+def export_adapterhub(model: VLModel, cfg: AdapterConfig, out: Path, task: str | None = None) -> list[str]:
+    """Write the single adapter as an AdapterHub bottleneck adapter (Houlsby's placement plus the
+    cross-attention site: vl.train.peft.sites); returns the vl names written. One per task
+    (multiple, half-shared) has no AdapterHub form: refused."""
+    if cfg.sharing != "single":
+        raise VLError(f"adapter with sharing={cfg.sharing} keeps adapters per task, which an AdapterHub bottleneck "
+                      "adapter cannot hold (it has one per site)")
+    if task is not None:
+        raise VLError("this run has one adapter shared by all tasks; give no --task")
+    config = dict(ADAPTERHUB_PLACEMENT, reduction_factor=cfg.reduction_factor, non_linearity=cfg.activation,
+                  phm_layer=False)
+    return write_adapterhub(model, "adapters", out, config, lambda name: adapterhub_name(name, {}))
+
+
+def adapterhub_name(name: str, params: dict[str, str]) -> str:
+    """A BottleneckAdapter's parameter name (`down.weight`, `up.W`) in AdapterHub's adapter module:
+    its down projection is `adapter_down.0` (then the activation), its up one `adapter_up`;
+    `params` renames the projection's own parameters (Compacter's PHM layers)."""
+    part, _, param = name.partition(".")
+    return f"{ {'down': 'adapter_down.0', 'up': 'adapter_up'}[part]}.{params.get(param, param)}"
+
+
 apply = apply_adapters
 register_method("adapter", "adapters, LayerNorms, visual projection", config=AdapterConfig, apply=apply_adapters,
-                display=("adapter", "adapters"), groups=group_under("adapters", "adapters", per_site=True))
+                display=("adapter", "adapters"), groups=group_under("adapters", "adapters", per_site=True),
+                exports={"adapters": export_adapterhub})

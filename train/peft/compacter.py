@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -34,12 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vl.shared.config import literal_problems
-from vl.shared.errors import collect_or_raise
+from vl.shared.errors import VLError, collect_or_raise
 from vl.train.model import VLModel
-from vl.train.peft.adapter import BottleneckAdapter, bottleneck_problems
+from vl.train.peft.adapter import BottleneckAdapter, adapterhub_name, bottleneck_problems
 from vl.train.peft import reference_reinit, task_name_problems
 from vl.train.peft.registry import group_under, register_method
-from vl.train.peft.sites import attach, check_free, find_sites, per_site, trainable_names
+from vl.train.peft.sites import (ADAPTERHUB_PLACEMENT, attach, check_free, find_sites, per_site, trainable_names,
+                                 write_adapterhub)
 
 
 
@@ -146,7 +148,28 @@ def apply_compacter(model: VLModel, cfg: CompacterConfig, tasks: list[str]) -> l
     return trainable_names(model, "compacter", cfg.train_layer_norms)
 
 
+def export_adapterhub(model: VLModel, cfg: CompacterConfig, out: Path, task: str | None = None) -> list[str]:
+    """Write the single Compacter as an AdapterHub Compacter (CompacterConfig's PHM layers with
+    phm_dim n, one rule per layer, full W_i: the same H = sum_i A_i ⊗ W_i, y = x H + b), placed
+    as vl's adapters (vl.train.peft.sites); returns the vl names written. A shared rule or
+    low-rank W_i is stored otherwise by AdapterHub and is refused, as one Compacter per task."""
+    why = [f"sharing={cfg.sharing} keeps one per task"] if cfg.sharing != "single" else []
+    why += ["shared_rule=true keeps one rule for all layers"] if cfg.shared_rule else []
+    why += ["low_rank=true factorises W"] if cfg.low_rank else []
+    if why:
+        raise VLError(f"this Compacter ({'; '.join(why)}) has no exact AdapterHub form: vl writes Compacters with "
+                      "sharing=single, shared_rule=false and low_rank=false")
+    if task is not None:
+        raise VLError("this run has one Compacter shared by all tasks; give no --task")
+    config = dict(ADAPTERHUB_PLACEMENT, reduction_factor=cfg.reduction_factor, non_linearity="gelu_new",
+                  phm_layer=True, phm_dim=cfg.n, shared_phm_rule=False, factorized_phm_W=False, shared_W_phm=False,
+                  factorized_phm_rule=False, phm_rank=cfg.rank, phm_bias=True, learn_phm=True, phm_c_init="normal",
+                  phm_init_range=0.01, hypercomplex_nonlinearity="glorot-uniform")
+    return write_adapterhub(model, "compacter", out, config,
+                            lambda name: adapterhub_name(name, {"rule.weight": "phm_rule", "bias": "b"}))
+
+
 apply = apply_compacter
 register_method("compacter", "PHM adapters, LayerNorms, visual projection", config=CompacterConfig,
                 apply=apply_compacter, display=("compacter", "compacters"),
-                groups=group_under("compacter", "compacter", per_site=True))
+                groups=group_under("compacter", "compacter", per_site=True), exports={"adapters": export_adapterhub})

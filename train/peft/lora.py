@@ -218,7 +218,8 @@ def export_peft(model: VLModel, out_dir: str | Path, task: str | None = None) ->
     adapter_config.json + adapter_model.safetensors, so that
     `peft.PeftModel.from_pretrained(<the base backbone>, out_dir)` computes what
     `model.backbone` does. With train_biases the backbone's biases go too (bias="all").
-    The visual embedding is not part of the backbone and is not exported."""
+    The visual embedding is not part of the backbone: `vl export` (vl.train.export) writes it
+    beside, with the base backbone's name and the tokenizer."""
     from safetensors.torch import save_file
 
     key = _chosen_key(model, task, "export_peft")
@@ -263,6 +264,13 @@ def export_peft(model: VLModel, out_dir: str | Path, task: str | None = None) ->
     return out
 
 
+def _export_peft(model: VLModel, cfg: LoRAConfig, out: Path, task: str | None = None) -> list[str]:
+    """The registry's writer of the `peft` format (export_peft); every trainable tensor of the
+    backbone (A, B and with train_biases its biases) is in it."""
+    export_peft(model, out, task)
+    return [name for name, p in model.named_parameters() if p.requires_grad and name.startswith("backbone.")]
+
+
 def _lora_group(module_name: str, module: nn.Module, attr: str) -> str | None:
     """The dry-run group of the A and B matrices (`....q.lora_A.<key>.weight`)."""
     return "LoRA" if attr.startswith("lora_") or ".lora_" in module_name else None
@@ -277,4 +285,4 @@ def _merged(model: VLModel, cfg: LoRAConfig) -> bool:
 
 
 register_method("lora", "LoRA matrices, every bias, visual projection", config=LoRAConfig, apply=apply_lora,
-                display=("LoRA", "LoRA"), groups=_lora_group, to_plain_model=_merged)
+                display=("LoRA", "LoRA"), groups=_lora_group, to_plain_model=_merged, exports={"peft": _export_peft})

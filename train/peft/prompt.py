@@ -28,7 +28,9 @@ whole row in packed mode.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -132,6 +134,38 @@ def apply_prompt(model: VLModel, cfg: PromptConfig, tasks: list[str]) -> list[st
     return trainable
 
 
+@torch.no_grad()
+def export_peft(model: VLModel, cfg: PromptConfig, out: Path, task: str | None = None) -> list[str]:
+    """Write the prompt (the single one, or `task`'s) as `peft` prompt tuning on the encoder
+    input: its P vectors as computed (the re-parameterisation MLP folded in) in
+    `prompt_embeddings`, num_transformer_submodules=1 (none on the decoder), as VLModel puts
+    them before every encoder row. BART reference inputs give the prompt no positions, which
+    peft cannot express: refused. Returns the vl names written."""
+    from safetensors.torch import save_file
+
+    if model.config.model_type == "bart" and model.visual_inputs == "reference":
+        raise VLError("this BART run (visual_inputs=reference) gives its prompt vectors no positions, but peft's "
+                      "prompt tuning adds BART's learned positions to them (as visual_inputs=packed does)")
+    prompts = model.encoder_prompt.prompts
+    keys = list(prompts)
+    if keys == [SHARED] and task is not None:
+        raise VLError("this run has one prompt shared by all tasks; give no --task")
+    key = SHARED if keys == [SHARED] else task
+    if key not in prompts:
+        raise VLError(f"this run has one prompt per task: choose --task, one of: {', '.join(sorted(keys))}")
+    config = {"peft_type": "PROMPT_TUNING", "task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": cfg.length,
+              "token_dim": model.config.d_model, "num_transformer_submodules": 1, "num_attention_heads": None,
+              "num_layers": None, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
+              "tokenizer_name_or_path": None, "tokenizer_kwargs": None, "inference_mode": True,
+              "base_model_name_or_path": None, "revision": None, "modules_to_save": None}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"prompt_embeddings": prompts[key]().detach().cpu().contiguous()},
+              str(out / "adapter_model.safetensors"))
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return [f"encoder_prompt.{name}" for name, _ in model.encoder_prompt.named_parameters()]
+
+
 apply = apply_prompt
 register_method("prompt", "prompt vectors and their MLP, visual projection", config=PromptConfig, apply=apply_prompt,
-                display=("prompt", "prompts"), groups=group_under("encoder_prompt", "prompt"))
+                display=("prompt", "prompts"), groups=group_under("encoder_prompt", "prompt"),
+                exports={"peft": export_peft})

@@ -17,7 +17,8 @@ adding a method is one new module there plus its tests. This module imports no t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from vl.shared.registry import Registry
@@ -61,6 +62,12 @@ class MethodSpec:
     # (e.g. merge LoRA into the weights) and return True, or False when its modules cannot carry over;
     # None: they never can (a method that adds no modules carries over as it is)
     to_plain_model: Callable[["VLModel", Any], bool] | None = None
+    # formats other libraries read that `vl export --format` can write this method's modules in (every
+    # method can also be written as a `bundle`, vl.train.export): {format: write(model, settings, out_dir,
+    # task)}, which writes the method's weights and config files into the folder out_dir and returns the
+    # names of the model's parameters it wrote, or raises a VLError when these settings cannot be written
+    # exactly in that format (one module per task, say)
+    exports: Mapping[str, Callable[["VLModel", Any, Path, str | None], list[str]]] = field(default_factory=dict)
 
 
 METHODS: Registry[MethodSpec] = Registry("method")  # name -> spec, in registration order
@@ -82,6 +89,13 @@ def applied(name: str) -> list[MethodSpec]:
     """The methods that add modules when `name` is applied: itself, or a composite's parts."""
     spec = get_method(name)
     return [METHODS[p] for p in spec.parts] if not spec.apply else [spec]
+
+
+def export_formats(name: str) -> list[str]:
+    """The formats `vl export` can write a run of method `name` in: its own (a composite's
+    never: other libraries know one method at a time), then "bundle", which every method has."""
+    spec = get_method(name)
+    return [*spec.exports, "bundle"]
 
 
 def sections() -> dict[str, type]:

@@ -16,10 +16,14 @@ modules live on the model as one attribute (`model.adapters`, `model.hyperformer
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Literal
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers.models.bart.modeling_bart import BartDecoderLayer, BartEncoderLayer
 from transformers.models.t5.modeling_t5 import T5Block
@@ -136,3 +140,52 @@ def trainable_names(model: VLModel, attr: str, train_layer_norms: bool) -> list[
         names += layer_norm_names(model)
     return list(dict.fromkeys(names))
 
+
+
+# -- the AdapterHub (`adapters` library) format of the adapter family -----------------------
+# VL-Adapter's sites are AdapterHub's bottleneck places: its "mh_adapter" after self-attention,
+# "cross_adapter" after cross-attention and "output_adapter" after the feed-forward, each on the
+# sub-layer's output after its dropout and before the residual (original_ln_before=False,
+# residual_before_ln=True, original_ln_after=True), which in eval mode is ours, before dropout.
+
+ADAPTERHUB_NAME = "vl"  # the adapter's name inside the exported weights (`load_adapter(load_as=...)` renames it)
+ADAPTERHUB_WEIGHTS = "adapter.safetensors"  # `load_adapter(..., use_safetensors=True)` reads this name
+# the config fields that place and shape a bottleneck adapter as vl's sites do (adapters 1.x BnConfig)
+ADAPTERHUB_PLACEMENT = dict(mh_adapter=True, cross_adapter=True, output_adapter=True, original_ln_before=False,
+                            original_ln_after=True, residual_before_ln=True, adapter_residual_before_ln=False,
+                            ln_before=False, ln_after=False, is_parallel=False, scaling=1.0, use_gating=False,
+                            dropout=0.0, leave_out=[], inv_adapter=None, inv_adapter_reduction_factor=None,
+                            init_weights="bert", init_weights_seed=None, stochastic_depth=0.0)
+_BART_PLACES = {"self_attn": "attention_adapters", "cross_attn": "cross_attention_adapters", "ffn": "output_adapters"}
+
+
+def adapterhub_prefix(model_type: str, stack: str, layer: int, kind: str) -> str:
+    """The AdapterHub key prefix of the adapter at one site: `model.encoder.layers.0.attention_adapters.adapters.vl`
+    (BART), `encoder.block.0.layer.0.adapters.vl` (T5: the adapter of a sub-layer sits in it)."""
+    if model_type == "bart":
+        return f"model.{stack}.layers.{layer}.{_BART_PLACES[kind]}.adapters.{ADAPTERHUB_NAME}"
+    sub = {"self_attn": 0, "cross_attn": 1, "ffn": 2 if stack == "decoder" else 1}[kind]
+    return f"{stack}.block.{layer}.layer.{sub}.adapters.{ADAPTERHUB_NAME}"
+
+
+def write_adapterhub(model: VLModel, attr: str, out: os.PathLike, config: dict,
+                     rename: Callable[[str], str]) -> list[str]:
+    """Write `model.<attr>` (one adapter per site, no per-task ones) as an AdapterHub adapter in the
+    folder `out`: adapter_config.json (`config`: the BnConfig fields) and adapter.safetensors, each
+    site's tensors under its adapterhub_prefix and `rename(name within the site's adapter)`. No
+    prediction head: the backbone's own LM head is the model's. Returns the vl names written."""
+    model_type, modules = model.config.model_type, getattr(model, attr)
+    tensors, names = {}, []
+    for stack in STACKS:
+        for layer, kinds in enumerate(modules[stack]):
+            for kind, adapter in kinds.items():
+                for name, param in adapter.named_parameters():
+                    tensors[f"{adapterhub_prefix(model_type, stack, layer, kind)}.{rename(name)}"] = param
+                    names.append(f"{attr}.{stack}.{layer}.{kind}.{name}")
+    full = {"config": dict(sorted(config.items())), "hidden_size": model.config.d_model,
+            "model_class": type(model.backbone).__name__, "model_name": model.config._name_or_path or "",
+            "model_type": model_type, "name": ADAPTERHUB_NAME, "version": "adapters.1.3.0"}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(Path(out) / ADAPTERHUB_WEIGHTS))
+    (Path(out) / "adapter_config.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    return names
