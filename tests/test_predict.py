@@ -193,3 +193,17 @@ def test_notebook_callables_run_the_stages(world, tmp_path):
     results = vl.evaluate(run_dir, split="val", tasks=["gqa"], manifests={"gqa": str(world / "manifests/gqa8.jsonl")},
                           progress=False)
     assert results[0].task == "gqa" and results[0].scores is not None
+
+
+def test_a_moved_bundle_answers_as_its_run(tiny_demo, tmp_path):
+    """`vl export --format bundle`, moved: `vl predict` accepts it and answers as the run does."""
+    out, _ = tiny_demo
+    example = json.loads((out / "world/manifests/gqa_val.jsonl").read_text().splitlines()[0])
+    image = next((out / "world/images").rglob(example["media"][0] + ".jpg"))
+    result = vl_cli("export", out / "runs/image-adapter", "--format", "bundle", "--out", tmp_path / "bundle")
+    assert result.exit_code == 0, result.output
+    moved = shutil.move(tmp_path / "bundle", tmp_path / "elsewhere")
+    want = vl.load_run(out / "runs/image-adapter").predict(image=image, question=example["question"], task="gqa")
+    result = vl_cli("predict", "--run", moved, "--image", image, "--question", example["question"], "--task", "gqa")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == want
