@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from vl.train.build import TrainedRun
 
 Format = Literal["peft", "adapters", "bundle"]
-FORMATS = ("peft", "adapters", "bundle")
+FORMATS = typing.get_args(Format)
 EXPORT_JSON = "vl_export.json"
 EXTRAS_FILE = "vl_extras.safetensors"
 BASE_DIR = "base_model"
