@@ -47,8 +47,7 @@ from vl.shared.config import save_config
 from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.feature_store import (FeatureStore, check_store_matches, mixed_origin_problems, settings_differences,
-                                     store_settings)
+from vl.shared.feature_store import FeatureStore, check_store_matches, mixed_origin_problems
 from vl.shared.progress import progress_bar
 from vl.shared.manifest import DatasetManifest
 from vl.shared.run_dir import (
@@ -63,9 +62,9 @@ from vl.shared.run_dir import (
     epoch_eval_path,
     find_checkpoint,
     latest_checkpoint,
-    read_run_json,
     run_json_path,
     step_checkpoint_name,
+    store_changes,
     tokenizer_dir,
 )
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
@@ -225,19 +224,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_stores_unchanged(run_dir: Path, stores: dict[Path, FeatureStore]) -> None:
-    """On resume: every store must still hold features made the way run.json recorded
-    (another extraction into the same path would silently mix features)."""
-    recorded = read_run_json(run_dir).get("feature_stores", {})
-    problems = []
-    for path, store in stores.items():
-        before = recorded.get(str(path), {}).get("settings")
-        if before is not None:
-            problems += [f"feature store {path}: {field} was {old!r} when the run started, now {new!r}"
-                         for field, new, old in settings_differences(store_settings(store.provenance), before)]
-    collect_or_raise(problems, hint="Resume with the stores the run started with (or start a new run).")
-
-
 def check_visual_tokens(cfg: TrainConfig, data: list[TaskData], object_order_ids: list[int]) -> None:
     """visual_inputs=reference: every image's (or video's) visual tokens need a <vis_extra_id_k> each."""
     if cfg.visual_inputs != "reference":
@@ -362,7 +348,8 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
     stopping = cfg.early_stopping
     stop_metric, stop_best, stale = cfg.early_stopping_metric(), None, 0  # validations without a new best
     if resume:
-        check_stores_unchanged(run_dir, stores)
+        collect_or_raise(store_changes(run_dir, stores),
+                         hint="Resume with the stores the run started with (or start a new run).")
         extra = load_checkpoint(run_dir, resume_from, model, optimizer, scheduler, restore_rng=True)
         if extra.get("stopped"):
             raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "

@@ -193,19 +193,14 @@ class Run:
     # -- features --
 
     def recipe(self, task: str) -> EncoderRecipe:
-        spec = next(t for t in self.cfg.tasks if t.name == task)
-        store = str(spec.store)
-        entry = self.stores.get(store)
-        if entry is None:  # a run whose paths were rewritten (a bundle): the one store of this media kind
-            from vl.train.tasks import get_task
+        from vl.shared.run_dir import recorded_store
+        from vl.train.tasks import get_task
 
-            kind = "sampling" if get_task(task).media_kind == "video" else None
-            same = {json.dumps(e.get("settings"), sort_keys=True): e for e in self.stores.values()
-                    if ("sampling" in ((e.get("settings") or {}).get("preprocess") or {})) == (kind is not None)}
-            if len(same) != 1:
-                raise VLError(f"{self.run_dir}/run.json records no feature store {store} for task {task} (it records: "
-                              f"{', '.join(self.stores) or 'none'}), so the encoder to rebuild is unknown")
-            entry = next(iter(same.values()))
+        store = str(next(t for t in self.cfg.tasks if t.name == task).store)
+        entry = recorded_store(self.run_dir, store, get_task(task).media_kind == "video")
+        if entry is None:
+            raise VLError(f"{self.run_dir}/run.json records no feature store {store} for task {task} (it records: "
+                          f"{', '.join(self.stores) or 'none'}), so the encoder to rebuild is unknown")
         return encoder_recipe(entry.get("settings") or {}, store, self.device, self.model_config, self.pretrained)
 
     def _encoder(self, recipe: EncoderRecipe):
