@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vl.shared.atomic import atomic_path, dumps_json
-from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.errors import ProblemList, VLError, collect_or_raise
 
 MANIFEST_KIND = "dataset_manifest"
 MANIFEST_SCHEMA_VERSION = 1
@@ -189,7 +189,7 @@ class DatasetManifest:
         has_answers = meta.has_answers if meta else True
 
         examples: list[dict] = []
-        problems: list[str] = []
+        problems = ProblemList(keep=max_problems)
         first_line_of: dict[str, int] = {}
         with open(path, encoding="utf-8") as f:
             for lineno, ex in json_line_objects(f, path, problems):
@@ -205,8 +205,6 @@ class DatasetManifest:
                     continue
                 first_line_of[ex["id"]] = lineno
                 examples.append(ex)
-                if len(problems) > max_problems:
-                    break
         if not examples and not problems:
             problems.append(f"{path}: holds no examples")
         collect_or_raise(problems, limit=max_problems, hint="Fix the lines above, or convert the dataset again with `vl data convert`.")

@@ -8,6 +8,7 @@ extension (`train/12/dev-1-2-img0`).
 from __future__ import annotations
 
 import os
+import stat
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,6 +31,24 @@ def index_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> d
                 if rel != p.stem:
                     by_key[rel].append(p)
     return dict(by_key)
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_reason(path: str | os.PathLike, what: str) -> str | None:
+    """Why `path` (links followed) cannot be read as `what`, when it is not a regular file:
+    opening a FIFO blocks until someone writes to it, and a device like /dev/zero never
+    ends; None for a regular file, a folder or a missing path (those have their own reason)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            return f"is {kind}, not {what}"
+    return None
 
 
 def file_error_reason(error: BaseException, what: str) -> str | None:

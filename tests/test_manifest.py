@@ -98,3 +98,14 @@ def test_digests(tmp_path):
     assert digest_strings(["ab", "c"]) != digest_strings(["a", "bc"])
     assert digest_strings(["a", "b"]) != digest_strings(["b", "a"])
     assert digest_strings(["a", "b"]) == digest_strings(iter(["a", "b"]))
+
+
+def test_the_count_of_problems_is_every_one_not_the_lines_shown(tmp_path):
+    path = tmp_path / "m.jsonl"
+    bad = ['{"id": "%d", "task": "vqa", "split": "train"}' % i for i in range(46)] + ["not json"] * 3
+    path.write_text("\n".join(bad) + "\n")
+    with pytest.raises(VLError) as e:
+        DatasetManifest.read(path)
+    text = str(e.value)
+    assert text.startswith("49 problems:") and "... and 29 more" in text
+    assert len(e.value.problems) == 21  # 20 shown, then the "more" line
