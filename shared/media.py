@@ -11,9 +11,33 @@ import os
 import stat
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+def walk_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> Iterator[Path]:
+    """Every file under `root` whose name ends with one of `extensions` (not hidden), in
+    sorted order, following symlinks to folders (media trees are often assembled from
+    links) but entering each folder once, by its own path before any link's: a link to a
+    folder it is already inside (a cycle) or one seen by another path is skipped, so the
+    walk always ends."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []  # a folder reached again through a link: its files are listed already
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort(key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))  # real folders before links
+        for name in sorted(filenames):
+            if name.lower().endswith(extensions) and not name.startswith("."):
+                yield Path(dirpath) / name
 
 
 def index_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -21,15 +45,11 @@ def index_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> d
     files it names; more than one file for an id means the id is ambiguous."""
     root = Path(root)
     by_key: dict[str, list[Path]] = defaultdict(list)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(extensions) and not name.startswith("."):
-                p = Path(dirpath) / name
-                by_key[p.stem].append(p)
-                rel = p.relative_to(root).with_suffix("").as_posix()
-                if rel != p.stem:
-                    by_key[rel].append(p)
+    for p in walk_media_files(root, extensions):
+        by_key[p.stem].append(p)
+        rel = p.relative_to(root).with_suffix("").as_posix()
+        if rel != p.stem:
+            by_key[rel].append(p)
     return dict(by_key)
 
 

@@ -155,3 +155,20 @@ def test_fifos_and_devices_are_recorded_not_waited_on(tiny_models, tmp_path):
     os.mkfifo(tmp_path / "clip.mp4")
     with pytest.raises(VideoDecodeError, match="is a FIFO"):
         decode_video(str(tmp_path / "clip.mp4"), SamplingPolicy(fps=1.0))
+
+
+def test_links_that_loop_back_end_the_walk(tmp_path):
+    """Two links to their own folder inside a media root once made the walk run forever."""
+    import os
+
+    from vl.extract.inputs import find_images
+    from vl.shared.media import IMAGE_EXTENSIONS, index_media_files
+
+    root = tmp_path / "media"
+    write_photos(root / "sub", 2)
+    os.symlink(root, root / "a")
+    os.symlink(root, root / "sub" / "b")
+    os.symlink(root / "sub", root / "c")  # a folder seen twice: its files listed once, by its own path
+    assert sorted(x.id for x in find_images(root)) == ["img_0000", "img_0001"]
+    index = index_media_files(root, IMAGE_EXTENSIONS)
+    assert [str(p.relative_to(root)) for p in index["img_0000"]] == ["sub/img_0000.jpg"]
