@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from vl.shared.atomic import refuse_overwriting_inputs
 from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError
-from vl.shared.manifest import DatasetManifest, ManifestMeta, SourceFile, write_manifest
+from vl.shared.manifest import DatasetManifest, ManifestMeta, SourceFile, meta_path_for, write_manifest
 from vl.shared.registry import Registry
 
 # Modules that register converters; imported on first lookup so `vl data --help` stays instant.
@@ -65,6 +66,15 @@ class ConvertRequest:
         for name in FILE_FLAGS:
             value = getattr(self, name)
             out += value if isinstance(value, list) else [value] if value is not None else []
+        return out
+
+    def named_files(self) -> list[tuple[str, Path]]:
+        """(the option, path) of every input file, as files() orders them."""
+        out: list[tuple[str, Path]] = []
+        for name in FILE_FLAGS:
+            value = getattr(self, name)
+            out += [(f"--{name.replace('_', '-')}", p) for p in (value if isinstance(value, list) else [value])
+                    if p is not None]
         return out
 
     def main_files(self) -> list[Path]:
@@ -173,6 +183,8 @@ def request_problems(conv: Converter, req: ConvertRequest) -> list[str]:
 def convert_dataset(name: str, req: ConvertRequest, out: Path) -> DatasetManifest:
     """Convert and write `out` (+ meta); nothing is written if anything is wrong."""
     conv = get_converter(name)
+    refuse_overwriting_inputs(out, req.named_files())
+    refuse_overwriting_inputs(meta_path_for(out), req.named_files(), flag="--out's meta file")
     problems = request_problems(conv, req)
     if problems:
         raise VLError(problems, hint=f"Run `vl data convert --help` for the files each dataset reads. Nothing was written to {out}.")
