@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 
 from vl.shared.atomic import atomic_path, dumps_json
 from vl.shared.errors import ProblemList, VLError, collect_or_raise
+from vl.shared.media import media_id_problem
 
 MANIFEST_KIND = "dataset_manifest"
 MANIFEST_SCHEMA_VERSION = 1
@@ -151,6 +152,10 @@ def validate_example(ex: Any, *, where: str, has_answers: bool = True) -> list[s
         media = ex["media"]
         if not isinstance(media, list) or not media or not all(isinstance(m, str) and m for m in media):
             problems.append(f"{label}: field 'media' must be a non-empty list of media id strings (got {media!r})")
+        else:
+            problems += [f"{label}: media id {m!r} {why}; a media id names a file inside the media root "
+                         "(its name, or its path relative to the root, without extension)"
+                         for m in media if (why := media_id_problem(m))]
     for name in STRING_LIST_FIELDS:
         if name in ex:
             value = ex[name]

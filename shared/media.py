@@ -8,6 +8,7 @@ extension (`train/12/dev-1-2-img0`).
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +16,21 @@ from typing import Iterator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+def media_id_problem(media_id: str) -> str | None:
+    """Why `media_id` cannot name a file inside a media root, or None: an absolute path, a
+    `..` part (anywhere: `a/../../b` too) or a NUL would let a manifest (or an official file
+    a converter passed on) read files outside the root it names. A symlink inside the root
+    that points elsewhere is the root owner's choice and stays allowed."""
+    parts = media_id.replace("\\", "/").split("/")
+    if media_id.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", media_id) or media_id.startswith("~"):
+        return "is an absolute path"
+    if ".." in parts:
+        return "climbs out of the media root ('..')"
+    if "\0" in media_id:
+        return "holds a NUL character"
+    return None
 
 
 def walk_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> Iterator[Path]:

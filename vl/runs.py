@@ -23,7 +23,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from vl.shared.errors import VLError, collect_or_raise
 
@@ -285,8 +285,8 @@ class Run:
         media = [video] if video is not None else ([image] if isinstance(image, (str, os.PathLike)) else list(image))
         kind = "video" if video is not None else "image"
         task = self.choose_task(task, kind, has_choices=bool(choices), two_images=len(media) == 2)
-        example = query_example(task, [str(m) for m in media], question, choices, subtitles, span)
-        inputs = _media_inputs([Path(m) for m in media])
+        inputs = _media_inputs(kind, [Path(m) for m in media])
+        example = query_example(task, [x.id for x in inputs], question, choices, subtitles, span)
         predictions, failed = self.predict_examples(task, [example], inputs, batch_size=1)
         if failed:
             f = failed[0]
@@ -347,8 +347,7 @@ def load_run(run_dir: PathLike, checkpoint: str | None = None, device: str = "au
 
 def query_example(task: str, media: list[str], question: str | None, choices: Sequence[str] | None,
                   subtitles: Sequence[dict] | None, span: tuple[float, float] | None) -> dict:
-    """The manifest example (docs/manifests.md) of one question; media ids are the files'
-    paths, which is how `_media_inputs` names them."""
+    """The manifest example (docs/manifests.md) of one question about `media` (media ids)."""
     from vl.shared.manifest import validate_example
     from vl.train.tasks import MultipleChoiceQA, get_task
 
@@ -394,17 +393,12 @@ def _with_duration(example: dict, store) -> dict:
     return example
 
 
-def _media_inputs(paths: Iterable[Path]) -> list[Any]:
-    """MediaInput for files given by path; the id is the path, so two files never collide."""
+def _media_inputs(kind: str, paths: Sequence[Path]) -> list[Any]:
+    """MediaInput for the files of one question, named `image1`, `image2` (or `video1`)."""
     from vl.extract.inputs import MediaInput
 
-    problems, inputs = [], []
-    for p in paths:
-        if not p.is_file():
-            problems.append(f"{p}: no such file")
-        inputs.append(MediaInput(str(p), str(p)))
-    collect_or_raise(problems)
-    return inputs
+    collect_or_raise([f"{p}: no such file" for p in paths if not p.is_file()])
+    return [MediaInput(f"{kind}{i}", str(p)) for i, p in enumerate(paths, 1)]
 
 
 # -- extraction from Python ----------------------------------------------------------------------
