@@ -138,3 +138,27 @@ def test_the_runs_eval_checkpoint_decides_what_is_scored(run, tmp_path):
     assert name == "best" and "checkpoint: best\n" in output
     with pytest.raises(VLError, match="eval_checkpoint"):
         load_config(TrainConfig, copy / "config.json", ["eval_checkpoint=first"])
+
+
+def test_a_run_in_use_is_refused_to_a_second_writer_naming_the_holder(run, tmp_path):
+    """While one process trains (here: holds the run's lock), `vl train --resume` and `vl
+    evaluate` into the same run are refused with its pid; the lock dies with its holder."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from vl.shared.locks import run_dir_lock\n"
+            f"with run_dir_lock({str(run)!r}, 'vl train'):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        metrics = (run / "metrics.jsonl").read_bytes()
+        for result in (vl_train("--resume", run, "--set", "epochs=3"),
+                       vl("evaluate", "--run", run, "--split", "val", "--quiet")):
+            assert result.exit_code == 1
+            assert f"run dir {run} is in use by pid {holder.pid} (vl train)" in result.output, result.output
+        assert (run / "metrics.jsonl").read_bytes() == metrics
+    finally:
+        holder.kill()
+        holder.wait()
+    result = vl("evaluate", "--run", run, "--split", "val", "--quiet", "--tasks", "gqa")  # the kernel released it
+    assert result.exit_code == 0, result.output

@@ -48,6 +48,7 @@ from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, check_store_matches, mixed_origin_problems
+from vl.shared.locks import run_dir_lock
 from vl.shared.progress import progress_bar
 from vl.shared.manifest import DatasetManifest
 from vl.shared.run_dir import (
@@ -241,7 +242,15 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
     """Run `cfg` (or continue the run in cfg.run_dir from its latest checkpoint, `last` or
     a `step-N`, or from `resume_from`, a checkpoint name); returns the run dir.
     `ranks`: this process's place under torchrun (its process group already joined).
-    `progress`: progress bars (rank 0's; TQDM_DISABLE turns them off too)."""
+    `progress`: progress bars (rank 0's; TQDM_DISABLE turns them off too). Rank 0 holds the
+    run dir's lock (vl.shared.locks) from its first write to the end: a second `vl train
+    --resume` (or `vl evaluate`) into the same folder is refused, naming this process."""
+    with contextlib.ExitStack() as locks:
+        return _train(cfg, resume, ranks, progress, resume_from, locks)
+
+
+def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_from: str | None,
+           locks: contextlib.ExitStack) -> Path:
     cfg = inherit_from_run(cfg)  # init_from: that run's backbone and tokenizer (a no-op when done already)
     run_dir = Path(cfg.run_dir)
     main = ranks.is_main
@@ -286,7 +295,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
             print(f"features in memory: {sum(held.values()) / 2**20:.1f} MiB from {len(held)} store(s)", flush=True)
     ranks.barrier()  # every rank has checked the run dir before rank 0 writes into it
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(run_dir_lock(run_dir, "vl train"))  # makes the folder
 
     # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
     tok_dir = tokenizer_dir(run_dir)
