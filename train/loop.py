@@ -132,7 +132,7 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
     metrics, details = {}, {}
     for name, ds in val_sets.items():
         predictions = generate_predictions(model, ds, tokenizer, device, batch_size, autocast, progress=progress)
-        by_id = {ex["id"]: ex for ex in ds.data.examples}
+        by_id = {ex["id"]: ex for ex in ds.scored_examples()}  # vl_lm, itm: the gold their items drew
         scores = score(ds.data.task.metric, predictions, [by_id[i] for i in predictions])
         metrics[f"{name}_{METRIC_SUFFIX}"] = scores["overall"]
         details[name] = {"scores": scores, "predictions": predictions}
