@@ -502,10 +502,19 @@ class CaptionPool:
     ranges: dict[tuple[str, ...], tuple[int, int]]
 
     def other_image_caption(self, media: tuple[str, ...], rng: random.Random) -> str:
-        """A caption drawn uniformly from the captions of every other image (never one of `media`)."""
+        """A caption drawn uniformly from the captions of every other image (never one of
+        `media`) whose text is not also one of `media`'s own captions: generic captions
+        ("Three shapes on a white background.") recur across images, and one shown as a
+        mismatch would teach "false" for a text that describes the image. The reference
+        compared image ids only (pretrain_data.py L411). `expand` has checked that such a
+        caption exists."""
         a, b = self.ranges[media]
-        j = rng.randrange(len(self.texts) - (b - a))
-        return self.texts[j + (b - a) if j >= a else j]  # skip the image's own run
+        own = set(self.texts[a:b])
+        while True:  # rejection: the expected number of draws is (other captions) / (those of another text)
+            j = rng.randrange(len(self.texts) - (b - a))
+            text = self.texts[j + (b - a) if j >= a else j]  # skip the image's own run
+            if text not in own:
+                return text
 
 
 @register_task("itm")
@@ -527,6 +536,12 @@ class ImageTextMatching(CaptionPretraining):
                           f"{len(by_image)} image{'s' * (len(by_image) != 1)}; image-text matching draws its "
                           "non-matching captions from other images and needs at least two",
                           hint="Give the task a split with captions of two or more images.")
+        distinct = len(set(text for captions in by_image.values() for text in captions))
+        alone = [media for media, captions in by_image.items() if len(set(captions)) == distinct]
+        if alone:  # every caption of the split is also one of this image's: no mismatch to show
+            raise VLError(f"{self.name}: every caption of its split is also a caption of image {' + '.join(alone[0])}, "
+                          "so no caption of another image can be shown as a mismatch for it",
+                          hint="Give the task a split whose images have captions of their own.")
         texts, ranges = [], {}
         for media, captions in by_image.items():
             ranges[media] = (len(texts), len(texts) + len(captions))
