@@ -335,6 +335,9 @@ def test_pretraining_validates_both_objectives_and_saves_every_weight(pretrained
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
         assert 0 <= r["vl_lm_score"] <= 100 and 0 <= r["itm_score"] <= 100 and "caption_score" not in r
+        assert r["mean_score"] == pytest.approx((r["vl_lm_score"] + r["itm_score"]) / 2)  # the losses stay out
+        assert r["vl_lm_val_loss"] > 0 and r["itm_val_loss"] > 0
+    assert records[1]["vl_lm_val_loss"] < records[0]["vl_lm_val_loss"]  # it learns the held-out spans
     trained = load_trained(pretrained, "last")
     saved = load_file(str(pretrained / "checkpoints/last/model.safetensors"))
     params = dict(trained.model.named_parameters())
