@@ -119,8 +119,9 @@ def captions(world, tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(world)
     try:
-        convert_dataset("coco-caption", ConvertRequest(split="train", karpathy=Path("annotations/coco/dataset_coco.json"),
-                                                       images=Path("images"), restval_into_train=True), out)
+        request = ConvertRequest(split="train", karpathy=Path("annotations/coco/dataset_coco.json"),
+                                 images=Path("images"), restval_into_train=True)
+        convert_dataset("coco-caption", request, out)
     finally:
         os.chdir(cwd)
     return out

@@ -1,4 +1,5 @@
-"""The eight tasks as text generation: what the encoder reads, what the decoder learns.
+"""The eight tasks and two V&L pre-training tasks as text generation: what the encoder
+reads, what the decoder learns.
 
 Every task is generation with a task prefix (VL-T5 / VL-Adapter). A definition reads
 the manifest fields of docs/manifests.md and says:
@@ -472,7 +473,8 @@ class VisualSpanPrediction(CaptionPretraining):
             if short:
                 found.append(f"{self.name} example {example.get('id')!r}: caption {short[0]} "
                              f"({example['targets'][short[0]]!r}) has fewer than {MIN_MASKED_WORDS} words, too short "
-                             "to mask a span and keep a word; drop it from the manifest or train it with `caption` only")
+                             "to mask a span and keep a word; drop it from the manifest or train it with `caption` "
+                             "only")
         return found
 
     def expand(self, examples: Sequence[dict], layout: InputLayout = DEFAULT_LAYOUT) -> list[TrainItem]:
