@@ -257,6 +257,16 @@ def test_list_shows_the_tasks_and_metrics():
     assert re.search(r"itm_accuracy\s+vl.evaluate.metrics.matching; tasks: itm", metrics)
 
 
+def test_a_tokenizer_trained_for_the_run_sees_the_pretraining_prefixes(captions):
+    from vl.shared.manifest import DatasetManifest
+    from vl.train.tokenizer import manifest_texts
+
+    manifest = DatasetManifest.read(captions)
+    texts = list(manifest_texts([manifest], {"vl_lm": InputLayout(), "itm": InputLayout(prefix="itm:")}))
+    assert "span prediction:" in texts and "itm:" in texts
+    assert "image text match:" not in texts and "span prediction:" not in manifest_texts([manifest])
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 def test_a_caption_too_short_to_mask_is_named():
