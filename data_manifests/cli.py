@@ -62,6 +62,7 @@ def data() -> None:
     \b
     vl data convert DATASET ...   official release files -> manifest
     vl data check M.jsonl         validate a manifest, count it, find missing media
+    vl data merge A B --out C     manifests of one task into one (COCO + VG pre-training data)
     vl data demo --out DIR        write the synthetic shapes world (official formats)
     """
 
@@ -151,6 +152,27 @@ def check(manifest, media_root, as_json, against) -> None:
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     if report.missing_media:
         sys.exit(1)
+
+
+@data.command("merge")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The merged manifest to write.")
+def merge(manifests, out) -> None:
+    """Join manifests of one task into one (a run's task reads one train manifest), e.g.
+    COCO Karpathy-train and Visual Genome captions for pre-training. Ids must be unique
+    across them; the meta records each input and its sha256.
+
+    \b
+    Example:
+      vl data merge manifests/coco_caption_train.jsonl manifests/vg_caption.jsonl \\
+          --out manifests/pretrain_captions.jsonl
+    """
+    from vl.data_manifests.merge import merge_manifests
+
+    merged = merge_manifests(list(manifests), out)
+    parts = ", ".join(f"{m['examples']} from {Path(m['path']).name}" for m in merged.meta.extra["merged"])
+    click.echo(f"wrote {out} ({len(merged.examples)} {merged.meta.extra['task']} examples: {parts}; "
+               f"{len(merged.media_ids())} media ids)")
 
 
 @data.command("demo")

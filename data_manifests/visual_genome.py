@@ -8,13 +8,13 @@ on it (through LXMERT's preprocessed files):
     question_answers.json     [{"id": image id, "qas": [{"qa_id", "image_id", "question", "answer",
                                 "q_objects", "a_objects"}, ...]}, ...]
 
-- `vg-caption`: one `caption` example per image, its targets the image's region phrases
+- `vg-caption`: one `caption` example per image (id `vg-{image id}`), its targets the image's region phrases
   (whitespace collapsed), each once, those of at least three words: VL-T5 skips sentences
   of two words or fewer for T5/BART and repeated sentences of an image (VL-T5/src/
   pretrain_data.py:79-84). All phrases are kept (about 50 an image): the caption task
   trains one item per target, so every phrase is one training item, as each VG sentence
   is one example in VL-T5; a cap would drop most of VG's text.
-- `vg-qa`: one `vqa` example per question: `question`, `answers` [answer], `labels`
+- `vg-qa`: one `vqa` example per question (id `vgqa-{qa_id}`): `question`, `answers` [answer], `labels`
   {normalised answer: 1.0} (VL-T5's "qa" examples of the VG QA text source,
   pretrain_data.py:95-105, 364-386).
 
@@ -22,7 +22,8 @@ Media ids are the VG image ids as the files are named (`VG_100K/2354786.jpg`,
 `VG_100K_2/1.jpg`: media id "2354786", "1"), which are GQA's `imageId`s too, so one store
 of the VG images serves both. Each example carries `image_id` (the VG id, int) and, for a
 VG image that is a COCO image, `coco_id` (from image_data.json), by which
-`--exclude-images` leaves out COCO images of downstream val/test manifests.
+`--exclude-images` leaves out COCO images of downstream val/test manifests. The ids are
+prefixed so that they stay unique beside COCO and VQA ids in `vl data merge`.
 
 A record with a missing or mistyped field, an image id repeated, or one absent from
 image_data.json is an error naming the file and the record's index; an empty phrase,
@@ -69,7 +70,7 @@ def convert_captions(req: ConvertRequest) -> Converted:
         if not phrases:
             skipped["images_without_phrases"] += 1
             continue
-        examples.append({"id": str(image_id), "task": "caption", "split": req.split, "media": [str(image_id)],
+        examples.append({"id": f"vg-{image_id}", "task": "caption", "split": req.split, "media": [str(image_id)],
                          "targets": phrases, **_image_fields(image_id, coco_ids)})
     collect_or_raise(problems, hint=f"{path} should be Visual Genome's region_descriptions.json.")
     return Converted(examples, {"skipped": dict(sorted(skipped.items())), "min_phrase_words": MIN_PHRASE_WORDS})
@@ -89,7 +90,7 @@ def convert_questions(req: ConvertRequest) -> Converted:
             if not question or not label:
                 skipped["empty_questions" if not question else "empty_answers"] += 1
                 continue
-            examples.append({"id": str(qa["qa_id"]), "task": "vqa", "split": req.split, "media": [str(image_id)],
+            examples.append({"id": f"vgqa-{qa['qa_id']}", "task": "vqa", "split": req.split, "media": [str(image_id)],
                              "question": question, "answers": [answer], "labels": {label: 1.0},
                              **_image_fields(image_id, coco_ids)})
             wheres.append(at)

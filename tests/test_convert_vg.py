@@ -60,9 +60,9 @@ def test_vg_caption_one_example_per_image_with_its_cleaned_phrases(tmp_path, vg)
     m = convert_dataset("vg-caption", ConvertRequest(split="train", annotations=[vg["regions"]],
                                                      image_data=vg["image_data"]), out)
     assert lines(out) == [
-        {"id": "1", "task": "caption", "split": "train", "media": ["1"], "image_id": 1,
+        {"id": "vg-1", "task": "caption", "split": "train", "media": ["1"], "image_id": 1,
          "targets": ["the clock is green in colour", "a white street sign"]},
-        {"id": "2", "task": "caption", "split": "train", "media": ["2"], "image_id": 2, "coco_id": 391895,
+        {"id": "vg-2", "task": "caption", "split": "train", "media": ["2"], "image_id": 2, "coco_id": 391895,
          "targets": ["a man riding a moped"]},
     ]
     assert m.meta.extra["skipped"] == {"empty_phrases": 1, "images_without_phrases": 1, "repeated_phrases": 1,
@@ -74,11 +74,11 @@ def test_vg_qa_one_vqa_example_per_question(tmp_path, vg):
     out = tmp_path / "vg_qa.jsonl"
     m = convert_dataset("vg-qa", ConvertRequest(split="train", questions=[vg["qas"]], image_data=vg["image_data"]), out)
     assert lines(out) == [
-        {"id": "101", "task": "vqa", "split": "train", "media": ["1"], "image_id": 1,
+        {"id": "vgqa-101", "task": "vqa", "split": "train", "media": ["1"], "image_id": 1,
          "question": "What color is the clock?", "answers": ["Green."], "labels": {"green": 1.0}},
-        {"id": "102", "task": "vqa", "split": "train", "media": ["1"], "image_id": 1,
+        {"id": "vgqa-102", "task": "vqa", "split": "train", "media": ["1"], "image_id": 1,
          "question": "How many signs?", "answers": ["Two"], "labels": {"2": 1.0}},
-        {"id": "201", "task": "vqa", "split": "train", "media": ["2"], "image_id": 2, "coco_id": 391895,
+        {"id": "vgqa-201", "task": "vqa", "split": "train", "media": ["2"], "image_id": 2, "coco_id": 391895,
          "question": "Who rides the moped?", "answers": ["A man."], "labels": {"man": 1.0}},
     ]
     assert m.meta.extra["skipped"] == {"empty_answers": 1}
@@ -116,7 +116,7 @@ REGION_PROBLEMS = [
 QA_PROBLEMS = [
     (lambda q: q[0]["qas"][1].pop("answer"), "question_answers.json: [0] (image 1) qas[1]: missing required field "
                                              "'answer'"),
-    (lambda q: q[1]["qas"][0].update(qa_id=101), "question_answers.json: [1] (image 2) qas[0]: duplicate id '101'"),
+    (lambda q: q[1]["qas"][0].update(qa_id=101), "question_answers.json: [1] (image 2) qas[0]: duplicate id 'vgqa-101'"),
     (lambda q: q[0]["qas"].append(None), "[0] (image 1) qas[2]: must be a JSON object"),
     (lambda q: q[1].update(qas={}), "question_answers.json: [1] (image 2): field 'qas'"),
 ]
@@ -239,3 +239,37 @@ def test_vg_converters_are_listed():
     result = run_vl(["list", "converters"])
     assert "vg-caption    caption (image): Visual Genome region_descriptions.json" in result.stdout
     assert "vg-qa         vqa (image): Visual Genome question_answers.json" in result.stdout
+
+
+# ---------------------------------------------------------------- vl data merge
+
+def test_merge_coco_and_vg_captions_into_one_pretraining_manifest(tmp_path, vg, coco_test):
+    k = write_json(tmp_path / "dataset_coco.json", KARPATHY)
+    coco = tmp_path / "coco_train.jsonl"
+    convert_dataset("coco-caption", ConvertRequest(split="train", karpathy=k, restval_into_train=True), coco)
+    vg_caption = tmp_path / "vg_caption.jsonl"
+    convert_dataset("vg-caption", ConvertRequest(split="train", annotations=[vg["regions"]],
+                                                 image_data=vg["image_data"], exclude_images=[coco_test]), vg_caption)
+    out = tmp_path / "pretrain_captions.jsonl"
+    result = run_vl(["data", "merge", coco, vg_caption, "--out", out])
+    assert "(3 caption examples: 2 from coco_train.jsonl, 1 from vg_caption.jsonl; 3 media ids)" in result.stdout
+    merged = DatasetManifest.read(out)
+    assert [ex["id"] for ex in merged.examples] == ["522418", "184613", "vg-1"]
+    assert lines(out) == lines(coco) + lines(vg_caption)
+    assert merged.meta.dataset == "merge" and merged.meta.extra["task"] == "caption"
+    assert [s.path for s in merged.meta.sources] == [str(coco.resolve()), str(vg_caption.resolve())]
+    assert [m["examples"] for m in merged.meta.extra["merged"]] == [2, 1]
+
+
+def test_merge_refuses_other_tasks_shared_ids_and_its_input_as_output(tmp_path, vg, coco_test):
+    qa = tmp_path / "vg_qa.jsonl"
+    convert_dataset("vg-qa", ConvertRequest(split="train", questions=[vg["qas"]], image_data=vg["image_data"]), qa)
+    result = run_vl(["data", "merge", coco_test, qa, "--out", tmp_path / "m.jsonl"], expect=1)
+    assert f"these hold several ({coco_test}: caption; {qa}: vqa)" in result.stderr
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(coco_test.read_text())
+    result = run_vl(["data", "merge", coco_test, copy, "--out", tmp_path / "m.jsonl"], expect=1)
+    assert f"{copy}:1: duplicate id '391895' (first at {coco_test}:1)" in result.stderr
+    result = run_vl(["data", "merge", coco_test, copy, "--out", copy], expect=1)
+    assert "is one of the inputs" in result.stderr
+    assert not (tmp_path / "m.jsonl").exists()
