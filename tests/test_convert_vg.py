@@ -273,3 +273,64 @@ def test_merge_refuses_other_tasks_shared_ids_and_its_input_as_output(tmp_path, 
     result = run_vl(["data", "merge", coco_test, copy, "--out", copy], expect=1)
     assert "is one of the inputs" in result.stderr
     assert not (tmp_path / "m.jsonl").exists()
+
+
+# ---------------------------------------------------------------- the demo world's Visual Genome files
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """A small shapes world with its val manifests converted (what --exclude-images names)."""
+    import os
+
+    from vl.data_manifests.demo import write_demo_world
+    from vl.data_manifests.demo.world import convert_commands
+
+    world = write_demo_world(tmp_path_factory.mktemp("vgworld") / "world", images=10, videos=6)
+    cwd = os.getcwd()
+    os.chdir(world.root)  # the commands' paths are relative to the world's root, as in convert_val.sh
+    try:
+        for cmd in convert_commands("val"):
+            if cmd[2] in ("vqa2", "coco-caption"):
+                run_vl(cmd)
+    finally:
+        os.chdir(cwd)
+    return world
+
+
+def test_the_demo_world_converts_to_vg_pretraining_manifests_without_its_val_images(small_world):
+    import os
+
+    from vl.data_manifests.demo.world import pretraining_commands
+    from vl.shared.media import IMAGE_EXTENSIONS, index_media_files
+
+    world = small_world
+    truth = json.loads((world.root / "ground_truth.json").read_text())
+    coco_of = {im["image_id"]: im["split"] for im in truth["images"].values()}
+    cwd = os.getcwd()
+    os.chdir(world.root)
+    try:
+        outputs = [run_vl(cmd).stdout for cmd in pretraining_commands()]
+    finally:
+        os.chdir(cwd)
+    captions = DatasetManifest.read(world.root / "manifests/vg_caption_train.jsonl")
+    questions = DatasetManifest.read(world.root / "manifests/vg_qa_train.jsonl")
+    for manifest in (captions, questions):
+        # exactly the VG twins of the train2014 images: the val2014 ones went by COCO id
+        assert {ex["coco_id"] for ex in manifest.examples} == {i for i, s in coco_of.items() if s == "train2014"}
+        assert manifest.meta.extra["excluded_images"]["matched_by"] == {
+            "media_id": 0, "coco_id": sum(s == "val2014" for s in coco_of.values())}
+    assert all("by COCO id" in out for out in outputs)
+    files = index_media_files(world.root / "vg", IMAGE_EXTENSIONS)
+    assert set(captions.media_ids()) <= set(files)
+    by_coco = {im["image_id"]: im for im in truth["images"].values()}
+    for ex in captions.examples:  # every described shape is drawn; the two-word phrases were dropped
+        scene = by_coco[ex["coco_id"]]
+        drawn = {f"{o['size']} {o['color']} {o['shape']}" for o in scene["objects"]}
+        assert {t.split(" ", 1)[1] for t in ex["targets"][:-1]} <= drawn
+        assert min(len(t.split()) for t in ex["targets"]) >= 3
+        (path,) = files[ex["media"][0]]
+        assert path.read_bytes() == (world.root / scene["file"]).read_bytes()
+    for ex in questions.examples:
+        if ex["question"] == "How many shapes are there?":
+            scene = by_coco[ex["coco_id"]]
+            assert ex["labels"] == {str(len(scene["objects"])): 1.0}
