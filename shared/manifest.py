@@ -116,6 +116,19 @@ def missing_fields(record: dict, fields: dict[str, type | tuple[type, ...]], whe
     return problems
 
 
+def utf8_lines(path: str | os.PathLike, what: str = "a JSON Lines file") -> Iterator[str]:
+    """The lines of a text file, each decoded as UTF-8; a line that is not is one VLError
+    naming the file and line (a manifest or release file saved in another encoding, or not
+    text at all)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise VLError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+                              f"{what} is UTF-8 JSON", hint="Convert the file to UTF-8 (or write it again).") from None
+
+
 def json_line_objects(lines: Iterable[str], path: str | os.PathLike,
                       problems: list[str]) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line of a JSON Lines file; a line that is not
@@ -196,20 +209,19 @@ class DatasetManifest:
         examples: list[dict] = []
         problems = ProblemList(keep=max_problems)
         first_line_of: dict[str, int] = {}
-        with open(path, encoding="utf-8") as f:
-            for lineno, ex in json_line_objects(f, path, problems):
-                where = f"{path}:{lineno}"
-                found = validate_example(ex, where=where, has_answers=has_answers)
-                if found:
-                    problems.extend(found)
-                    continue
-                if ex["id"] in first_line_of:
-                    problems.append(
-                        f"{where}: duplicate id {ex['id']!r} (first on line {first_line_of[ex['id']]}); ids must be unique"
-                    )
-                    continue
-                first_line_of[ex["id"]] = lineno
-                examples.append(ex)
+        for lineno, ex in json_line_objects(utf8_lines(path, "a manifest"), path, problems):
+            where = f"{path}:{lineno}"
+            found = validate_example(ex, where=where, has_answers=has_answers)
+            if found:
+                problems.extend(found)
+                continue
+            if ex["id"] in first_line_of:
+                problems.append(
+                    f"{where}: duplicate id {ex['id']!r} (first on line {first_line_of[ex['id']]}); ids must be unique"
+                )
+                continue
+            first_line_of[ex["id"]] = lineno
+            examples.append(ex)
         if not examples and not problems:
             problems.append(f"{path}: holds no examples")
         collect_or_raise(problems, limit=max_problems, hint="Fix the lines above, or convert the dataset again with `vl data convert`.")

@@ -141,3 +141,15 @@ def test_media_ids_that_leave_the_media_root_are_refused_everywhere(world, tmp_p
                                       "--images", str(world / "images"), "--out", str(tmp_path / "g.jsonl")],
                                 prog_name="vl")
     assert result.exit_code == 1 and message in result.output and not (tmp_path / "g.jsonl").exists()
+
+
+def test_a_manifest_or_release_file_that_is_not_utf8_names_its_line(tmp_path):
+    from vl.data_manifests.source_files import read_jsonl
+
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "caf\xe9"}\n')  # latin-1
+    with pytest.raises(VLError, match=r"m.jsonl:2: not UTF-8 text") as e:
+        DatasetManifest.read(path)
+    assert len(e.value.problems) == 1
+    with pytest.raises(VLError, match=r"m.jsonl:2: not UTF-8 text .*the VALUE annotations is UTF-8 JSON"):
+        read_jsonl(path, what="VALUE annotations")
