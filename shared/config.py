@@ -130,7 +130,7 @@ def _yaml_parse(text: str) -> Any:
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
-        if node is not None and _expanded_size(node, YAML_EXPANSION_LIMIT) > YAML_EXPANSION_LIMIT:
+        if node is not None and _alias_bomb(node):
             raise yaml.YAMLError(f"its aliases expand to more than {YAML_EXPANSION_LIMIT:,} values")
         return None if node is None else loader.construct_document(node)
     finally:
@@ -595,7 +595,7 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int], list[str]]:
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
-        if node is not None and _expanded_size(node, YAML_EXPANSION_LIMIT) > YAML_EXPANSION_LIMIT:
+        if node is not None and _alias_bomb(node):
             return _UNPARSABLE, {}, [f"{path}: its YAML aliases (*name) expand to more than {YAML_EXPANSION_LIMIT:,} "
                                      "values, more than any config needs (an alias bomb?); write the settings out"]
         data = {} if node is None else loader.construct_document(node)
@@ -626,6 +626,11 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int], list[str]]:
 # A config's values once its aliases are expanded: the largest preset has a few hundred; a
 # "billion laughs" file of a few lines has 10^9 and exhausted memory.
 YAML_EXPANSION_LIMIT = 100_000
+
+
+def _alias_bomb(node: yaml.Node) -> bool:
+    """Whether the document's aliases expand past YAML_EXPANSION_LIMIT values."""
+    return _expanded_size(node, YAML_EXPANSION_LIMIT) > YAML_EXPANSION_LIMIT
 
 
 def _expanded_size(node: yaml.Node, limit: int) -> int:

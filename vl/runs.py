@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 PathLike = str | os.PathLike
 
@@ -122,22 +123,20 @@ def provenance_differences(have: dict, recorded: dict, recipe: EncoderRecipe) ->
     """Fields where features just made (`have`, a store's settings) differ from the run's
     (`recorded`), as sentences; allowed on purpose: the precision a CPU substitutes, and the
     file path / file digest of a checkpoint or architecture file whose content digest matches."""
+    from vl.extract.store_builder import NOT_COMPARED
     from vl.shared.feature_store import settings_differences
 
-    allowed = {"features.precision"} if recipe.notes else set()
+    allowed = set(NOT_COMPARED) | ({"features.precision"} if recipe.notes else set())  # a moved checkpoint: sha256 decides
     enc_have, enc_rec = have.get("encoder") or {}, recorded.get("encoder") or {}
     if enc_have.get("architecture_digest") == enc_rec.get("architecture_digest"):
         allowed |= {"encoder.model_config_sha256", "encoder.architecture"}
-    if (enc_have.get("weights") or {}).get("sha256") and (enc_have.get("weights") or {}).get("sha256") == (
-            enc_rec.get("weights") or {}).get("sha256"):
-        allowed.add("encoder.weights.path")
     return [f"{field}: the run's features have {old!r}, these would have {new!r}"
             for field, new, old in settings_differences(have, recorded) if field not in allowed]
 
 
 # -- a run, loaded once, answering again and again ------------------------------------------------
 
-MEDIA_KIND_EXTENSIONS = {"image": "IMAGE_EXTENSIONS", "video": "VIDEO_EXTENSIONS"}
+MEDIA_KIND_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 
 
 class Run:
@@ -302,7 +301,6 @@ class Run:
         under `media_root` (default: the root the manifest's meta records):
         {example id: {"task", "prediction"} or {"task", "error"} when its media failed}."""
         from vl.extract.inputs import from_manifest
-        from vl.shared import media as media_module
         from vl.shared.manifest import DatasetManifest
         from vl.train.tasks import get_task
 
@@ -321,7 +319,7 @@ class Run:
         for task, examples in by_task.items():
             kind = get_task(task).media_kind
             wanted = {m for ex in examples for m in ex["media"]}
-            extensions = getattr(media_module, MEDIA_KIND_EXTENSIONS[kind])
+            extensions = MEDIA_KIND_EXTENSIONS[kind]
             inputs = [x for x in from_manifest(manifest, media_root, extensions) if x.id in wanted]
             predictions, failed = self.predict_examples(task, examples, inputs, batch_size)
             reasons = {f["id"]: f["reason"] for f in failed}
