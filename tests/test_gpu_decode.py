@@ -119,10 +119,10 @@ def odd_jpegs(folder) -> dict[str, str]:
     return {"progressive": "progressive JPEG", "cmyk": "CMYK JPEG", "lossless": "not a JPEG"}
 
 
-def extract(folder, out, tiny_models, name: str, decode: str, workers: int = 0):
+def extract(folder, out, tiny_models, name: str, decode: str, workers: int = 0, device: str = "cpu"):
     m = tiny_models[name]
     items = [MediaInput(p.stem, str(p)) for p in sorted(folder.iterdir())]
-    spec = EncoderSpec(model=name, pretrained=str(m["checkpoint"]), model_config=str(m["config"]), device="cpu")
+    spec = EncoderSpec(model=name, pretrained=str(m["checkpoint"]), model_config=str(m["config"]), device=device)
     return extract_images(items, spec, ExtractOptions(out=out, batch_size=4, workers=workers, progress=False,
                                                       decode=decode))
 
