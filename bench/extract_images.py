@@ -213,7 +213,7 @@ def main() -> None:
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
     args.decode = (args.decode or ("gpu,cpu" if cuda else "cpu")).split(",")
-    args.skip = {x for x in args.skip.split(",") if x}
+    args.skip = [x for x in args.skip.split(",") if x]
     args.precision = args.precision or ("fp16" if cuda else "bf16")
     args.batch_size = args.batch_size or (256 if cuda else 8)
     command = shlex.join([sys.executable, *sys.argv])

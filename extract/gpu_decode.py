@@ -98,8 +98,9 @@ def jpeg_route(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
 
 
 class DevicePreprocess:
-    """The model's preprocessing (an open_clip eval transform) as torch ops on a decoded
-    uint8 (3, H, W) tensor, on whatever device it is: (3, h, w) float32, normalised."""
+    """The model's preprocessing (an open_clip eval transform) as torch ops on decoded uint8
+    (3, H, W) images, or (n, 3, H, W) of one size, on whatever device they are: (3, h, w) or
+    (n, 3, h, w) float32, normalised."""
 
     def __init__(self, transform):
         from open_clip.transform import CenterCropOrPad, MaybeConvertMode, MaybeToTensor, ResizeKeepRatio
@@ -246,8 +247,11 @@ class DeviceDecoder:
 
     def decode(self, indices: list[int], jpegs: list[torch.Tensor]):
         """-> (indices, (n, 3, h, w) on the device or None, [(index, reason), ...])"""
-        images, done, failed = [], [], []
-        for index, data, decoded in zip(indices, jpegs, decode_jpegs(jpegs, self.device)):
+        images: dict[int, torch.Tensor] = {}  # position in the batch -> preprocessed image
+        same_size: dict[tuple[int, ...], list[int]] = {}  # decoded shape -> positions: resized together
+        decoded_all = decode_jpegs(jpegs, self.device)
+        failed = []
+        for k, (index, data, decoded) in enumerate(zip(indices, jpegs, decoded_all)):
             if isinstance(decoded, str):  # refused: the CPU path for this one
                 try:
                     image = self.transform(rgb_from_file(io.BytesIO(data.numpy().tobytes()), self.max_pixels))
@@ -255,12 +259,17 @@ class DeviceDecoder:
                     failed.append((index, str(e)))
                     continue
                 self.counts[f"refused by the {self.device.type} decoder"] += 1
-                images.append(image.to(self.device))
+                images[k] = image.to(self.device)
             else:
-                images.append(self.preprocess(decoded))
+                same_size.setdefault(tuple(decoded.shape), []).append(k)
                 self.counts[ON_DEVICE] += 1
-            done.append(index)
-        return done, torch.stack(images) if images else None, failed
+        # Images of one size (most of COCO is 640x480) go through the resize as one tensor: a
+        # few kernels a group instead of a few an image.
+        for group in same_size.values():
+            for k, image in zip(group, self.preprocess(torch.stack([decoded_all[k] for k in group]))):
+                images[k] = image
+        order = sorted(images)
+        return [indices[k] for k in order], torch.stack([images[k] for k in order]) if order else None, failed
 
     def batches(self, chunks: Iterable[RawChunk], batch_size: int) -> Iterator:
         """(indices, images on the device or None, failures) per worker chunk, JPEGs decoded

@@ -62,6 +62,15 @@ def test_torch_resize_matches_pil_within_one_level(size, mode):
         assert (diff > 1e-6).float().mean() < 1e-3  # measured: at most 0.02 % of the values are a level apart
 
 
+def test_images_of_one_size_are_preprocessed_together_as_one_by_one():
+    device_path = DevicePreprocess(transform(96))
+    images = [torch.from_numpy(photo(130, 97, seed)).permute(2, 0, 1).contiguous() for seed in range(3)]
+    together = device_path(torch.stack(images))
+    assert together.shape == (3, 3, 96, 96)
+    for image, out in zip(images, together):
+        assert torch.equal(out, device_path(image))
+
+
 def test_jpeg_route_reads_the_header():
     rgb = photo(40, 30, 1)
     assert jpeg_route(jpeg_bytes(rgb)) is None
@@ -188,3 +197,16 @@ def test_the_summary_line_counts_fallbacks_and_ranks_add_up():
     assert counts == {"decode": "gpu", "decoded": {"device": 8, "CMYK JPEG": 1, "progressive JPEG": 2}}
     assert describe_counts(counts["decoded"], "the GPU") == \
         "8 on the GPU, 3 on the CPU (1 CMYK JPEG, 2 progressive JPEG)"
+
+
+def test_the_python_api_takes_decode_too(tiny_models, photos, tmp_path):
+    import vl
+
+    m = tiny_models["tiny-rn"]
+    with pytest.raises(VLError, match="--decode gpu"):
+        vl.extract_images(photos, out=tmp_path / "f.h5", model_config=m["config"], pretrained=m["checkpoint"],
+                          device="cpu", decode="gpu", progress=False)
+    assert not (tmp_path / "f.h5").exists()
+    summary = vl.extract_images(photos, out=tmp_path / "f.h5", model_config=m["config"], pretrained=m["checkpoint"],
+                                device="cpu", decode="auto", progress=False)
+    assert summary.extracted == 10 and summary.notes == {"decode": "cpu"}
