@@ -138,7 +138,7 @@ def _model_options(default_model: str, default_layer: str, unit: str):
 @click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="Where JPEGs are decoded and resized: gpu (nvJPEG, batched; other formats and JPEGs it "
                    "refuses go the CPU path, counted in the summary), cpu (PIL in the --workers), auto "
-                   "(gpu on CUDA devices). Features agree within one 8-bit level of the resize.")
+                   "(gpu on CUDA devices). The resized pixels agree with PIL's within one 8-bit level.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="More attempts for a URL after a timeout, connection error or HTTP 408/429/5xx "
                    "(waiting 1, 2, 4, ... s); other HTTP errors are final.")

@@ -46,11 +46,21 @@ def resolve_decode_path(requested: str, device: torch.device) -> Literal["cpu", 
     if requested not in DECODE_PATHS:
         raise VLError(f"--decode must be one of {', '.join(DECODE_PATHS)} (got {requested!r})")
     if requested == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
+        return "gpu" if device.type == "cuda" and _torchvision_decodes_jpegs() else "cpu"
     if requested == "gpu" and device.type != "cuda":
         raise VLError(f"--decode gpu decodes JPEGs on the CUDA device, but the encoder runs on {device}: "
                       "use --device cuda, or --decode auto/cpu")
+    if requested == "gpu" and not _torchvision_decodes_jpegs():
+        raise VLError("--decode gpu needs torchvision.io.decode_jpeg, which this torchvision lacks",
+                      hint="Use --decode cpu, or a torchvision from 0.19 to 0.29.")
     return requested  # type: ignore[return-value]
+
+
+def _torchvision_decodes_jpegs() -> bool:
+    """torchvision 0.29 deprecates its image decoders for TorchCodec; a later one may lack them."""
+    import torchvision.io
+
+    return hasattr(torchvision.io, "decode_jpeg")
 
 
 def jpeg_route(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
@@ -154,11 +164,8 @@ def _resize_as_pil(x: torch.Tensor, size, interpolation, max_size) -> torch.Tens
     return x
 
 
-@dataclass
 class _Sized:
     """What ResizeKeepRatio.get_params reads of a PIL image: .size = (w, h)."""
-
-    size: tuple[int, int]
 
     def __init__(self, x: torch.Tensor):
         self.size = (x.shape[-1], x.shape[-2])
@@ -173,7 +180,7 @@ def decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.
         return []
     try:
         return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
+    except (RuntimeError, TypeError):  # TypeError: a torchvision before 0.19 decodes one image a call
         out: list[torch.Tensor | str] = []
         for data in datas:
             try:
