@@ -16,9 +16,18 @@ The target is loader / memory >= 0.9 with workers: reading and collating in work
 must hide behind the step. The model defaults to bart-base for all three (the paper's
 backbone); `--model t5-small` shows a lighter step, where the data path matters more.
 
+With `--part mfu` instead: the model FLOPs per sample (torch.utils.flop_counter on one step's
+forward and backward) and the achieved share of the GPU's dense bf16 peak (MFU) of full
+fine-tuning and the single adapter (configs/paper/image/full.yaml, single_adapter.yaml) at the
+paper's per-task batch sizes (VQA 500, GQA 833, NLVR2 166, captions 416), each in the run's
+precision; at VQA's batch also fp32 and, with --fused / --compile, fused AdamW and
+torch.compile of the backbone (the `optim.fused` and `compile` settings), each against eager.
+
 Run from the repository root (bench_out/ is git-ignored):
     .venv/bin/python bench/train_step.py                      # CPU, bart-base, batch 8, workers 1
     .venv/bin/python bench/train_step.py --device cuda --precision bf16 --workers 4
+    python bench/train_step.py --part mfu --device cuda --compile --fused      # bf16, the paper's batches
+    .venv/bin/python bench/train_step.py --part mfu --mfu-batch 8 --flops-only   # CPU: FLOPs/sample only
 On a shared machine, --repeat 3 keeps the fastest of three runs of each measurement.
 """
 from __future__ import annotations
@@ -71,7 +80,7 @@ def make_inputs(root: Path, images: int, seed: int) -> tuple[Path, Path]:
 class Setup:
     """Tokenizer, dataset, sampler and model, as `vl.train.loop.train` builds them."""
 
-    def __init__(self, args, manifest: Path, store: Path):
+    def __init__(self, args, manifest: Path, store: Path, cfg=None):
         import torch
 
         from vl.shared.manifest import DatasetManifest
@@ -93,9 +102,12 @@ class Setup:
         self.sampler = MultiTaskSampler(self.dataset.sizes, {"vqa": args.batch_size}, seed=args.seed)
         self.model = build_vl_model(args.model, GRID[1], init="random",
                                     vocab_size=PAPER_VOCAB if args.model.startswith("bart") else None)
-        cfg = TrainConfig(method=getattr(args, "method", "full"))  # each method with its paper settings
+        cfg = cfg or TrainConfig(method=getattr(args, "method", "full"))  # each method with its paper settings
+        cfg.optim.fused = getattr(args, "fused", False)
         set_trainable(self.model, cfg, ["vqa"])
         self.model.to(self.device).train()
+        if getattr(args, "compile", False):
+            self.model.compile_backbone()  # as `compile: true` in a run
         self.optimizer = build_optimizer(self.model, cfg)
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
 
@@ -108,6 +120,17 @@ class Setup:
     def step(self, batch: dict) -> None:
         import torch
 
+        self.forward_backward(batch)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+    def forward_backward(self, batch: dict) -> None:
+        """The step's forward (weighted loss, as the loop's) and backward, not the optimizer."""
+        import torch
+
         from vl.train.loop import weighted_sequence_loss
         from vl.train.predict import MODEL_INPUTS, to_device
 
@@ -118,10 +141,11 @@ class Setup:
                              task=batch["task"])
         loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
         loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+
+    def batch_of(self, size: int) -> dict:
+        """One VQA batch of `size` examples (the world's examples in turn, repeated as needed)."""
+        vqa = self.dataset.datasets["vqa"]
+        return self.dataset.collator(self.tokenizer)([vqa.item(i % len(vqa), 0) for i in range(size)])
 
 
 def samples_per_s(setup: Setup, batches, steps: int) -> dict:
@@ -206,6 +230,141 @@ def bench_step(args, method: str = "full") -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# -- (mfu): FLOPs per sample and the share of the GPU's peak, at the paper's batch sizes -------
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = {"full": "configs/paper/image/full.yaml", "adapter": "configs/paper/image/single_adapter.yaml"}
+# dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' data sheets; the longest
+# matching name wins (an "H100 PCIe" is not an SXM H100)
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H100 PCIe": 756.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device: str, override: float | None) -> float | None:
+    """The GPU's dense bf16 peak by its name (None on a CPU or an unknown GPU: MFU n/a)."""
+    import torch
+
+    if override:
+        return override
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    known = [k for k in PEAK_BF16_TFLOPS if k in name]
+    return PEAK_BF16_TFLOPS[max(known, key=len)] if known else None
+
+
+def paper_settings() -> dict:
+    """method -> (its paper preset's TrainConfig, {task: per-task batch size}) for full
+    fine-tuning and the single adapter (configs/paper/image/)."""
+    from vl.shared.config import load_config
+    from vl.train.config import TrainConfig
+
+    out = {}
+    for method, preset in PRESETS.items():
+        cfg = load_config(TrainConfig, REPO / preset)
+        out[method] = (cfg, {t.name: t.batch_size for t in cfg.tasks})
+    return out
+
+
+def step_flops(setup: Setup, batch: dict) -> float:
+    """FLOPs of one training step's forward and backward as torch runs them (FlopCounterMode:
+    matmuls and attention; a frozen weight's gradient is not computed, so not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        setup.forward_backward(batch)
+    setup.optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def mfu_variants(args, task: str) -> list[tuple[str, str, bool, bool]]:
+    """(name, precision, compile, fused): every task's batch eagerly in the run's precision;
+    at VQA's batch also fp32 (the presets' precision) and each speed-up tried."""
+    out = [("eager", args.precision, False, False)]
+    if task == "vqa":
+        if args.precision != "fp32":
+            out.append(("eager fp32", "fp32", False, False))
+        if args.fused:
+            out.append(("fused AdamW", args.precision, False, True))
+        if args.compile:
+            out.append(("compile + fused AdamW", args.precision, True, True))
+    return out
+
+
+def bench_mfu(args, manifest: Path, store: Path) -> dict:
+    import argparse as ap
+
+    import torch
+
+    peak = peak_tflops(args.device, args.peak_tflops)
+    results = {"peak_tflops": peak, "rows": []}
+    for method, (cfg, batch_sizes) in paper_settings().items():
+        # --flops-only: one batch per method (VQA-shaped inputs give every task's batch the same count per sample)
+        for task, paper_batch in list(batch_sizes.items())[:1 if args.flops_only else None]:
+            size = args.mfu_batch or paper_batch
+            flops = None
+            for name, precision, compiled, fused in mfu_variants(args, task):
+                run_args = ap.Namespace(**{**vars(args), "precision": precision, "compile": compiled, "fused": fused,
+                                           "model": args.step_model})
+                setup = Setup(run_args, manifest, store, cfg=cfg)
+                batch = setup.batch_of(size)
+                if flops is None:  # the same arithmetic for every variant of this method and batch
+                    flops = step_flops(setup, batch)
+                if args.flops_only:  # a CPU's record: the count does not depend on the machine
+                    results["rows"].append({"method": method, "task": task, "batch": size, "paper_batch": paper_batch,
+                                            "variant": name, "precision": precision, "flops_per_sample": flops / size,
+                                            "text_tokens": int(batch["input_ids"].shape[1]),
+                                            "target_tokens": int(batch["labels"].shape[1]),
+                                            "trainable": sum(p.numel() for p in setup.model.parameters()
+                                                             if p.requires_grad)})
+                    print(f"  {method} {task} b{size}: {flops / size / 1e9:.2f} GFLOP/sample", file=sys.stderr)
+                    break
+                for _ in range(2 if not compiled else 3):  # warm-up (compiling, the optimizer's state)
+                    setup.step(batch)
+                times = []
+                for _ in range(args.mfu_steps):
+                    t0 = time.perf_counter()
+                    setup.step(batch)
+                    times.append(time.perf_counter() - t0)
+                step_s = float(np.median(times))
+                row = {"method": method, "task": task, "batch": size, "paper_batch": paper_batch, "variant": name,
+                       "precision": precision, "flops_per_sample": flops / size, "step_s": step_s,
+                       "samples_per_s": size / step_s, "tflops": flops / step_s / 1e12,
+                       "mfu": flops / step_s / (peak * 1e12) if peak else None,
+                       "trainable": sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
+                       "text_tokens": int(batch["input_ids"].shape[1]), "target_tokens": int(batch["labels"].shape[1])}
+                results["rows"].append(row)
+                mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f} %"
+                print(f"  {method} {task} b{size} {name}: {row['step_s'] * 1000:.1f} ms, "
+                      f"{row['flops_per_sample'] / 1e9:.2f} GFLOP/sample, MFU {mfu}", file=sys.stderr, flush=True)
+                del setup
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    return results
+
+
+def report_mfu(r: dict, args) -> str:
+    peak = r["peak_tflops"]
+    peak_text = f"{peak:g} TFLOP/s dense bf16" if peak else "n/a (a CPU or an unknown GPU: --peak-tflops)"
+    lines = [f"{args.step_model}, {args.device}; peak {peak_text}; "
+             "VQA-shaped inputs (36 visual tokens, the demo world's questions and answers) at each task's batch size",
+             "", "| method | task (batch) | variant | GFLOP/sample | step | samples/s | TFLOP/s | MFU | vs eager |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    if all("step_s" not in x for x in r["rows"]):  # --flops-only
+        lines = lines[:2] + ["| method | task (batch) | trainable | GFLOP/sample (forward + backward) | text / target "
+                             "tokens |", "|---|---|---|---|---|"]
+        lines += [f"| {x['method']} | {x['task']} ({x['batch']}, paper: {x['paper_batch']}) | {x['trainable']:,} | "
+                  f"{x['flops_per_sample'] / 1e9:.2f} | {x['text_tokens']} / {x['target_tokens']} |" for x in r["rows"]]
+        return "\n".join(lines)
+    eager = {(x["method"], x["task"]): x["step_s"] for x in r["rows"] if x["variant"] == "eager"}
+    for x in r["rows"]:
+        gain = eager[(x["method"], x["task"])] / x["step_s"]
+        mfu = "n/a" if x["mfu"] is None else f"{100 * x['mfu']:.1f} %"
+        batch = f"{x['batch']}" + ("" if x["batch"] == x["paper_batch"] else f" (paper: {x['paper_batch']})")
+        lines.append(f"| {x['method']} | {x['task']} ({batch}) | {x['variant']} ({x['precision']}) | "
+                     f"{x['flops_per_sample'] / 1e9:.2f} | {x['step_s'] * 1000:.1f} ms | {x['samples_per_s']:.1f} | "
+                     f"{x['tflops']:.2f} | {mfu} | x{gain:.2f} |")
+    return "\n".join(lines)
+
+
 # -- report -----------------------------------------------------------------------------------
 def report(r: dict, args) -> str:
     mem = r["memory"]["samples_per_s"]
@@ -245,13 +404,33 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="run each measurement R times, keep the fastest (default 1)")
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     ap.add_argument("--method", default="full", help=argparse.SUPPRESS)  # of --part step (bench/peft_step.py)
-    ap.add_argument("--part", choices=["all", "step"], default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--part", choices=["all", "step", "mfu"], default="all",
+                    help="all: (loader), (memory), (step); mfu: FLOPs per sample and MFU of full fine-tuning and "
+                         "the single adapter at the paper's per-task batch sizes (--step-model's shape)")
+    ap.add_argument("--compile", action="store_true", help="mfu: also time torch.compile of the backbone "
+                                                           "(compile: true) with fused AdamW, at VQA's batch")
+    ap.add_argument("--fused", action="store_true", help="mfu: also time fused AdamW (optim.fused: true)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="mfu: the GPU's dense bf16 peak in TFLOP/s (default: by name, H100/H200 989, A100 312)")
+    ap.add_argument("--mfu-batch", type=int, default=None,
+                    help="mfu: one batch size for every task instead of the paper's (a CPU cannot take 833)")
+    ap.add_argument("--mfu-steps", type=int, default=10, help="mfu: timed steps of each row (default 10)")
+    ap.add_argument("--flops-only", action="store_true",
+                    help="mfu: count the FLOPs per sample, time nothing (what a shared CPU can record)")
     args = ap.parse_args()
     args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     args.workers = [int(w) for w in str(args.workers).split(",")]
     manifest, store = make_inputs(args.out_dir / f"train_world_{args.images}", args.images, args.seed)
     if args.part == "step":
         print(json.dumps(step_only(args, manifest, store)))
+        return
+    if args.part == "mfu":
+        command = shlex.join([sys.executable, *sys.argv])
+        print(f"command: {command}\nmachine: {machine()}\n", flush=True)
+        r = bench_mfu(args, manifest, store)
+        print(report_mfu(r, args))
+        if args.json:
+            write_results(args.json, command, machine(), args, r)
         return
 
     command = shlex.join([sys.executable, *sys.argv])

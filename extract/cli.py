@@ -135,6 +135,10 @@ def _model_options(default_model: str, default_layer: str, unit: str):
                    "'shards/{00000..00009}.tar'); each {key}.jpg|jpeg|png|webp member is stored under its key.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait on a URL (per attempt) before it counts as failed.")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="Where JPEGs are decoded and resized: gpu (nvJPEG, batched; other formats and JPEGs it "
+                   "refuses go the CPU path, counted in the summary), cpu (PIL in the --workers), auto "
+                   "(gpu on CUDA devices). The resized pixels agree with PIL's within one 8-bit level.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="More attempts for a URL after a timeout, connection error or HTTP 408/429/5xx "
                    "(waiting 1, 2, 4, ... s); other HTTP errors are final.")
@@ -214,7 +218,8 @@ def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
     opts = ExtractOptions(out=out, batch_size=kw["batch_size"] or 0, workers=kw["workers"], dtype=kw["dtype"],
                           max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, overwrite=kw["overwrite"],
                           shard_rows=kw["shard_size"], progress=not kw["quiet"], retry_failed=kw["retry_failed"],
-                          fetch=FetchSettings(kw.get("timeout", 10.0), kw.get("retries", 2)))
+                          fetch=FetchSettings(kw.get("timeout", 10.0), kw.get("retries", 2)),
+                          decode=kw.get("decode", "auto"))
     try:
         summary = extract_fn(items, spec, opts, source)
     except KeyboardInterrupt:
@@ -239,6 +244,10 @@ def _print_summary(s, kind: str) -> None:
     failed = f"{len(s.failures)} failed" + (f" ({earlier} in an earlier run, file unchanged since)" if earlier else "")
     echo(f"done: {s.extracted} extracted, {s.already_done} already in store (skipped), "
          f"{failed}, in {s.seconds:.1f} s ({s.throughput:.1f} {unit}/s)")
+    if s.notes.get("decoded"):
+        from vl.extract.gpu_decode import describe_counts
+
+        echo(f"decoded: {describe_counts(s.notes['decoded'], 'the GPU')}")
     echo(f"store: {s.out} holds {s.store_count} items (provenance in {s.out}.json)")
     if s.discarded_shards:
         echo(f"note: {len(s.discarded_shards)} damaged shard(s) from an earlier run were redone")

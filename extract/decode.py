@@ -40,24 +40,30 @@ def load_rgb(source: str | MediaInput, max_pixels: int = DEFAULT_MAX_PIXELS,
     except InputError as e:
         raise ImageDecodeError(str(e)) from None
     with f:
-        try:
-            with _pixel_limit_off():
-                im = Image.open(f)
-                w, h = im.size  # read from the header: nothing decoded yet
-                if w * h > max_pixels:
-                    raise ImageDecodeError(
-                        f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-                        "(a decompression bomb guard; raise --max-pixels if the image is genuine)"
-                    )
-                im.load()  # decode now, inside the try, so truncation is caught here
-        except ImageDecodeError:
-            raise
-        except Image.UnidentifiedImageError:
-            sent = f" (the server sent {content_type})" if content_type else ""
-            raise ImageDecodeError("empty file (0 bytes)" if input_size(f) == 0
-                                   else f"not an image Pillow can read{sent}") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageDecodeError(file_error_reason(e, "an image file") or f"corrupt image: {e}") from None
+        return rgb_from_file(f, max_pixels, content_type)
+
+
+def rgb_from_file(f, max_pixels: int = DEFAULT_MAX_PIXELS, content_type: str = "") -> Image.Image:
+    """An open image file (or BytesIO) as 8-bit RGB, or ImageDecodeError saying why not;
+    `content_type`: what a server said the bytes are, for the message."""
+    try:
+        with _pixel_limit_off():
+            im = Image.open(f)
+            w, h = im.size  # read from the header: nothing decoded yet
+            if w * h > max_pixels:
+                raise ImageDecodeError(
+                    f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                    "(a decompression bomb guard; raise --max-pixels if the image is genuine)"
+                )
+            im.load()  # decode now, inside the try, so truncation is caught here
+    except ImageDecodeError:
+        raise
+    except Image.UnidentifiedImageError:
+        sent = f" (the server sent {content_type})" if content_type else ""
+        raise ImageDecodeError("empty file (0 bytes)" if input_size(f) == 0
+                               else f"not an image Pillow can read{sent}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageDecodeError(file_error_reason(e, "an image file") or f"corrupt image: {e}") from None
     return to_rgb(im)
 
 

@@ -6,6 +6,7 @@ import torch
 
 from vl.extract.decode import ImageDataset, collate_decoded
 from vl.extract.encoder import EncoderSpec, LoadedEncoder
+from vl.extract.gpu_decode import DeviceDecoder, JpegBytesDataset, collate_raw, resolve_decode_path
 from vl.extract.inputs import MediaInput
 from vl.extract.pipeline import (
     STORE_DTYPES,
@@ -24,6 +25,10 @@ from vl.shared.progress import progress_bar
 def extract_images(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions,
                    source: dict | None = None, encoder: LoadedEncoder | None = None) -> ExtractSummary:
     """Extract features of images into `opts.out` (one row per image), skipping ids already there."""
+    if opts.decode != "auto":  # a --decode the device cannot do is refused before anything is loaded
+        from vl.shared.devices import pick_device
+
+        resolve_decode_path(opts.decode, encoder.device if encoder else pick_device(spec.device))
     return run_extraction(inputs, spec, opts, IMAGES, source, encoder)
 
 
@@ -59,17 +64,20 @@ class BatchJoiner:
 
 
 def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder: StoreBuilder,
-                      opts: ExtractOptions) -> list[dict]:
-    """Decode in DataLoader workers, encode batch by batch, append to the store."""
-    dataset = ImageDataset(pending, encoder.transform, opts.max_pixels,
-                           delay_s=test_delay_s(), fetch=opts.fetch)
+                      opts: ExtractOptions) -> tuple[list[dict], dict]:
+    """Decode in DataLoader workers (JPEGs on the device with --decode gpu: gpu_decode),
+    encode batch by batch, append to the store. -> (failures, where images were decoded)"""
+    on_device = resolve_decode_path(opts.decode, encoder.device) == "gpu"
+    decoder = DeviceDecoder(encoder.transform, encoder.device, opts.max_pixels) if on_device else None
+    dataset = (JpegBytesDataset if on_device else ImageDataset)(pending, encoder.transform, opts.max_pixels,
+                                                                 delay_s=test_delay_s(), fetch=opts.fetch)
     chunk = opts.batch_size if opts.workers == 0 else max(1, min(opts.batch_size, WORKER_CHUNK))
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=chunk,
         num_workers=opts.workers,
-        collate_fn=collate_decoded,
-        pin_memory=encoder.device.type == "cuda",
+        collate_fn=collate_raw if on_device else collate_decoded,
+        pin_memory=encoder.device.type == "cuda" and not on_device,
         prefetch_factor=max(4, 2 * opts.batch_size // chunk) if opts.workers > 0 else None,
         # a stuck worker ends the run with an error, never a hang (downloads may take their time first)
         timeout=600 + (opts.fetch.longest_s() if any(x.is_url for x in pending) else 0) if opts.workers > 0 else 0,
@@ -87,7 +95,8 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                 builder.add([pending[i].id for i in indices], arrays)
                 bar.update(len(indices))
 
-        for indices, images, failed in guarded(loader):
+        chunks = decoder.batches(guarded(loader), opts.batch_size) if decoder else guarded(loader)
+        for indices, images, failed in chunks:
             if images is not None:
                 joiner.push(indices, images)
                 encode()
@@ -99,7 +108,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                 bar.set_postfix(failed=len(failures), refresh=False)
                 bar.update(len(failed))
         encode(final=True)
-    return failures
+    return failures, {"decode": "gpu", "decoded": dict(decoder.counts)} if decoder else {"decode": "cpu"}
 
 
 IMAGES = MediaKind(name="images", layout="fixed", run_batches=run_image_batches)

@@ -21,6 +21,7 @@ import torch
 from vl.extract.decode import DEFAULT_MAX_PIXELS
 from vl.shared.distributed import ranks_from_env
 from vl.extract.encoder import EncoderSpec, LoadedEncoder, load_encoder
+from vl.extract.gpu_decode import DECODE_PATHS, DecodePath
 from vl.extract.inputs import MediaInput
 from vl.extract.sources import FetchSettings
 from vl.extract.store_builder import StoreBuilder
@@ -64,6 +65,7 @@ class ExtractOptions:
     progress: bool = True
     retry_failed: bool = False
     fetch: FetchSettings = field(default_factory=FetchSettings)  # for http(s) inputs
+    decode: DecodePath = "auto"  # images: where JPEGs are decoded, cpu / gpu / auto (gpu on CUDA): vl.extract.gpu_decode
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ExtractSummary:
     seconds: float
     store_count: int
     discarded_shards: list[str]
+    notes: dict = field(default_factory=dict)  # what the media kind reports (images: where they were decoded)
 
     @property
     def throughput(self) -> float:
@@ -110,8 +113,8 @@ class MediaKind:
 
     name: str  # "images" / "videos": the word used in messages
     layout: str  # the store layout: "fixed" / "frames"
-    # (this rank's pending inputs, encoder, store builder, options) -> failures
-    run_batches: Callable[[list[MediaInput], LoadedEncoder, StoreBuilder, "ExtractOptions"], list[dict]]
+    # (this rank's pending inputs, encoder, store builder, options) -> (failures, notes for the run record)
+    run_batches: Callable[[list[MediaInput], LoadedEncoder, StoreBuilder, "ExtractOptions"], tuple[list[dict], dict]]
     preprocess: dict = field(default_factory=dict)  # extra settings that decide the features (sampling)
     versions: dict = field(default_factory=dict)  # extra library versions (PyAV / FFmpeg)
 
@@ -130,6 +133,8 @@ def check_options(opts: ExtractOptions) -> None:
         problems.append(f"--workers must be 0 (decode in the main process) or more (got {opts.workers})")
     if opts.dtype not in STORE_DTYPES:
         problems.append(f"--dtype must be one of {', '.join(STORE_DTYPES)} (got {opts.dtype!r})")
+    if opts.decode not in DECODE_PATHS:
+        problems.append(f"--decode must be one of {', '.join(DECODE_PATHS)} (got {opts.decode!r})")
     if opts.max_pixels < 1:
         problems.append(f"--max-pixels must be positive (got {opts.max_pixels})")
     if opts.out.exists() and opts.out.is_dir():
@@ -189,10 +194,17 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
                    f"batch {opts.batch_size}, {opts.workers} workers)")
         t0 = time.perf_counter()
         failures: list[dict] = []
+        notes: dict = {}
         if mine:
             with _cores_left_for_forward(encoder.device.type, opts.workers):
-                failures = kind.run_batches(mine, encoder, builder, opts)
+                failures, notes = kind.run_batches(mine, encoder, builder, opts)
         seconds = time.perf_counter() - t0
+        if ranks.world_size > 1:  # every rank's counts, for rank 0's run record and summary
+            import torch.distributed as dist
+
+            gathered: list = [None] * ranks.world_size
+            dist.all_gather_object(gathered, notes)
+            notes = merge_notes(gathered)
         builder.commit_open_shard()
         ranks.barrier()  # every rank's shards are complete
         extracted, store_count = len(mine) - len(failures), len(builder.done_ids)
@@ -208,6 +220,7 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
                 "device": str(encoder.device),
                 "world_size": ranks.world_size,
                 "command": " ".join(sys.argv),
+                **notes,
             }
             final = builder.finish(run_record, retried_ids={x.id for x in pending})
             store_count = final["count"]
@@ -219,7 +232,21 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
                 extracted = final["extracted"]
     return ExtractSummary(opts.out, len(inputs), len(inputs) - len(pending) - len(earlier_failures),
                           extracted, failures + earlier_failures, seconds, store_count,
-                          builder.discarded_shards)
+                          builder.discarded_shards, notes)
+
+
+def merge_notes(notes: list[dict]) -> dict:
+    """The ranks' notes as one: counts added, nested counts merged, anything else the first rank's."""
+    merged: dict = {}
+    for one in notes:
+        for key, value in one.items():
+            if isinstance(value, dict):
+                merged[key] = merge_notes([merged.get(key, {}), value])
+            elif isinstance(value, int) and not isinstance(value, bool):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged.setdefault(key, value)
+    return merged
 
 
 @contextlib.contextmanager

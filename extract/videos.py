@@ -34,7 +34,7 @@ def extract_videos(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
     """Extract sampled-frame features of videos into `opts.out`, skipping ids already there."""
 
     def run_batches(pending, encoder, builder, opts):
-        return run_video_batches(pending, encoder, builder, opts, policy, time_limit_s)
+        return run_video_batches(pending, encoder, builder, opts, policy, time_limit_s), {}
 
     kind = MediaKind(name="videos", layout="frames", run_batches=run_batches,
                      preprocess={"sampling": policy.to_dict(), "decoder": "PyAV (FFmpeg)"},

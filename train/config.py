@@ -74,6 +74,7 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6
+    fused: bool = False  # torch's fused AdamW kernel (one kernel for all tensors; bench/train_step.py --fused)
 
     def check(self) -> list[str]:
         problems = literal_problems(self)
@@ -165,6 +166,9 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 0
     precision: Precision = "fp32"  # bf16/fp16: autocast on the GPU
+    # torch.compile the backbone's teacher-forced pass (training steps; generation stays eager): the first
+    # steps take a minute or more to compile; gain measured by bench/train_step.py --compile (docs/benchmarks.md)
+    compile: bool = False
     device: str = "auto"  # auto: cuda when available, else cpu
     workers: int = 0  # DataLoader worker processes (each reads the stores itself)
     features_in_memory: bool = False  # read the train tasks' features into memory once (if they fit)

@@ -93,7 +93,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                             eps=cfg.optim.eps)
+                             eps=cfg.optim.eps, **({"fused": True} if cfg.optim.fused else {}))
 
 
 def warmup_linear(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -347,6 +347,8 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
     check_visual_tokens(cfg, [*train_data.values(), *val_data.values()], object_order_ids)
     model, trainable_names = build_model(cfg, feat_dim, len(tokenizer), list(train_sets), object_order_ids)
     model.to(device).train()
+    if cfg.compile:
+        model.compile_backbone()
     trainable, total = count_parameters(model)
     if main:
         print(f"method {cfg.method}: {len(trainable_names)} tensors train, {trainable:,} of {total:,} parameters "

@@ -550,9 +550,18 @@ class VLModel(nn.Module):
         self.task_state.name = task
         embeds, mask = self.encoder_inputs(input_ids, attention_mask, visual_feats, visual_mask, image_ids)
         prompt = embeds.shape[1] - input_ids.shape[1] - visual_feats.shape[1]
+        backbone = self.__dict__.get("_compiled_backbone", self.backbone)
         with self._encoder_layout(prompt, input_ids.shape[1], embeds.shape[1]):
-            return self.backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels,
-                                 decoder_input_ids=decoder_input_ids)
+            return backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                            decoder_input_ids=decoder_input_ids)
+
+    def compile_backbone(self, **compile_kwargs: Any) -> None:
+        """Run the teacher-forced passes (training steps, validation loss) through
+        `torch.compile(backbone)` (the `compile: true` setting); generation stays eager
+        (its cache and changing lengths would only recompile). The compiled wrapper shares
+        the backbone's parameters and stays out of the module tree, so state_dict keys and
+        checkpoints do not change."""
+        self.__dict__["_compiled_backbone"] = torch.compile(self.backbone, **compile_kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, visual_feats: torch.Tensor,

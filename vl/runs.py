@@ -420,7 +420,7 @@ def _inputs(kind: str, media: PathLike | Sequence[PathLike] | None, list_file: P
 
 def _extract(kind: str, media, out: PathLike, *, list_file, manifest, media_root, id_from, model, pretrained,
              model_config, layer, pool, resize, precision, device, dtype, batch_size, workers, overwrite, seed,
-             progress, sampling=None, input_format="files", timeout=10.0, retries=2):
+             progress, sampling=None, input_format="files", timeout=10.0, retries=2, decode="auto"):
     from vl.extract.decode import DEFAULT_MAX_PIXELS
     from vl.extract.encoder import EncoderSpec
     from vl.extract.images import extract_images as run_images
@@ -435,7 +435,7 @@ def _extract(kind: str, media, out: PathLike, *, list_file, manifest, media_root
                        resize=resize, precision=precision, device=device, seed=seed)
     opts = ExtractOptions(out=Path(out), batch_size=batch_size, workers=workers, dtype=dtype,
                           max_pixels=DEFAULT_MAX_PIXELS, overwrite=overwrite, progress=progress,
-                          fetch=FetchSettings(timeout, retries))
+                          fetch=FetchSettings(timeout, retries), decode=decode)
     if kind == "images":
         return run_images(items, spec, opts, source)
     return run_videos(items, spec, opts, sampling, source=source)
@@ -448,7 +448,7 @@ def extract_images(images: PathLike | Sequence[PathLike] | None = None, *, out: 
                    pool: int | None = None, resize: str = "model", precision: str = "fp32", device: str = "auto",
                    dtype: str = "float16", batch_size: int = 0, workers: int | None = None,
                    overwrite: bool = False, seed: int = 0, progress: bool = True, input_format: str = "files",
-                   timeout: float = 10.0, retries: int = 2):
+                   timeout: float = 10.0, retries: int = 2, decode: str = "auto"):
     """`vl extract images` from Python: CLIP features of `images` (a folder, a list of files:
     ids are their names without extension, or with input_format="webdataset" tar shards:
     a file, folder or 'shards/{00000..00009}.tar'), a `list_file` (paths or http(s) URLs,
@@ -459,7 +459,8 @@ def extract_images(images: PathLike | Sequence[PathLike] | None = None, *, out: 
                     id_from=id_from, model=model if model_config is None else None, pretrained=pretrained,
                     model_config=model_config, layer=layer, pool=pool, resize=resize, precision=precision,
                     device=device, dtype=dtype, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                    seed=seed, progress=progress, input_format=input_format, timeout=timeout, retries=retries)
+                    seed=seed, progress=progress, input_format=input_format, timeout=timeout, retries=retries,
+                    decode=decode)
 
 
 def extract_videos(videos: PathLike | Sequence[PathLike] | None = None, *, out: PathLike,
