@@ -328,3 +328,38 @@ def test_sigterm_stops_a_training_process_at_a_step_checkpoint(world, tmp_path):
     assert f"continue with `vl train --resume {run}`" in line and step >= 2
     assert (run / f"checkpoints/step-{step}/model.safetensors").is_file()
     assert max(r["step"] for r in read_metrics(run, kind=None)) == step  # nothing logged after the checkpoint
+
+
+def test_one_ranks_signal_stops_every_rank_at_the_same_step(world, tmp_path):
+    """Under torchrun a signal may reach one rank only (or one first): the ranks agree on the step."""
+    from test_extract_distributed import torchrun
+
+    run = tmp_path / "ddp"
+    proc = torchrun(["train", "-c", write_train_config(world, run, epochs=100000, device="cpu"), "-q"])
+    metrics = run / "metrics.jsonl"
+    wait_for(proc, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, "two steps",
+             timeout=240)
+    (rank_1,) = [pid for pid in child_pids(proc.pid) if b"RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+    os.kill(rank_1, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    stops = [line for line in (out + err).splitlines() if "stopped by SIGTERM: checkpoint step-" in line]
+    assert len(stops) == 2 and len(set(stops)) == 1, (out[-2000:], err[-3000:])  # both ranks, the same step
+    step = int(stops[0].split("checkpoint step-")[1].split(" ")[0])
+    assert (run / f"checkpoints/step-{step}/model.safetensors").is_file()
+    assert max(r["step"] for r in read_metrics(run, kind=None)) == step
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_predict_stopped_writes_nothing(whole_run, world, tmp_path, monkeypatch):
+    from vl.extract.store_builder import StoreBuilder
+
+    image = sorted((world / "images").rglob("*.jpg"))[0]
+    send_on_call(monkeypatch, StoreBuilder, "add", signal.SIGINT, lambda n, *_: n == 1)
+    result = run_vl(["predict", "--run", whole_run, "--image", image, "--question", "what?", "--task", "vqa"],
+                    expect=None)
+    monkeypatch.undo()
+    assert result.exit_code == 130 and result.stdout == ""
+    assert "nothing was written; run the same command again" in one_stop_line(result.stderr, signal.SIGINT)
