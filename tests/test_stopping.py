@@ -168,51 +168,40 @@ def test_extract_images_stops_between_batches_and_the_rerun_completes(photos_and
     assert_same_store(out, reference)
 
 
-def test_extract_videos_stops_between_videos_and_the_rerun_completes(tiny_models, tmp_path, monkeypatch):
-    from vl.data_manifests.demo import write_demo_world
+@pytest.mark.parametrize("command", ["videos", "import"])
+def test_extract_videos_and_import_stop_between_batches_and_the_rerun_completes(tiny_models, tmp_path, monkeypatch,
+                                                                                command):
+    import vl.extract.import_features as imp
     from vl.extract.store_builder import StoreBuilder
 
-    write_demo_world(tmp_path / "world", images=8, videos=6, seed=3)
-    args = ["extract", "videos", "--videos", tmp_path / "world/videos", *model_args(tiny_models, "tiny-vit"),
-            "--fps", 2, "--max-frames", 4, "--batch-size", 4, "--shard-size", 1, "--workers", 0, "--dtype", "float32"]
+    if command == "videos":
+        from vl.data_manifests.demo import write_demo_world
+
+        write_demo_world(tmp_path / "world", images=8, videos=6, seed=3)
+        args = ["extract", "videos", "--videos", tmp_path / "world/videos", *model_args(tiny_models, "tiny-vit"),
+                "--fps", 2, "--max-frames", 4, "--batch-size", 4, "--shard-size", 1, "--workers", 0]
+        after, kept = (StoreBuilder, "add", 1), range(1, 6)  # the videos of the first batch of frames
+    else:
+        from test_extract_import import write_value_release
+
+        write_value_release(tmp_path / "src", {f"clip_{i:02d}": 2 + i for i in range(6)})
+        args = ["extract", "import", "--format", "value-npz", "--src", tmp_path / "src", "--shard-size", 2, "-q"]
+        after, kept = (imp, "load_array", 3), [3]  # the three files read
+    args += ["--dtype", "float32"]
     run_vl([*args, "--out", tmp_path / "whole.h5"])
     out = tmp_path / "stopped.h5"
-    send_on_call(monkeypatch, StoreBuilder, "add", signal.SIGTERM, lambda n, *_: n == 1)
+    send_on_call(monkeypatch, after[0], after[1], signal.SIGTERM, lambda n, *_: n == after[2])
     result = run_vl([*args, "--out", out], expect=None)
     monkeypatch.undo()
     assert result.exit_code == 143
     assert "run the same command again to continue" in one_stop_line(result.stderr, signal.SIGTERM)
-    kept = h5_ids(parts_dir(out))
-    assert 1 <= len(kept) < 6 and not out.exists()  # the videos of the first batch, in their own shards
+    assert len(h5_ids(parts_dir(out))) in kept and not out.exists()
     run_vl([*args, "--out", out])
     whole, resumed = FeatureStore(tmp_path / "whole.h5"), FeatureStore(out)
     assert sorted(whole.ids) == sorted(resumed.ids)
     for vid in whole.ids:
         np.testing.assert_allclose(resumed.get(vid), whole.get(vid), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(resumed.timestamps(vid), whole.timestamps(vid))
-
-
-def test_extract_import_stops_between_files_and_the_rerun_completes(tmp_path, monkeypatch):
-    import vl.extract.import_features as imp
-    from test_extract_import import write_value_release
-
-    src = tmp_path / "src"
-    write_value_release(src, {f"clip_{i:02d}": 2 + i for i in range(6)})
-    args = ["extract", "import", "--format", "value-npz", "--src", src, "--shard-size", 2, "-q"]
-    run_vl([*args, "--out", tmp_path / "whole.h5"])
-    out = tmp_path / "stopped.h5"
-    send_on_call(monkeypatch, imp, "load_array", signal.SIGTERM, lambda n, *_: n == 3)
-    result = run_vl([*args, "--out", out], expect=None)
-    monkeypatch.undo()
-    assert result.exit_code == 143
-    assert "run the same command again to continue" in one_stop_line(result.stderr, signal.SIGTERM)
-    assert not out.exists() and parts_dir(out).is_dir()  # the three files read are in a committed shard
-    assert len(h5_ids(parts_dir(out))) == 3
-    run_vl([*args, "--out", out])
-    whole, resumed = FeatureStore(tmp_path / "whole.h5"), FeatureStore(out)
-    assert whole.ids == resumed.ids
-    for vid in whole.ids:
-        np.testing.assert_array_equal(whole.get(vid), resumed.get(vid))
 
 
 def h5_ids(parts: Path) -> list[str]:
