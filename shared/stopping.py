@@ -95,8 +95,11 @@ def _handle(signum: int, frame) -> None:
         # os.write, not print: the handler may run in the middle of a print to stderr (a
         # progress bar), where a buffered write would fail as reentrant
         again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current batch (finished work is kept; "
-                    f"{again} again quits at once)\n".encode())
+        try:
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current batch (finished work is "
+                        f"kept; {again} again quits at once)\n".encode())
+        except OSError:  # no stderr: the stop goes on all the same
+            pass
 
 
 @contextlib.contextmanager
