@@ -30,6 +30,15 @@ from vl.shared.stopping import Stopped, check_stop, keep, stop_on_signals, stop_
 pytestmark = pytest.mark.usefixtures("one_torch_thread_module")  # the module-scoped runs too
 
 
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler while a test runs: tests started in the background
+    (`pytest &`) inherit SIGINT ignored, which stop_on_signals rightly leaves ignored."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def one_stop_line(stderr: str, signum: int) -> str:
     """The command's one line about the stop (and no traceback)."""
     assert "Traceback" not in stderr, stderr
