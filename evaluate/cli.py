@@ -67,12 +67,16 @@ def evaluate(ctx: click.Context, run_dir: Path | None, split: str, tasks: str | 
     from vl.evaluate.predict import evaluate_run, results_table
 
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    results = evaluate_run(run_dir, split, chosen, checkpoint, device, _manifest_overrides(manifests), batch_size,
-                           progress=not quiet)
-    click.echo(results_table(results))
-    used = sorted({r.checkpoint for r in results})
-    click.echo(f"checkpoint: {', '.join(used)}" + ("" if checkpoint else " (the run's eval_checkpoint)"))
-    click.echo(f"written to {run_dir / 'eval' / split}")
+    from vl.shared.stopping import stop_on_signals
+
+    # SIGINT/SIGTERM: stop between batches; the tasks already scored stay written (exit 130/143)
+    with stop_on_signals("nothing was written yet; run the same command again"):
+        results = evaluate_run(run_dir, split, chosen, checkpoint, device, _manifest_overrides(manifests),
+                               batch_size, progress=not quiet)
+        click.echo(results_table(results))
+        used = sorted({r.checkpoint for r in results})
+        click.echo(f"checkpoint: {', '.join(used)}" + ("" if checkpoint else " (the run's eval_checkpoint)"))
+        click.echo(f"written to {run_dir / 'eval' / split}")
 
 
 @evaluate.command("score", epilog="""\b

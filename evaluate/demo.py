@@ -117,6 +117,8 @@ def run_vl(args: list[str], cwd: Path | None = None) -> None:
             code = cli.main(args=args, prog_name="vl", standalone_mode=False)  # an error returns 1, said above
         except click.ClickException as e:
             raise VLError(f"the demo stopped: `vl {shlex.join(args)}`: {e.format_message()}") from None
+        if code in (130, 143):  # stopped by SIGINT / SIGTERM: the command said what it kept
+            raise SystemExit(code)
         if code not in (0, None):
             raise VLError(f"the demo stopped: `vl {shlex.join(args)}` failed (exit {code}); fix what it said and "
                           "rerun the demo (finished steps are reused)")

@@ -26,6 +26,7 @@ from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.locks import run_dir_lock
 from vl.shared.run_dir import eval_dir, eval_scores_path, read_checkpoint_meta, run_json_path, store_changes
+from vl.shared.stopping import keep
 
 SPLITS = ("val", "test")
 
@@ -123,7 +124,17 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
             })
             results.append(TaskResult(name, split, len(data.examples), scores, scores_file, Path(predictions_file),
                                       trained.checkpoint))
+            keep(stop_note(out_dir, [r.task for r in results], chosen))  # what a SIGINT/SIGTERM from now on keeps
     return results
+
+
+def stop_note(out_dir: Path, done: Sequence[str], chosen: Sequence[str]) -> str:
+    """What a stop (vl.shared.stopping) after the tasks `done` leaves, and how to finish."""
+    rest = [t for t in chosen if t not in done]
+    written = f"the scores and predictions of {', '.join(done)} are written in {out_dir}"
+    if not rest:
+        return f"the evaluation had finished: {written}"
+    return f"{written}; for the rest, run the same command with --tasks {','.join(rest)}"
 
 
 def results_table(results: Sequence[TaskResult]) -> str:

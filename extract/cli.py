@@ -11,6 +11,7 @@ import click
 
 from vl.shared.devices import Precision
 from vl.shared.errors import VLError
+from vl.shared.stopping import keep, stop_on_signals
 
 IMAGES_EXAMPLE = """\b
 Example (the paper's setting, on a GPU):
@@ -220,21 +221,25 @@ def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
                           shard_rows=kw["shard_size"], progress=not kw["quiet"], retry_failed=kw["retry_failed"],
                           fetch=FetchSettings(kw.get("timeout", 10.0), kw.get("retries", 2)),
                           decode=kw.get("decode", "auto"))
-    try:
+    with stop_on_signals(_kept_message(out)):  # SIGINT/SIGTERM: stop between batches, exit 130/143
         summary = extract_fn(items, spec, opts, source)
-    except KeyboardInterrupt:
-        click.secho(f"\ninterrupted: finished work is kept in {out}.parts; run the same command again to continue.",
-                    fg="yellow", err=True)
-        sys.exit(130)
-    if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun, rank 0 reports for all ranks
-    if not kw["quiet"]:
-        _print_summary(summary, kind)
+        keep(f"the extraction had finished: {out} is complete")
+        if os.environ.get("RANK", "0") != "0":
+            return  # under torchrun, rank 0 reports for all ranks
+        if not kw["quiet"]:
+            _print_summary(summary, kind)
     if summary.failures:
         click.secho(f"warning: {len(summary.failures)} input(s) failed; they are listed with reasons in {out}.json",
                     fg="yellow", err=True)
         if kw["strict"]:
             sys.exit(1)
+
+
+def _kept_message(out: Path) -> str:
+    """What a stop during `vl extract` leaves behind (the store builder commits its open shard)."""
+    from vl.shared.feature_store import parts_dir
+
+    return f"finished work is kept in {parts_dir(out)}; run the same command again to continue"
 
 
 def _print_summary(s, kind: str) -> None:
@@ -318,12 +323,9 @@ def import_(fmt, src, out, fps, model, pretrained, manifests, id_from, dtype, sh
     opts = ImportOptions(format=fmt, src=src, out=out, fps=fps, model=model, pretrained=pretrained,
                          manifests=tuple(manifests), id_from=id_from, dtype=dtype, overwrite=overwrite,
                          shard_rows=shard_size, progress=not quiet)
-    try:
+    with stop_on_signals(_kept_message(out)):
         s = import_features(opts)
-    except KeyboardInterrupt:
-        click.secho(f"\ninterrupted: finished work is kept in {out}.parts; run the same command again to continue.",
-                    fg="yellow", err=True)
-        sys.exit(130)
+        keep(f"the import had finished: {out} is complete")
     echo = lambda m: click.echo(m, err=True)  # noqa: E731
     if not quiet:
         echo(f"done: {s.imported} imported, {s.already_done} already in store (skipped), {len(s.failures)} failed; "

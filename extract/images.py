@@ -20,6 +20,7 @@ from vl.extract.pipeline import (
 )
 from vl.extract.store_builder import StoreBuilder
 from vl.shared.progress import progress_bar
+from vl.shared.stopping import check_stop, worker_signals
 
 
 def extract_images(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions,
@@ -76,6 +77,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
         dataset,
         batch_size=chunk,
         num_workers=opts.workers,
+        worker_init_fn=worker_signals,  # Ctrl-C in a terminal reaches the workers too: the parent decides
         collate_fn=collate_raw if on_device else collate_decoded,
         pin_memory=encoder.device.type == "cuda" and not on_device,
         prefetch_factor=max(4, 2 * opts.batch_size // chunk) if opts.workers > 0 else None,
@@ -97,6 +99,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
 
         chunks = decoder.batches(guarded(loader), opts.batch_size) if decoder else guarded(loader)
         for indices, images, failed in chunks:
+            check_stop()  # SIGINT/SIGTERM: this chunk is dropped, the open shard committed
             if images is not None:
                 joiner.push(indices, images)
                 encode()

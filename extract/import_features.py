@@ -46,6 +46,7 @@ from vl.shared.errors import VLError
 from vl.shared.feature_store import STORE_FORMAT, FeatureStore
 from vl.shared.manifest import DatasetManifest
 from vl.shared.progress import progress_bar
+from vl.shared.stopping import check_stop, stop_requested
 from vl.shared.version import __version__
 
 ImportFormat = Literal["value-npz", "npy-dir"]
@@ -193,6 +194,7 @@ def survey(inputs: list[MediaInput], opts: ImportOptions, spec: FormatSpec) -> t
     headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     reasons: dict[str, str] = {}
     for x in progress_bar(inputs, unit="file", desc="check", enabled=opts.progress, mininterval=0.5):
+        check_stop()  # nothing is written yet
         try:
             headers[x.id] = read_header(x.path, opts.format)
         except FeatureFileError as e:
@@ -252,6 +254,9 @@ def import_features(opts: ImportOptions) -> ImportSummary:
         with progress_bar(total=len(inputs), unit="file", desc="import", enabled=opts.progress,
                           mininterval=0.5) as bar:
             for x in inputs:
+                if stop_requested():  # SIGINT/SIGTERM: what was read goes to the store first
+                    batch.flush(builder)
+                    check_stop()
                 data = _read_bytes(x.path)
                 file_digests.append(f"{Path(x.path).relative_to(opts.src).as_posix()}\t{len(data or b'')}\t"
                                     f"{hashlib.sha256(data or b'').hexdigest() if data is not None else 'unreadable'}")

@@ -26,6 +26,7 @@ from vl.extract.pipeline import (
 from vl.extract.store_builder import FrameInfo, StoreBuilder
 from vl.extract.video_decode import SamplingPolicy, VideoDecodeError, av_versions, decode_video
 from vl.shared.progress import progress_bar
+from vl.shared.stopping import check_stop, worker_signals
 
 
 def extract_videos(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOptions, policy: SamplingPolicy,
@@ -106,7 +107,7 @@ def run_video_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                       opts: ExtractOptions, policy: SamplingPolicy, time_limit_s: float) -> list[dict]:
     dataset = VideoDataset(pending, encoder.transform, policy, time_limit_s, opts.max_pixels, test_delay_s())
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=opts.workers, collate_fn=_one,
+        dataset, batch_size=None, num_workers=opts.workers, collate_fn=_one, worker_init_fn=worker_signals,
         pin_memory=encoder.device.type == "cuda", prefetch_factor=2 if opts.workers > 0 else None,
         timeout=max(600.0, 2 * time_limit_s) if opts.workers > 0 else 0)
     store_dtype = STORE_DTYPES[opts.dtype]
@@ -139,6 +140,7 @@ def run_video_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
     with progress_bar(total=len(pending), unit="video", desc="extract", enabled=opts.progress,
                       mininterval=0.5, smoothing=0.05) as bar:
         for index, frames, timestamps, duration, reason in guarded(loader):
+            check_stop()  # SIGINT/SIGTERM: this chunk is dropped, the open shard committed
             if reason is not None:
                 failure = {"id": pending[index].id, "path": pending[index].path, "reason": reason,
                            "file": file_signature(pending[index].path)}

@@ -13,6 +13,7 @@ import sys
 import click
 
 from vl.shared.errors import VLError
+from vl.shared.stopping import Stopped
 from vl.shared.version import __version__
 
 # name -> (import string, one-line help shown by `vl --help` without importing)
@@ -86,6 +87,13 @@ class LazyGroup(click.Group):
                 raise
             click.secho(f"error: {message}", fg="red", err=True)
             ctx.exit(1)
+        except Stopped as e:  # SIGINT/SIGTERM, between batches (vl.shared.stopping): 130 / 143
+            click.secho(f"\n{e}", fg="yellow", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C where no batch loop listens (a command without batches)
+            click.secho("\ninterrupted by SIGINT: run the same command again (vl writes its files whole: none is "
+                        "half-written)", fg="yellow", err=True)
+            ctx.exit(130)
 
 
 @click.group(

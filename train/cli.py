@@ -142,21 +142,25 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
     from vl.shared import distributed
     from vl.train.loop import train as run_training
 
+    from vl.shared.run_dir import metrics_path
+    from vl.shared.stopping import keep, stop_on_signals
+
     backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
     ranks = distributed.ranks_from_env(backend)
-    try:
+    # SIGINT/SIGTERM: the loop stops between optimizer steps and saves a step-N checkpoint (exit 130/143)
+    with stop_on_signals(f"the run's checkpoints are kept; continue with `vl train --resume {cfg.run_dir}`"):
+        try:
+            if ranks.is_main:
+                click.echo(start_line(cfg, sources, resume_dir is not None))
+                if ranks.world_size > 1:
+                    click.echo(f"torchrun: {ranks.world_size} ranks ({backend})")
+            run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks, progress=not quiet,
+                                   resume_from=resume_from)
+            keep(f"training had finished: {run_dir} is complete")
+        finally:
+            distributed.close()
         if ranks.is_main:
-            click.echo(start_line(cfg, sources, resume_dir is not None))
-            if ranks.world_size > 1:
-                click.echo(f"torchrun: {ranks.world_size} ranks ({backend})")
-        run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks, progress=not quiet,
-                               resume_from=resume_from)
-    finally:
-        distributed.close()
-    if ranks.is_main:
-        from vl.shared.run_dir import metrics_path
-
-        click.echo(f"done: {run_dir} (metrics in {metrics_path(run_dir)})")
+            click.echo(f"done: {run_dir} (metrics in {metrics_path(run_dir)})")
 
 
 TEST_BACKBONES = ("tiny-t5", "tiny-bart")

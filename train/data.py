@@ -41,6 +41,7 @@ from vl.shared.config import literal_problems
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, sidecar_path
 from vl.shared.manifest import DatasetManifest
+from vl.shared.stopping import worker_signals
 from vl.train.model import pool_grid
 from vl.train.tasks import (SENTINEL, TASKS, Generation, InputLayout, Masking, McAnswer, MultipleChoiceQA, Task,
                             TrainItem, VideoInputs, VisualSpanPrediction, compose, get_task)
@@ -580,6 +581,13 @@ def lower_worker_priority(worker_id: int) -> None:
         pass
 
 
+def init_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: Ctrl-C is left to the training process, which stops between
+    steps (vl.shared.stopping), and the worker runs niced (lower_worker_priority)."""
+    worker_signals(worker_id)
+    lower_worker_priority(worker_id)
+
+
 def make_loader(dataset: "MultiTaskDataset", sampler: "MultiTaskSampler", tokenizer: Any, workers: int, seed: int,
                 pin_memory: bool = False) -> "torch.utils.data.DataLoader":
     """The training DataLoader: one task per batch from `sampler`, collated in `workers`
@@ -587,7 +595,7 @@ def make_loader(dataset: "MultiTaskDataset", sampler: "MultiTaskSampler", tokeni
     from torch.utils.data import DataLoader
 
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collator(tokenizer), num_workers=workers,
-                      persistent_workers=workers > 0, worker_init_fn=lower_worker_priority if workers else None,
+                      persistent_workers=workers > 0, worker_init_fn=init_worker if workers else None,
                       pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed))  # keeps the global RNG untouched
 

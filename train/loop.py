@@ -33,6 +33,7 @@ import contextlib
 import json
 import math
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +51,7 @@ from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, check_store_matches, mixed_origin_problems
 from vl.shared.locks import run_dir_lock
 from vl.shared.progress import progress_bar
+from vl.shared.stopping import Stopped, check_stop, stop_requested
 from vl.shared.manifest import DatasetManifest
 from vl.shared.run_dir import (
     BEST,
@@ -153,6 +155,7 @@ def validation_loss(model: VLModel, ds: TaskDataset, tokenizer: Any, device: tor
     total = 0.0
     collator = Collator(tokenizer, ds.data.max_target_tokens, ds.data.token_cut)
     for start in range(0, len(ds), batch_size):
+        check_stop()
         batch = to_device(collator([ds.item(i, 0) for i in range(start, min(start + batch_size, len(ds)))]), device)
         with autocast():
             decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
@@ -184,6 +187,18 @@ def agree(flag: bool, ranks: Ranks) -> bool:
     box = [flag]
     dist.broadcast_object_list(box, src=0)
     return bool(box[0])
+
+
+def any_rank(flag: bool, ranks: Ranks, device: torch.device) -> bool:
+    """Whether `flag` holds on any rank (a stop signal may reach one rank a step before the
+    others): one all-reduce, so that every rank stops at the same step."""
+    if ranks.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    box = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
 
 
 def grad_norm(params: list[nn.Parameter], clip: float | None) -> torch.Tensor:
@@ -421,6 +436,21 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
                 "early_stop": {"metric": stop_metric, "patience": stopping.patience, "best": stop_best,
                                "stale": stale, "stopped": early}}
 
+    def stop_at(epoch: int, micro: int) -> Stopped:
+        """A stop asked for by SIGINT/SIGTERM (vl.shared.stopping): the state after `step`,
+        `micro` batches into `epoch`, saved as a step-N checkpoint as save_every_n_steps saves
+        it, so `vl train --resume` goes on exactly from here (at micro == the epoch's length
+        it validates the epoch and saves `last`, as the uninterrupted run would)."""
+        name = step_checkpoint_name(step)
+        if main:
+            epoch_sums["seconds"] = time.perf_counter() - t0
+            save_checkpoint(run_dir, name, model, optimizer, scheduler, extra_state(epoch, micro=micro))
+            if cfg.keep_last_n:
+                prune_step_checkpoints(run_dir, cfg.keep_last_n)
+        return Stopped(stop_requested() or signal.SIGTERM,  # (SIGTERM: another rank's signal)
+                       f"checkpoint {name} holds the run after step {step} (epoch {epoch + 1}, {micro} of its "
+                       f"{len(sampler)} batches); continue with `vl train --resume {run_dir}`")
+
     # 7. Epochs.
     trackers = Trackers(run_dir, cfg) if main else None
     every = cfg.logging.every_n_steps
@@ -503,6 +533,10 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
                         if cfg.keep_last_n:
                             prune_step_checkpoints(run_dir, cfg.keep_last_n)
                     ranks.barrier()
+                if not ended_by_max and any_rank(stop_requested() is not None, ranks, device):
+                    stopped = stop_at(epoch, micro)  # every rank at this step
+                    ranks.barrier()
+                    raise stopped
                 if ended_by_max:
                     break
             bar.close()
@@ -523,8 +557,11 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
             improved, early = False, None
             if main:
                 if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
-                    metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size,
-                                                autocast_step, progress=progress)
+                    try:
+                        metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size,
+                                                    autocast_step, progress=progress)
+                    except Stopped:  # the epoch's steps are kept; the resumed run validates it again
+                        raise stop_at(epoch, micro) from None
                     write_json_atomic(epoch_eval_path(run_dir, epoch + 1),
                                       {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
                     record.update(metrics)

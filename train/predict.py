@@ -10,6 +10,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from vl.shared.progress import progress_bar
+from vl.shared.stopping import check_stop
 from vl.train.data import TaskDataset, collate
 from vl.train.model import VLModel
 
@@ -36,6 +37,7 @@ def generate_predictions(model: VLModel, ds: TaskDataset, tokenizer: Any, device
     predictions = {}
     for start in progress_bar(range(0, len(firsts), batch_size), desc=f"predict {task.name}", unit="batch",
                               enabled=progress):
+        check_stop()  # SIGINT/SIGTERM (vl.shared.stopping): the predictions so far are dropped
         items = [ds.item(i, 0) for i in firsts[start:start + batch_size]]
         batch = to_device(collate(items, tokenizer, max_text_tokens=data.token_cut), device)
         with autocast():

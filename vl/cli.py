@@ -84,12 +84,20 @@ def predict(run_dir, images, video, question, choices, subtitles, span, task, ma
 
         refuse_overwriting_inputs(out, [("--manifest", manifest)])
     from vl.runs import load_run
+    from vl.shared.stopping import stop_on_signals
 
-    run = load_run(run_dir, checkpoint, device, model_config, pretrained)
+    # SIGINT/SIGTERM: stop between batches (exit 130/143); nothing is written before the answers are all there
+    with stop_on_signals("nothing was written; run the same command again"):
+        run = load_run(run_dir, checkpoint, device, model_config, pretrained)
+        if manifest is not None:
+            results = run.predict_manifest(manifest, media_root, [task] if task else None)
+        else:
+            answer = run.predict(list(images) if images else None, video=video, question=question,
+                                 choices=list(choices) or None, subtitles=subs, span=tuple(span) if span else None,
+                                 task=task)
     if manifest is not None:
         from vl.shared.atomic import write_text_atomic
 
-        results = run.predict_manifest(manifest, media_root, [task] if task else None)
         lines = "".join(json.dumps({"id": i, **r}, ensure_ascii=False, sort_keys=True) + "\n"
                         for i, r in results.items())
         failed = sum("error" in r for r in results.values())
@@ -104,8 +112,6 @@ def predict(run_dir, images, video, question, choices, subtitles, span, task, ma
                         fg="yellow", err=True)
             sys.exit(1)
         return
-    answer = run.predict(list(images) if images else None, video=video, question=question,
-                         choices=list(choices) or None, subtitles=subs, span=tuple(span) if span else None, task=task)
     if as_json:
         chosen = task or run.choose_task(None, "video" if video else "image", bool(choices), len(images) == 2)
         click.echo(json.dumps({"task": chosen, "answer": answer, "run": str(run.run_dir),
