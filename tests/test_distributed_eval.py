@@ -110,3 +110,29 @@ def test_the_run_option_has_a_spelling_that_torchrun_passes_on():
 
     (run_option,) = [p for p in evaluate.params if p.name == "run_dir"]
     assert {"--run", "--run-dir"} <= set(run_option.opts)
+
+
+@pytest.mark.parametrize("backbone", ["tiny-t5", "tiny-bart"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generation_runs_the_encoder_once_a_batch_and_decodes_through_the_cache(backbone, beams):
+    """Greedy and beam search: one encoder pass per batch, then one new decoder token per step
+    (transformers' key/value cache), with the same tokens as decoding without the cache."""
+    import torch
+
+    from conftest import tiny_vl_model
+
+    model = tiny_vl_model(backbone).eval()
+    encoder_calls, decoder_widths = [], []
+    model.backbone.get_encoder().register_forward_hook(lambda *_: encoder_calls.append(1))
+    model.backbone.get_decoder().register_forward_pre_hook(
+        lambda _, args, kwargs: decoder_widths.append((kwargs.get("input_ids") if args == () else args[0]).shape),
+        with_kwargs=True)
+    g = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(5, 90, (3, 7), generator=g), "attention_mask": torch.ones(3, 7, dtype=torch.long),
+              "visual_feats": torch.randn(3, 4, 8, generator=g), "visual_mask": torch.ones(3, 4, dtype=torch.bool)}
+    inputs["attention_mask"][0, 5:] = 0  # a shorter row, right-padded
+    out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, num_beams=beams)
+    assert encoder_calls == [1]
+    assert decoder_widths == [torch.Size([3 * beams, 1])] * 6  # one token a step for every row and beam
+    assert torch.equal(out, model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, num_beams=beams,
+                                           use_cache=False))

@@ -1,6 +1,11 @@
 """A model's predictions on a task: generated text, or the best of the task's candidate
 answers, read back as the task's metric takes them. Training validates with these and
 `vl evaluate` scores a split with them.
+
+Batches hold examples of similar input length (`prediction_batches`), each runs the
+encoder once and decodes through transformers' `generate` with its key/value cache;
+under torchrun every rank predicts every world_size-th batch and rank 0 gathers the
+predictions in example order (the same as one process's: the batches are the same).
 """
 from __future__ import annotations
 
