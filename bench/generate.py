@@ -133,7 +133,8 @@ def report(r: dict, args) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bart-base", help="backbone shape (default bart-base)")
     ap.add_argument("--n", type=int, default=128, help="questions predicted by each measurement (default 128)")
     ap.add_argument("--batch-size", type=int, default=64, help="examples per batch (default 64: val_batch_size's)")

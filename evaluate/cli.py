@@ -41,8 +41,8 @@ def _manifest_overrides(values: tuple[str, ...]) -> dict[str, str]:
 @click.group("evaluate", invoke_without_command=True, epilog=EXAMPLE,
              context_settings={"max_content_width": 100})
 @click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="A run directory made by `vl train`. Under torchrun spell it --run-dir: torchrun's own parser "
-                   "refuses --run as an abbreviation of its --run-path.")
+              help="A run directory made by `vl train`. Under torchrun put -- before `evaluate` or spell this "
+                   "--run-dir: torchrun's own parser takes --run for an abbreviation of its --run-path.")
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Which manifests to predict: each task's val_manifest or test_manifest in the run's config.")
 @click.option("--tasks", default=None, metavar="T1,T2", help="Only these tasks of the run (default: all).")

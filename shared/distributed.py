@@ -17,9 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
 
 from vl.shared.errors import VLError
-from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 BARRIER_TIMEOUT = dt.timedelta(hours=int(os.environ.get("VL_BARRIER_TIMEOUT_HOURS", "48")))

@@ -19,12 +19,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BATCH = 4  # VQA's 36 examples: 9 batches, 5 on rank 0 and 4 on rank 1; GQA's 25: 7 batches (4 + 3), the last of 1
 
 
-@pytest.fixture(scope="module")
-def run(world, tmp_path_factory):
-    run = tmp_path_factory.mktemp("dist-eval") / "run"
-    result = vl_train("-c", str(write_config(world, run)), "--set", "epochs=1", "--set", "optim.lr=1e-6")
+def _train(world, run, *settings):
+    """A run whose near-random weights give answers that vary with the input (a trained tiny
+    model answers "" to every demo question), so equal predictions mean something."""
+    sets = sum((["--set", s] for s in ["epochs=1", "optim.lr=1e-6", *settings]), [])
+    result = vl_train("-c", str(write_config(world, run)), *sets)
     assert result.exit_code == 0, result.output
     return run
+
+
+@pytest.fixture(scope="module")
+def run(world, tmp_path_factory):
+    return _train(world, tmp_path_factory.mktemp("dist-eval") / "run")
 
 
 def _dataset(run, task):
@@ -36,6 +42,24 @@ def _dataset(run, task):
     spec = next(t for t in trained.cfg.tasks if t.name == task)
     data = TaskData(task, spec.val_split, spec.val_manifest, FeatureStore(spec.store), trained.cfg.data, spec)
     return trained, TaskDataset(data, trained.tokenizer, seed=trained.cfg.seed, predict=True)
+
+
+class EveryToken:
+    """The tokenizer, except that decoding keeps every generated token but padding (which
+    depends on the batch), so a prediction shows all that the model generated."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def batch_decode(self, ids, **_):
+        pad = self.tokenizer.pad_token_id
+        return [" ".join(self.tokenizer.convert_ids_to_tokens([int(i) for i in row if i != pad])) for row in ids]
 
 
 @pytest.mark.parametrize("task", ["vqa", "gqa"])
@@ -51,14 +75,14 @@ def test_length_buckets_give_the_same_predictions_in_example_order(run, task):
     lengths = input_lengths(ds, sum(bucketed, []))
     assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]  # longest first
 
-    def predict(bucket):
-        return generate_predictions(trained.model, ds, trained.tokenizer, torch.device("cpu"), BATCH, nullcontext,
-                                    bucket=bucket)
+    def predict(bucket):  # every generated token compared, special ones too (<vis_extra_id_k>, ...)
+        return generate_predictions(trained.model, ds, EveryToken(trained.tokenizer), torch.device("cpu"), BATCH,
+                                    nullcontext, bucket=bucket)
 
     with_buckets, without = predict(True), predict(False)
     assert list(with_buckets.items()) == list(without.items())  # equal, and in the same order
     assert list(with_buckets) == [ex["id"] for ex in ds.data.examples]  # the manifest's order
-    assert len(set(with_buckets.values())) > 1  # near-random weights: answers that vary with the input
+    assert len(set(with_buckets.values())) > 1  # answers that vary with the input
 
 
 def test_torchrun_evaluation_equals_one_process(run, tmp_path):
@@ -88,7 +112,7 @@ def test_a_failing_rank_stops_every_rank_with_its_message(run, tmp_path):
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
-    proc = torchrun(["evaluate", "--run-dir", copy, "--tasks", "gqa", "--batch-size", BATCH, "--quiet"],
+    proc = torchrun(["--", "evaluate", "--run", copy, "--tasks", "gqa", "--batch-size", BATCH, "--quiet"],
                     env={TEST_FAIL_RANK_ENV: "1"})
     out, err = proc.communicate(timeout=300)  # no hang: rank 0 learns of rank 1's failure
     assert proc.returncode == 1, (out[-2000:], err[-3000:])
@@ -98,15 +122,17 @@ def test_a_failing_rank_stops_every_rank_with_its_message(run, tmp_path):
     assert "| gqa |" not in out and not (copy / "eval/val/gqa.json").exists()  # nothing scored or written
 
 
-def test_the_run_option_has_a_spelling_that_torchrun_passes_on():
+def test_the_run_option_reaches_the_command_under_torchrun():
     """torchrun's argparse takes `--run` for an ambiguous abbreviation of its own --run-path and
-    stops; `--run-dir`, the same option of `vl evaluate`, reaches the command untouched."""
+    stops; after `--`, or spelled `--run-dir` (the same option), it reaches `vl evaluate` untouched."""
     from torch.distributed.run import get_args_parser
 
-    launch = ["--nproc-per-node", "2", "-m", "vl.shared.cli", "evaluate"]
-    args = get_args_parser().parse_args([*launch, "--run-dir", "runs/x", "--split", "val", "--batch-size", "8"])
-    assert args.training_script_args == ["evaluate", "--run-dir", "runs/x", "--split", "val", "--batch-size", "8"]
     from vl.evaluate.cli import evaluate
+
+    launch, rest = ["--nproc-per-node", "2", "-m", "vl.shared.cli"], ["--split", "val", "--batch-size", "8"]
+    for command in (["--", "evaluate", "--run", "runs/x"], ["evaluate", "--run-dir", "runs/x"]):
+        args = get_args_parser().parse_args([*launch, *command, *rest])
+        assert args.training_script_args == [*[c for c in command if c != "--"], *rest]
 
     (run_option,) = [p for p in evaluate.params if p.name == "run_dir"]
     assert {"--run", "--run-dir"} <= set(run_option.opts)
@@ -128,7 +154,8 @@ def test_generation_runs_the_encoder_once_a_batch_and_decodes_through_the_cache(
         lambda _, args, kwargs: decoder_widths.append((kwargs.get("input_ids") if args == () else args[0]).shape),
         with_kwargs=True)
     g = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(5, 90, (3, 7), generator=g), "attention_mask": torch.ones(3, 7, dtype=torch.long),
+    inputs = {"input_ids": torch.randint(5, 90, (3, 7), generator=g),
+              "attention_mask": torch.ones(3, 7, dtype=torch.long),
               "visual_feats": torch.randn(3, 4, 8, generator=g), "visual_mask": torch.ones(3, 4, dtype=torch.bool)}
     inputs["attention_mask"][0, 5:] = 0  # a shorter row, right-padded
     out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, num_beams=beams)

@@ -172,7 +172,8 @@ def validation_loss(model: VLModel, ds: TaskDataset, tokenizer: Any, device: tor
                 decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
                 out = model(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids,
                             task=batch["task"])
-            sums[start] = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"]).item() * len(batch["ids"])
+            loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
+            sums[start] = loss.item() * len(batch["ids"])
         return sums
 
     parts = gather_to_main(my_sums, ranks, f"computing the validation loss of {ds.data.name}")
