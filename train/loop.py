@@ -334,15 +334,16 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
         held = {(d.store.path, d.feature): d.store.hold_in_memory(d.feature) for d in train_data.values()}
         if main:
             print(f"features in memory: {sum(held.values()) / 2**20:.1f} MiB from {len(held)} store(s)", flush=True)
+    tok_dir = tokenizer_dir(run_dir)
+    saved_tokenizer = tok_dir.is_dir()  # asked before rank 0 writes one: every rank takes the same branch below
     ranks.barrier()  # every rank has checked the run dir before rank 0 writes into it
     if main:
         locks.enter_context(run_dir_lock(run_dir, "vl train"))  # makes the folder
 
     # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
-    tok_dir = tokenizer_dir(run_dir)
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
-    elif resume or tok_dir.is_dir():
+    elif resume or saved_tokenizer:
         tokenizer = load_tokenizer(str(tok_dir))
     else:  # rank 0 trains it; the others load what it saved
         if main:
