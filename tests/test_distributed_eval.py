@@ -19,18 +19,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BATCH = 4  # VQA's 36 examples: 9 batches, 5 on rank 0 and 4 on rank 1; GQA's 25: 7 batches (4 + 3), the last of 1
 
 
-def _train(world, run, *settings):
-    """A run whose near-random weights give answers that vary with the input (a trained tiny
-    model answers "" to every demo question), so equal predictions mean something."""
-    sets = sum((["--set", s] for s in ["epochs=1", "optim.lr=1e-6", *settings]), [])
-    result = vl_train("-c", str(write_config(world, run)), *sets)
-    assert result.exit_code == 0, result.output
-    return run
-
-
 @pytest.fixture(scope="module")
 def run(world, tmp_path_factory):
-    return _train(world, tmp_path_factory.mktemp("dist-eval") / "run")
+    """A run whose near-random weights give answers that vary with the input (a trained tiny
+    model answers "" to every demo question), so equal predictions mean something."""
+    run = tmp_path_factory.mktemp("dist-eval") / "run"
+    result = vl_train("-c", str(write_config(world, run)), "--set", "epochs=1", "--set", "optim.lr=1e-6")
+    assert result.exit_code == 0, result.output
+    return run
 
 
 def _dataset(run, task):
