@@ -15,13 +15,16 @@ Examples:
   vl evaluate --run runs/vqa-gqa --split val              # every task, the checkpoint the run's config names
   vl evaluate --run runs/vqa-gqa --split test --tasks vqa --manifest vqa=manifests/vqa2_test.jsonl
   vl evaluate score --task vqa --predictions my_vqa.json --manifest manifests/vqa2_val.jsonl
+  torchrun --nproc-per-node 4 -m vl.shared.cli evaluate --run-dir runs/vqa-gqa --split val --batch-size 128
 
 \b
 Writes RUN/eval/<split>/<task>.json (scores: the main score under "overall", 0-100, with
 its breakdowns; the digests of the run, checkpoint and manifest) and
 RUN/eval/<split>/<task>_<split>_predictions.* in the benchmark's submission format: VQA
 [{question_id, answer}], GQA [{questionId, prediction}], NLVR2 CSV, COCO
-[{image_id, caption}], VALUE's JSON / JSONL. A split without answers gets predictions, no score."""
+[{image_id, caption}], VALUE's JSON / JSONL. A split without answers gets predictions, no score.
+Under torchrun every rank predicts its share of the batches and rank 0 scores and writes:
+the same files as one process."""
 
 
 def _manifest_overrides(values: tuple[str, ...]) -> dict[str, str]:
@@ -37,8 +40,9 @@ def _manifest_overrides(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.group("evaluate", invoke_without_command=True, epilog=EXAMPLE,
              context_settings={"max_content_width": 100})
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="A run directory made by `vl train`.")
+@click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="A run directory made by `vl train`. Under torchrun put -- before `evaluate` or spell this "
+                   "--run-dir: torchrun's own parser takes --run for an abbreviation of its --run-path.")
 @click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True,
               help="Which manifests to predict: each task's val_manifest or test_manifest in the run's config.")
 @click.option("--tasks", default=None, metavar="T1,T2", help="Only these tasks of the run (default: all).")
@@ -49,7 +53,8 @@ def _manifest_overrides(values: tuple[str, ...]) -> dict[str, str]:
               help="The manifest of a task for this split, instead of the config's (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Examples per generation batch (default: the run's val_batch_size).")
+              help="Examples per generation batch (default: the run's val_batch_size); batches hold examples of "
+                   "similar input length, and under torchrun each rank generates every world_size-th batch.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def evaluate(ctx: click.Context, run_dir: Path | None, split: str, tasks: str | None, checkpoint: str | None,
@@ -65,14 +70,24 @@ def evaluate(ctx: click.Context, run_dir: Path | None, split: str, tasks: str | 
     if run_dir is None:
         raise click.UsageError("give a run to evaluate (--run RUN_DIR), or score a file: vl evaluate score --help")
     from vl.evaluate.predict import evaluate_run, results_table
+    from vl.shared import distributed
 
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     from vl.shared.stopping import stop_on_signals
 
+    overrides = _manifest_overrides(manifests)
+    ranks = distributed.ranks_from_env("gloo")  # under torchrun; gloo gathers Python objects on CPU and GPU alike
     # SIGINT/SIGTERM: stop between batches; the tasks already scored stay written (exit 130/143)
     with stop_on_signals("nothing was written yet; run the same command again"):
-        results = evaluate_run(run_dir, split, chosen, checkpoint, device, _manifest_overrides(manifests),
-                               batch_size, progress=not quiet)
+        try:
+            results = evaluate_run(run_dir, split, chosen, checkpoint, device, overrides, batch_size,
+                                   progress=not quiet, ranks=ranks)
+        finally:
+            distributed.close()
+        if not ranks.is_main:
+            return  # rank 0 reports for all ranks
+        if ranks.world_size > 1:
+            click.echo(f"torchrun: {ranks.world_size} ranks predicted, rank 0 scored")
         click.echo(results_table(results))
         used = sorted({r.checkpoint for r in results})
         click.echo(f"checkpoint: {', '.join(used)}" + ("" if checkpoint else " (the run's eval_checkpoint)"))

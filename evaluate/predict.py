@@ -12,9 +12,15 @@ decoding settings (greedy for short answers, beam search for captions), then
                                          format (VALUE's file names)
 
 A split without answers (a test split) gets its predictions written and no score.
+
+Under `torchrun` every rank loads the model and predicts every world_size-th batch of
+each split (batches bucketed by input length, vl.train.predict); rank 0 gathers the
+predictions in example order, scores them and writes the files, which equal a
+one-process run's. A rank that fails stops every rank with its message.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ from typing import Any, Sequence
 from vl.shared.atomic import write_json_atomic
 from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.digests import sha256_file
+from vl.shared.distributed import Ranks, on_every_rank
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.locks import run_dir_lock
 from vl.shared.run_dir import eval_dir, eval_scores_path, read_checkpoint_meta, run_json_path, store_changes
@@ -50,9 +57,11 @@ def has_gold(task: Any, examples: Sequence[dict]) -> bool:
 def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence[str] | None = None,
                  checkpoint: str | None = None, device: str = "auto", manifests: dict[str, str] | None = None,
                  batch_size: int | None = None, precision: str | None = None,
-                 progress: bool = True) -> list[TaskResult]:
+                 progress: bool = True, ranks: Ranks = Ranks()) -> list[TaskResult]:
     """Predict, score and write every chosen task of `run_dir` on `split` (see the module docstring).
-    `checkpoint` None scores the one the run's config names (`eval_checkpoint`)."""
+    `checkpoint` None scores the one the run's config names (`eval_checkpoint`). Under
+    torchrun (`ranks`, the process group joined) every rank calls it; rank 0 returns the
+    results, the others []."""
     from vl.evaluate.formats import official_file_name, write_submission
     from vl.evaluate.metrics import score
     from vl.shared.feature_store import FeatureStore
@@ -63,7 +72,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
     run_dir = Path(run_dir)
     if split not in SPLITS:
         raise VLError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
-    trained = load_trained(run_dir, checkpoint, pick_device(device))
+    trained = load_trained(run_dir, checkpoint, pick_device(device, ranks))
     cfg, model, tokenizer = trained.cfg, trained.model, trained.tokenizer
     specs = {t.name: t for t in cfg.tasks}
     manifests = dict(manifests or {})
@@ -93,11 +102,15 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
     stores = {str(specs[name].store): FeatureStore(specs[name].store) for name in chosen}
     collect_or_raise(store_changes(run_dir, stores), hint="Evaluate with the stores the run trained on (re-extract "
                                                           "them with the settings run.json records).")
-    store_digests = {path: sha256_file(path) for path in stores}
+    main = ranks.is_main  # rank 0 alone hashes, scores and writes
+    store_digests = {path: sha256_file(path) for path in stores} if main else {}
     run_digest = sha256_file(run_json_path(run_dir))
     checkpoint_meta = read_checkpoint_meta(run_dir, trained.checkpoint)
     out_dir = eval_dir(run_dir, split)
-    with run_dir_lock(run_dir, "vl evaluate"):  # not while a `vl train` writes into the run
+    with contextlib.ExitStack() as lock:
+        # not while a `vl train` writes into the run; a refusal on rank 0 stops every rank
+        on_every_rank(lambda: lock.enter_context(run_dir_lock(run_dir, "vl evaluate")) if main else None,
+                      ranks, "locking the run")
         results = []
         for name in chosen:
             spec = specs[name]
@@ -107,23 +120,34 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
             data.check_media(skip_missing=False)
             ds = TaskDataset(data, tokenizer, seed=cfg.seed, predict=True)
             predictions = generate_predictions(model, ds, tokenizer, model.backbone.device,
-                                               batch_size or cfg.val_batch_size, autocast_step, progress=progress)
-            scored = ds.scored_examples()  # vl_lm, itm: the gold their items drew
-            scores = score(data.task.metric, predictions, scored) if has_gold(data.task, data.examples) else None
-            predictions_file = write_submission(name, predictions, data.examples,
-                                                out_dir / official_file_name(name, split))
-            scores_file = eval_scores_path(run_dir, split, name)
-            write_json_atomic(scores_file, {
-                "task": name, "split": split, "manifest_split": split_name, "checkpoint": trained.checkpoint,
-                "epoch": trained.extra["epoch"] + 1 if "epoch" in trained.extra else None,  # 1-based, as metrics.jsonl
-                "examples": len(data.examples), "scores": scores,
-                "note": None if scores else "this split has no answers: predictions written, no score claimed",
-                "predictions_file": predictions_file.name,
-                "digests": {"run_json": run_digest, "checkpoint": checkpoint_meta.get("model_sha256"),
-                            "manifest": sha256_file(manifests[name]), "feature_store": store_digests[str(spec.store)]},
-            })
-            results.append(TaskResult(name, split, len(data.examples), scores, scores_file, Path(predictions_file),
-                                      trained.checkpoint))
+                                               batch_size or cfg.val_batch_size, autocast_step, progress=progress,
+                                               ranks=ranks)
+
+            def score_and_write() -> TaskResult | None:
+                if predictions is None:  # another rank's share: rank 0 scores and writes
+                    return None
+                scored = ds.scored_examples()  # vl_lm, itm: the gold their items drew
+                scores = score(data.task.metric, predictions, scored) if has_gold(data.task, data.examples) else None
+                predictions_file = write_submission(name, predictions, data.examples,
+                                                    out_dir / official_file_name(name, split))
+                scores_file = eval_scores_path(run_dir, split, name)
+                write_json_atomic(scores_file, {
+                    "task": name, "split": split, "manifest_split": split_name, "checkpoint": trained.checkpoint,
+                    "epoch": trained.extra["epoch"] + 1 if "epoch" in trained.extra else None,  # 1-based
+                    "examples": len(data.examples), "scores": scores,
+                    "note": None if scores else "this split has no answers: predictions written, no score claimed",
+                    "predictions_file": predictions_file.name,
+                    "digests": {"run_json": run_digest, "checkpoint": checkpoint_meta.get("model_sha256"),
+                                "manifest": sha256_file(manifests[name]),
+                                "feature_store": store_digests[str(spec.store)]},
+                })
+                return TaskResult(name, split, len(data.examples), scores, scores_file, Path(predictions_file),
+                                  trained.checkpoint)
+
+            # the other ranks wait for rank 0's scores, so that a failure there stops them too
+            result = on_every_rank(score_and_write, ranks, f"scoring {name}")
+            if result is not None:
+                results.append(result)
             keep(stop_note(out_dir, [r.task for r in results], chosen))  # what a SIGINT/SIGTERM from now on keeps
     return results
 

@@ -5,14 +5,21 @@ same list of pending inputs, takes every WORLD_SIZE-th one from its RANK, writes
 own shards, and waits at a barrier; rank 0 then joins all shards into the store. Only
 the barriers need a process group, so it is gloo on CPU and GPU alike. Training (DDP)
 reduces gradients: nccl when every rank has a GPU, gloo on CPU. The timeout is long
-either way: ranks may finish their slices (or rank 0 its validation) hours apart.
+either way: ranks may finish their slices hours apart.
+
+Validation and `vl evaluate` split each split's batches over the ranks and gather the
+predictions on rank 0 (`gather_to_main`); before anything is gathered every rank says
+whether its work succeeded (`on_every_rank`), so a rank that failed stops all of them
+with its message instead of leaving the others waiting for results that never come.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
+
+from vl.shared.errors import VLError
 
 T = TypeVar("T")
 BARRIER_TIMEOUT = dt.timedelta(hours=int(os.environ.get("VL_BARRIER_TIMEOUT_HOURS", "48")))
@@ -46,6 +53,60 @@ class Ranks:
             if torch.cuda.is_available():
                 return f"cuda:{self.local_rank}"
         return requested
+
+
+def one_line(error: Exception) -> str:
+    """An exception as one line: a VLError's problems (and hint), else its type and message."""
+    if isinstance(error, VLError):
+        text = "; ".join(error.problems) + (f" ({error.hint})" if error.hint else "")
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return " ".join(text.split())
+
+
+def on_every_rank(work: Callable[[], T], ranks: Ranks, what: str) -> T:
+    """`work()` on this rank, then every rank learns whether all of them succeeded (one
+    all_gather_object of each rank's error or None): a rank that raised stops every rank
+    with one VLError naming it and its message ("rank 1 of 2 failed predicting vqa: ..."), and a
+    rank stopped by a signal (vl.shared.stopping.Stopped) stops every rank with that signal.
+    One process: `work()` as it is, its errors untouched."""
+    if ranks.world_size == 1:
+        return work()
+    import torch.distributed as dist
+
+    from vl.shared.stopping import Stopped
+
+    result, error, stop = None, None, None
+    try:
+        result = work()
+    except Exception as e:  # noqa: BLE001 (reported to every rank below, this one included)
+        error = one_line(e)
+    except Stopped as e:  # a SIGINT/SIGTERM on this rank: every rank stops with it below
+        stop = e.signum
+    reports: list[tuple[str | None, int | None]] = [(None, None)] * ranks.world_size
+    dist.all_gather_object(reports, (error, stop))
+    stops = [signum for _, signum in reports if signum is not None]
+    if stops:
+        raise Stopped(stops[0])
+    failed = [(rank, message) for rank, (message, _) in enumerate(reports) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        others = f" (ranks {', '.join(str(r) for r, _ in failed[1:])} failed too)" if len(failed) > 1 else ""
+        raise VLError(f"rank {rank} of {ranks.world_size} failed {what}: {message}{others}")
+    return result  # type: ignore[return-value]
+
+
+def gather_to_main(work: Callable[[], T], ranks: Ranks, what: str) -> list[T] | None:
+    """Every rank's `work()` result, in rank order, on rank 0 (None on the others), after
+    `on_every_rank` has made sure that all of them succeeded. One process: [work()]."""
+    mine = on_every_rank(work, ranks, what)
+    if ranks.world_size == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    gathered: list[T] | None = [None] * ranks.world_size if ranks.is_main else None  # type: ignore[list-item]
+    dist.gather_object(mine, gathered, dst=0)
+    return gathered
 
 
 def ranks_from_env(backend: str = "gloo") -> Ranks:

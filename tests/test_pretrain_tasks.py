@@ -403,12 +403,13 @@ def test_a_killed_pretraining_run_resumes_to_the_weights_of_an_uninterrupted_one
 @pytest.mark.slow
 def test_two_process_ddp_pretrains_as_one_process(world, captions, tmp_path):
     """torchrun --nproc-per-node 2 (gloo), batch 8 per rank == one process with batch 16: the
-    same global batches of the same draws, so the same losses and weights (dropout off)."""
+    same global batches of the same draws, so the same losses and weights (dropout off). Both
+    ranks validate (val_batch_size 8): the held-out loss adds the same batches' sums."""
     from test_extract_distributed import torchrun
     from test_train_loop import trainable_tensors
 
     one, two = tmp_path / "one", tmp_path / "two"
-    common = sum((["--set", x] for x in ["dropout=0.0", "epochs=1", "optim.grad_clip=1.0"]), [])
+    common = sum((["--set", x] for x in ["dropout=0.0", "epochs=1", "optim.grad_clip=1.0", "val_batch_size=8"]), [])
     assert vl_train("-c", str(pretrain_config(world, captions, one)), *common).exit_code == 0
     config = pretrain_config(world, captions, two)
     settings = json.loads(config.read_text())
@@ -420,7 +421,8 @@ def test_two_process_ddp_pretrains_as_one_process(world, captions, tmp_path):
     assert proc.returncode == 0, (out[-2000:], err[-3000:])
     assert "torchrun: 2 ranks (gloo)" in out
     (a,), (b,) = read_metrics(one), read_metrics(two)
-    for key in ("train_loss", "vl_lm_train_loss", "itm_train_loss", "caption_train_loss"):
+    for key in ("train_loss", "vl_lm_train_loss", "itm_train_loss", "caption_train_loss", "vl_lm_val_loss",
+                "itm_val_loss"):
         assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     wa, wb = trainable_tensors(one), trainable_tensors(two)
     for k in wa:

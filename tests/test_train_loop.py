@@ -209,11 +209,12 @@ def test_weighted_loss_is_each_examples_token_mean_times_its_weight():
 def test_two_process_ddp_reaches_the_loss_curve_of_one_process(world, tmp_path):
     """torchrun --nproc-per-node 2 (gloo) with batch 5 per rank == one process with batch 10:
     the same global batches, so the same losses and weights (dropout off: ranks draw their own masks).
-    GQA's 25 items end with a step of 5, split 3 + 2 across ranks: the loss scaling must hold."""
+    GQA's 25 items end with a step of 5, split 3 + 2 across ranks: the loss scaling must hold.
+    Both ranks validate: val_batch_size 16 deals VQA's 3 batches 2 + 1, GQA's 2 batches 1 + 1."""
     from test_extract_distributed import torchrun
 
     one, two = tmp_path / "one", tmp_path / "two"
-    common = ["dropout=0.0", "epochs=2", "val_every=2", "optim.grad_clip=1.0", "device=cpu"]
+    common = ["dropout=0.0", "epochs=2", "val_every=2", "optim.grad_clip=1.0", "device=cpu", "val_batch_size=16"]
     assert vl_train("-c", str(write_config(world, one, batch_size=10)),
                     *sum((["--set", x] for x in common), [])).exit_code == 0
     args = ["train", "-c", write_config(world, two, batch_size=5), *sum((["--set", x] for x in common), [])]

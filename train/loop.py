@@ -24,8 +24,9 @@ on the CPU in fp32 a run killed after epoch k, or after step N, and resumed with
 Under `torchrun` (`Ranks` from vl.shared.distributed) the model is wrapped in DDP: every
 rank builds the same plan of global steps (MultiTaskSampler) and takes its share of each
 step's batch; the loss is scaled so that DDP's gradient mean equals the gradient of the
-whole global batch's mean loss, whatever the split; rank 0 alone validates, writes the run
-dir and checkpoints while the others wait at a barrier. One process needs no launcher.
+whole global batch's mean loss, whatever the split; every rank validates its share of the
+batches (vl.train.predict) and rank 0 scores them, then writes the run dir and checkpoints
+while the others wait at a barrier. One process needs no launcher.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from torch import nn
 from vl.shared.atomic import write_json_atomic
 from vl.shared.config import save_config
 from vl.shared.devices import amp_dtype, autocast, pick_device
-from vl.shared.distributed import Ranks
+from vl.shared.distributed import Ranks, gather_to_main
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, check_store_matches, mixed_origin_problems
 from vl.shared.locks import run_dir_lock
@@ -123,17 +124,22 @@ def weighted_sequence_loss(logits: torch.Tensor, labels: torch.Tensor, weights: 
 # -- validation ----------------------------------------------------------------------------
 
 def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, device: torch.device,
-             batch_size: int, autocast: Any, progress: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+             batch_size: int, autocast: Any, progress: bool = False,
+             ranks: Ranks = Ranks()) -> tuple[dict[str, float], dict[str, Any]]:
     """Each validation task's official metric (vl.evaluate.metrics, the task's `metric`):
     `<task>_score` its main score (0-100: VQA accuracy, CIDEr-D, ...), `mean_score` the
     tasks' average. Returns the metrics and, per task, the predictions with the whole
-    score breakdown."""
+    score breakdown. Under torchrun every rank calls it and predicts its share of the
+    batches; rank 0 gets the metrics, the others ({}, {})."""
     from vl.evaluate.metrics import score
 
     model.eval()
     metrics, details = {}, {}
     for name, ds in val_sets.items():
-        predictions = generate_predictions(model, ds, tokenizer, device, batch_size, autocast, progress=progress)
+        predictions = generate_predictions(model, ds, tokenizer, device, batch_size, autocast, progress=progress,
+                                           ranks=ranks)
+        if predictions is None:  # another rank's share: rank 0 scores
+            continue
         by_id = {ex["id"]: ex for ex in ds.scored_examples()}  # vl_lm, itm: the gold their items drew
         scores = score(ds.data.task.metric, predictions, [by_id[i] for i in predictions])
         metrics[f"{name}_{METRIC_SUFFIX}"] = scores["overall"]
@@ -142,26 +148,42 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
         metrics[f"mean_{METRIC_SUFFIX}"] = sum(metrics.values()) / len(metrics)
     for name, ds in val_sets.items():  # pre-training: the loss on the held-out captions too (not in the mean)
         if ds.data.task.draws:
-            metrics[f"{name}_val_loss"] = validation_loss(model, ds, tokenizer, device, batch_size, autocast)
+            loss = validation_loss(model, ds, tokenizer, device, batch_size, autocast, ranks)
+            if loss is not None:
+                metrics[f"{name}_val_loss"] = loss
     model.train()
     return metrics, details
 
 
 @torch.no_grad()
 def validation_loss(model: VLModel, ds: TaskDataset, tokenizer: Any, device: torch.device, batch_size: int,
-                    autocast: Any) -> float:
+                    autocast: Any, ranks: Ranks = Ranks()) -> float | None:
     """The training loss (weighted_sequence_loss) over every item of `ds` as epoch 0 draws it
-    (the validation's fixed masks and negatives), averaged over items."""
-    total = 0.0
+    (the validation's fixed masks and negatives), averaged over items. Under torchrun each
+    rank takes every world_size-th batch and rank 0 adds the batches' sums in batch order
+    (as one process does); the other ranks get None."""
     collator = Collator(tokenizer, ds.data.max_target_tokens, ds.data.token_cut)
-    for start in range(0, len(ds), batch_size):
-        check_stop()
-        batch = to_device(collator([ds.item(i, 0) for i in range(start, min(start + batch_size, len(ds)))]), device)
-        with autocast():
-            decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
-            out = model(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids, task=batch["task"])
-        total += weighted_sequence_loss(out.logits, batch["labels"], batch["weights"]).item() * len(batch["ids"])
-    return total / len(ds)
+    starts = list(range(0, len(ds), batch_size))
+
+    def my_sums() -> dict[int, float]:
+        sums = {}
+        for start in ranks.slice(starts):
+            check_stop()  # SIGINT/SIGTERM: every rank learns of it in gather_to_main
+            batch = to_device(collator([ds.item(i, 0) for i in range(start, min(start + batch_size, len(ds)))]),
+                              device)
+            with autocast():
+                decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+                out = model(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids,
+                            task=batch["task"])
+            loss = weighted_sequence_loss(out.logits, batch["labels"], batch["weights"])
+            sums[start] = loss.item() * len(batch["ids"])
+        return sums
+
+    parts = gather_to_main(my_sums, ranks, f"computing the validation loss of {ds.data.name}")
+    if parts is None:
+        return None
+    by_start = {start: value for part in parts for start, value in part.items()}
+    return sum(by_start[start] for start in starts) / len(ds)
 
 
 # -- setup helpers ---------------------------------------------------------------------------
@@ -327,15 +349,16 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
         held = {(d.store.path, d.feature): d.store.hold_in_memory(d.feature) for d in train_data.values()}
         if main:
             print(f"features in memory: {sum(held.values()) / 2**20:.1f} MiB from {len(held)} store(s)", flush=True)
+    tok_dir = tokenizer_dir(run_dir)
+    saved_tokenizer = tok_dir.is_dir()  # asked before rank 0 writes one: every rank takes the same branch below
     ranks.barrier()  # every rank has checked the run dir before rank 0 writes into it
     if main:
         locks.enter_context(run_dir_lock(run_dir, "vl train"))  # makes the folder
 
     # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
-    tok_dir = tokenizer_dir(run_dir)
     if cfg.tokenizer is not None:
         tokenizer = load_tokenizer(cfg.tokenizer)
-    elif resume or tok_dir.is_dir():
+    elif resume or saved_tokenizer:
         tokenizer = load_tokenizer(str(tok_dir))
     else:  # rank 0 trains it; the others load what it saved
         if main:
@@ -555,13 +578,15 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
 
             # Validation every val_every epochs and at the end; the best checkpoint by best_metric.
             improved, early = False, None
+            validating = bool(val_sets) and bool(cfg.val_every) and ((epoch + 1) % cfg.val_every == 0 or last_epoch)
+            if validating:  # every rank predicts its share of the batches; rank 0 scores
+                try:
+                    metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size,
+                                                autocast_step, progress=progress, ranks=ranks)
+                except Stopped:  # the epoch's steps are kept; the resumed run validates it again
+                    raise stop_at(epoch, micro) from None
             if main:
-                if val_sets and cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or last_epoch):
-                    try:
-                        metrics, details = validate(model, val_sets, tokenizer, device, cfg.val_batch_size,
-                                                    autocast_step, progress=progress)
-                    except Stopped:  # the epoch's steps are kept; the resumed run validates it again
-                        raise stop_at(epoch, micro) from None
+                if validating:
                     write_json_atomic(epoch_eval_path(run_dir, epoch + 1),
                                       {"epoch": epoch + 1, "step": step, "metrics": metrics, "tasks": details})
                     record.update(metrics)
@@ -597,7 +622,7 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
                 elif ended_by_max:
                     print(f"stopped at max_steps={cfg.max_steps} (epoch {epoch + 1}, {micro} of its "
                           f"{len(sampler)} batches)", flush=True)
-            ranks.barrier()  # rank 0 validates and writes; the others wait for it
+            ranks.barrier()  # rank 0 writes; the others wait for it
             if agree(early is not None, ranks) or ended_by_max:
                 break
     finally:
