@@ -8,11 +8,16 @@ by hand and later pointed at real data and real weights:
     vl extract images/videos  features from a small CLIP-architecture encoder with random
                             weights (an open_clip model JSON written beside the runs)
     vl train -c pretrain    a small T5 (`demo-t5`, random weights) pre-trained on the
-                            world's train captions: the demo's stand-in for VL-T5's V&L
-                            pre-training (which had COCO captions among its tasks)
+                            world's train captions with their images: the demo's stand-in
+                            for VL-T5's V&L pre-training (which had COCO captions among its tasks)
+    vl train -c pretrain-text-only   the same T5 pre-trained on the same caption texts with
+                            every visual token blanked (a store of zeros): the stand-in for
+                            text-only T5/BART, which meets visual features only in fine-tuning
     vl train -c ...         full fine-tuning, single adapter, single LoRA and single prompt
                             on the four image tasks, and a single adapter on the four video
-                            tasks, each starting from the pre-trained run (init_from)
+                            tasks, each starting from the V&L pre-trained run (init_from); and
+                            the single adapter again from the text-only run, to show what
+                            V&L pre-training gives the adapter on VQA and GQA (the paper's analysis)
     vl evaluate --run ...   each run on the val split
     vl report ...           the table and the score-vs-budget plot
 
@@ -37,7 +42,7 @@ import click
 from vl.shared.atomic import write_text_atomic
 from vl.shared.errors import VLError
 from vl.shared.progress import bars_off
-from vl.shared.run_dir import LAST, eval_scores_path, has_checkpoint, metrics_path, read_metrics
+from vl.shared.run_dir import LAST, eval_scores_path, has_checkpoint, metrics_path, read_metrics, tokenizer_dir
 
 IMAGE_TASKS = (("vqa", "vqa2"), ("gqa", "gqa"), ("nlvr2", "nlvr2"), ("caption", "coco_caption"))
 VIDEO_TASKS = (("tvqa", "tvqa"), ("how2qa", "how2qa"), ("tvc", "tvc"), ("yc2c", "yc2c"))
@@ -66,8 +71,14 @@ ENCODER = {
     "vision_cfg": {"image_size": 96, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
     "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
 }
-RUNS = (("image-full", "full", "image"), ("image-adapter", "adapter", "image"), ("image-lora", "lora", "image"),
+VL_PRETRAIN, TEXT_PRETRAIN = "pretrain", "pretrain-text-only"  # the two pre-trainings (run names)
+RUNS = (("image-full", "full", "image"), ("image-adapter", "adapter", "image"),
+        ("image-adapter-text-only", "adapter", "image"), ("image-lora", "lora", "image"),
         ("image-prompt", "prompt", "image"), ("video-adapter", "adapter", "video"))
+# the pre-training each run starts from (init_from), when not the V&L one
+STARTS = {"image-adapter-text-only": TEXT_PRETRAIN}
+# the paper's analysis of V&L pre-training: the same single adapter from each start, on these tasks
+PRETRAIN_EFFECT = ("image-adapter", "image-adapter-text-only", ("vqa", "gqa"))
 COMMON = {  # every run: 4 tasks at once (one for the pre-training), scored afterwards by `vl evaluate`
     "seed": 0, "workers": 0, "device": "auto", "dropout": 0.0, "val_every": 0,
     "data": {"visual_pool": 3, "max_text_tokens": 160}, "optim": {"lr": 1e-3, "warmup_ratio": 0.05},
@@ -138,6 +149,55 @@ def majority_baseline(train_manifest: Path, val_manifest: Path) -> tuple[str, fl
     return answer, score("vqa_accuracy", {ex["id"]: answer for ex in val}, val)["overall"]
 
 
+def pretrain_tasks(world: Path, store: Path, text_only: bool) -> list[dict]:
+    """The pre-training's tasks on the world's train captions (no validation: the runs after it are
+    scored). V&L: the captions with their images. Text-only: the same, read from a store whose
+    every feature is zero, so that the model learns the same texts and nothing from the images."""
+    return [{**t, "val_manifest": None} for t in task_entries("image", world, store, 32) if t["name"] == "caption"]
+
+
+def write_blank_store(store: Path, out: Path, echo: Callable[[str], Any]) -> None:
+    """`out`: every item of the image store `store`, with every feature zero (same ids, shapes and
+    dtype), for the text-only pre-training. Its provenance is the store's, marked blank in its
+    `features` section, so no extraction takes it for real features. Kept while it covers `store`."""
+    import numpy as np
+
+    from vl.extract.store_builder import StoreBuilder
+    from vl.shared import FeatureStore
+
+    with FeatureStore(store) as src:
+        if out.is_file() and set(FeatureStore(out).ids) >= set(src.ids):
+            return
+        echo(f"\nThe text-only pre-training's visual input: {out}, the items of {store.name} with every value zero")
+        provenance = {k: v for k, v in src.provenance.items() if k not in ("runs", "count", "failed")}
+        provenance["features"] = {**provenance.get("features", {}), "blank": "every value zero (text-only)"}
+        shapes = {name: src.item_shape(name) for name in src.features}
+        with StoreBuilder(out, provenance, shapes, str(src.dtype()), overwrite=True) as builder:
+            ids = src.ids
+            builder.add(ids, {name: np.zeros((len(ids), *shape)) for name, shape in shapes.items()})
+            builder.finish({"blank_of": str(store)}, set(ids))
+
+
+def pretrain_effect(runs: Path) -> dict[str, tuple[float, float]]:
+    """{task: (val score of the adapter from the V&L pre-training, from the text-only one)}."""
+    vl_run, text_run, tasks = PRETRAIN_EFFECT
+    read = lambda run, task: json.loads(eval_scores_path(runs / run, "val", task).read_text())["scores"]["overall"]  # noqa: E731
+    return {task: (read(vl_run, task), read(text_run, task)) for task in tasks}
+
+
+def append_effect_section(report_md: Path, effect: dict[str, tuple[float, float]]) -> None:
+    """Add the V&L-vs-text-only comparison to the report `vl report` wrote (rewritten each demo run)."""
+    vl_run, text_run, _ = PRETRAIN_EFFECT
+    rows = [f"| {task} | {vl:.2f} | {text:.2f} | {vl - text:+.2f} |" for task, (vl, text) in effect.items()]
+    section = ("\n## The effect of V&L pre-training on the single adapter (val)\n\n"
+               f"`{vl_run}` starts from the pre-training on captions with their images (`{VL_PRETRAIN}`), "
+               f"`{text_run}` from the same pre-training with blank visual inputs (`{TEXT_PRETRAIN}`); "
+               "both then train the same single adapter on the same tasks.\n\n"
+               f"| task | from V&L pre-training | from text-only | difference |\n|---|---:|---:|---:|\n"
+               + "\n".join(rows) + "\n")
+    write_text_atomic(report_md, report_md.read_text(encoding="utf-8").rstrip("\n") + "\n" + section)
+
+
 def task_entries(kind: str, world: Path, store: Path, batch_size: int) -> list[dict]:
     tasks = IMAGE_TASKS if kind == "image" else VIDEO_TASKS
     return [{"name": name, "train_manifest": str(world / "manifests" / f"{stem}_train.jsonl"),
@@ -202,23 +262,31 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
                 run_vl(["extract", kind, "--manifest", str(world / "manifests" / f"{stem}_{split}.jsonl"),
                         "--out", str(store), *model_args, *extra])
 
-    # 3. pre-training: the random T5 learns to describe the train images, as VL-T5 was pre-trained
-    #    (on COCO captions among other tasks) before the paper's methods were compared on it
+    # 3. two pre-trainings of the same random T5 on the world's train captions: with their images
+    #    (V&L, as VL-T5 was pre-trained before the paper's methods were compared on it) and with
+    #    every visual token blanked (text-only, as T5 and BART were), on one tokenizer
     echo("\nPre-training: the small T5 starts from random weights and first learns the world's train captions "
-         "(a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from).")
-    pretrain = runs / "pretrain"
-    caption_task = [t for t in task_entries("image", world, image_store, 32) if t["name"] == "caption"]
+         "with their images (a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from). "
+         "A second pre-training sees the same caption texts with blank visual inputs (a stand-in for text-only "
+         "T5/BART); one single adapter starts from it, to show what V&L pre-training gives the adapter.")
+    pretrain, text_pretrain = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN
     every_train_manifest = [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]
-    config = write_config(configs / "pretrain.yaml", {  # its tokenizer learns every task's texts: all runs share it
+    config = write_config(configs / f"{VL_PRETRAIN}.yaml", {  # its tokenizer learns every task's texts: all share it
         **recipe.train, **PRETRAIN, "run_dir": str(pretrain), "epochs": recipe.pretrain_epochs,
-        "tokenizer_manifests": every_train_manifest, "tasks": [{**t, "val_manifest": None} for t in caption_task]})
+        "tokenizer_manifests": every_train_manifest, "tasks": pretrain_tasks(world, image_store, text_only=False)})
     train_once(pretrain, config, recipe.pretrain_epochs)
+    blank_store = features / "demo_images_blank.h5"
+    write_blank_store(image_store, blank_store, echo)
+    config = write_config(configs / f"{TEXT_PRETRAIN}.yaml", {  # the V&L run's tokenizer: init_from needs one vocabulary
+        **recipe.train, **{k: v for k, v in PRETRAIN.items() if k != "tokenizer_vocab_size"},
+        "run_dir": str(text_pretrain), "epochs": recipe.pretrain_epochs, "tokenizer": str(tokenizer_dir(pretrain)), "tasks": pretrain_tasks(world, blank_store, text_only=True)})
+    train_once(text_pretrain, config, recipe.pretrain_epochs)
 
     # 4. the compared runs, each evaluated on val
     for name, method, kind in recipe.runs:
         store = image_store if kind == "image" else video_store
-        cfg = {**recipe.train, "init_from": str(pretrain), "run_dir": str(runs / name), "method": method,
-               "epochs": recipe.epochs[name], "tasks": task_entries(kind, world, store, 32),
+        cfg = {**recipe.train, "init_from": str(runs / STARTS.get(name, VL_PRETRAIN)), "run_dir": str(runs / name),
+               "method": method, "epochs": recipe.epochs[name], "tasks": task_entries(kind, world, store, 32),
                **recipe.extra.get(name, {})}
         train_once(runs / name, write_config(configs / f"{name}.yaml", cfg), recipe.epochs[name])
         first_task = (IMAGE_TASKS if kind == "image" else VIDEO_TASKS)[0][0]
@@ -233,9 +301,14 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
            for name, _, kind in recipe.runs if kind == "image"}
     echo(f"\nVQA val accuracy: {', '.join(f'{name} {score:.2f}' for name, score in vqa.items())}; "
          f"majority baseline (always answering {answer!r}): {baseline:.2f}")
+    effect = pretrain_effect(runs)
+    echo(f"V&L pre-training vs text-only, the single adapter on val ({PRETRAIN_EFFECT[0]} vs {PRETRAIN_EFFECT[1]}): "
+         + ", ".join(f"{task.upper()} {vl:.2f} vs {text:.2f} ({vl - text:+.2f})" for task, (vl, text) in effect.items()))
+    append_effect_section(report / "report.md", effect)
     if quick:
-        echo("(--quick trains one short epoch on a small world, too little to learn: expect scores near zero. "
-             "The full demo, `vl demo`, shows the methods learning.)")
+        echo("(--quick trains one short epoch on a small world, too little to learn: expect scores near zero, "
+             "and no telling the two pre-trainings apart. The full demo, `vl demo`, shows the methods learning "
+             "and the V&L start ahead.)")
     echo(f"done in {time.perf_counter() - started:.0f} s. Everything is in {out}:\n"
          f"  world/       the shapes world and its manifests (world/manifests/)\n"
          f"  features/    the feature stores (reused by every run)\n"

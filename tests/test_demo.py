@@ -32,26 +32,53 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
     assert images.provenance["encoder"]["weights"] == {"seed": 0, "source": "random"} == videos.provenance["encoder"]["weights"]
     assert json.loads((out / "models/demo-clip.json").read_text())["vision_cfg"]
 
-    pretrain = out / "runs/pretrain"
+    pretrain, text_pretrain = out / "runs/pretrain", out / "runs/pretrain-text-only"
     assert json.loads((pretrain / "config.json").read_text())["tokenizer_manifests"]  # learns every task's texts
-    for name, kind in (("image-full", "image"), ("image-adapter", "image"), ("image-lora", "image"),
-                       ("image-prompt", "image"), ("video-adapter", "video")):
+    for name, kind, start in (("image-full", "image", pretrain), ("image-adapter", "image", pretrain),
+                              ("image-adapter-text-only", "image", text_pretrain), ("image-lora", "image", pretrain),
+                              ("image-prompt", "image", pretrain), ("video-adapter", "video", pretrain)):
         run = out / "runs" / name
         meta = json.loads((run / "checkpoints/last/meta.json").read_text())
         budget = json.loads((run / "run.json").read_text())["budget"]
         assert meta["trainable_parameters"] == budget["trainable"]
-        config = json.loads((run / "config.json").read_text())  # every compared run starts from the pre-training
-        assert config["init_from"] == str(pretrain) and config["tokenizer"] == str(pretrain / "tokenizer")
+        config = json.loads((run / "config.json").read_text())  # every compared run starts from a pre-training
+        assert config["init_from"] == str(start) and config["tokenizer"] == str(pretrain / "tokenizer")
         assert (budget["percent"] == 100.0) == (name == "image-full")  # PEFT checkpoints hold only what trains
         for task in TASKS[kind]:
             scores = json.loads((run / f"eval/val/{task}.json").read_text())
             assert 0 <= scores["scores"]["overall"] and scores["split"] == "val"
     report = (out / "report/report.md").read_text()
+    assert "## The effect of V&L pre-training on the single adapter (val)" in report
+    assert re.search(r"^V&L pre-training vs text-only, .*: VQA \d+\.\d\d vs \d+\.\d\d \([+-]\d+\.\d\d\), GQA ", text, re.M)
     for method in ("full fine-tuning", "single adapter", "single LoRA", "single prompt"):
         assert method in report
     for png in ("score_vs_params.png", "curves.png"):
         assert Image.open(out / "report" / png).size[0] > 100
 
+    assert report.count("single adapter |") == 3  # image-adapter, image-adapter-text-only, video-adapter
+
     again = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny"], prog_name="vl")
     assert again.exit_code == 0, again.output[-3000:]
     assert "$ vl train" not in again.output and "$ vl data demo" not in again.output  # finished steps reused
+
+
+def test_the_text_only_pretraining_learns_the_same_texts_with_blank_visual_inputs(tiny_demo):
+    """The paper's text-only start, on the demo: the V&L pre-training's tasks and tokenizer, but a
+    store that holds every image of the real one as zeros, so no image reaches the model."""
+    out, _ = tiny_demo
+    real, blank = FeatureStore(out / "features/demo_images.h5"), FeatureStore(out / "features/demo_images_blank.h5")
+    assert blank.ids == real.ids and blank.item_shape() == real.item_shape() and blank.dtype() == real.dtype()
+    assert not blank.get_many(blank.ids).any() and real.get_many(real.ids).any()
+    assert blank.provenance["features"]["blank"] and "blank" not in real.provenance["features"]
+
+    vl_cfg, text_cfg = (json.loads((out / f"runs/{run}/config.json").read_text())
+                        for run in ("pretrain", "pretrain-text-only"))
+    assert text_cfg["tokenizer"] == str(out / "runs/pretrain/tokenizer")  # one vocabulary for both starts
+    vl_tasks, text_tasks = ({t["name"]: t for t in cfg["tasks"]} for cfg in (vl_cfg, text_cfg))
+    assert set(text_tasks) <= set(vl_tasks)
+    for name, task in text_tasks.items():  # the same texts, only the store differs
+        assert task["train_manifest"] == vl_tasks[name]["train_manifest"]
+        assert task["store"] == str(out / "features/demo_images_blank.h5") != vl_tasks[name]["store"]
+    for run in ("pretrain", "pretrain-text-only"):
+        assert json.loads((out / f"runs/{run}/run.json").read_text())["model"]["vocab_size"] == json.loads(
+            (out / "runs/image-adapter/run.json").read_text())["model"]["vocab_size"]
