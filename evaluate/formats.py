@@ -108,6 +108,10 @@ FORMATS: dict[str, SubmissionFormat] = {
                             "clip_id", _clip_id),
     "yc2c": SubmissionFormat(".jsonl", 'JSON lines {"video_id": str, "clip_id": int, "descs": [{"desc": str}]}',
                              "VALUE EvaluationTools README, Caption Submission", "clip_id", _clip_id),
+    # the pre-training tasks have no official server: a list as GQA's, under vl's own keys
+    **{task: SubmissionFormat(".json", 'a JSON list of {"id": str, "prediction": str}',
+                              "vl's own (pre-training tasks have no official format)", "id", lambda ex: ex["id"])
+       for task in ("vl_lm", "itm")},
 }
 
 
@@ -146,6 +150,8 @@ def _record(task: str, ex: Mapping[str, Any], official_id: Any, prediction: Any)
         return {"question_id": official_id, "answer": prediction}
     if task == "gqa":
         return {"questionId": official_id, "prediction": prediction}
+    if task in ("vl_lm", "itm"):
+        return {"id": official_id, "prediction": prediction}
     if task == "caption":
         return {"image_id": official_id, "caption": prediction}
     if task == "tvc":
@@ -238,7 +244,8 @@ def _load_json(path: Path, text: str, problems: list[str], *, keep_pairs: bool =
 
 # task -> (id key, id type, answer key) of the JSON list formats
 _LIST_FIELDS = {"vqa": ("question_id", int, "answer"), "gqa": ("questionId", str, "prediction"),
-                "caption": ("image_id", int, "caption")}
+                "caption": ("image_id", int, "caption"), "vl_lm": ("id", str, "prediction"),
+                "itm": ("id", str, "prediction")}
 
 
 def _read_list(task: str, path: Path, text: str, problems: list[str]) -> list[tuple[str, Any, Any]]:

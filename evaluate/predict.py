@@ -99,7 +99,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
         ds = TaskDataset(data, tokenizer, seed=cfg.seed, predict=True)
         predictions = generate_predictions(model, ds, tokenizer, model.backbone.device,
                                            batch_size or cfg.val_batch_size, autocast_step, progress=progress)
-        scores = score(data.task.metric, predictions, data.examples) if has_gold(data.task, data.examples) else None
+        scored = ds.scored_examples()  # vl_lm, itm: the gold their items drew
+        scores = score(data.task.metric, predictions, scored) if has_gold(data.task, data.examples) else None
         predictions_file = write_submission(name, predictions, data.examples,
                                             out_dir / official_file_name(name, split))
         scores_file = eval_scores_path(run_dir, split, name)

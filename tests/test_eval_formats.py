@@ -39,6 +39,11 @@ EXAMPLES = {
                 subtitles=SUBS, targets=["Sheldon waves."], desc_ids=[109])],
     "yc2c": [_ex("13447", "yc2c", media="ljyO7IaGWLY", clip_id=13447, ts=[3.0, 7.5], duration=None,
                  subtitles=SUBS, targets=["Pour the sauce."], desc_ids=[1])],
+    # the pre-training tasks read caption examples; the gold they drew is in `answers`
+    "vl_lm": [_ex("391895", "caption", targets=["A man rides."], answers=["<extra_id_0> rides."]),
+              _ex("522418", "caption", targets=["A woman cuts."], answers=["<extra_id_0> woman"])],
+    "itm": [_ex("391895", "caption", targets=["A man rides."], answers=["true"]),
+            _ex("522418", "caption", targets=["A woman cuts."], answers=["false"])],
 }
 PREDICTIONS = {
     "vqa": {"262148000": "yes", "42001": ""},  # an empty answer is a valid (wrong) answer
@@ -49,12 +54,14 @@ PREDICTIONS = {
     "how2qa": {"11": 0},
     "tvc": {"86602": "Sheldon waves at Penny."},
     "yc2c": {"13447": ""},
+    "vl_lm": {"391895": "rides.", "522418": "man"},
+    "itm": {"391895": "true", "522418": "true"},
 }
 
 
 def test_every_task_has_a_format_and_cases_here():
     assert set(FORMATS) == set(EXAMPLES) == set(PREDICTIONS) == {
-        "vqa", "gqa", "nlvr2", "caption", "tvqa", "how2qa", "tvc", "yc2c"}
+        "vqa", "gqa", "nlvr2", "caption", "tvqa", "how2qa", "tvc", "yc2c", "vl_lm", "itm"}
 
 
 @pytest.mark.parametrize("task", sorted(EXAMPLES))

@@ -427,7 +427,7 @@ def test_reference_video_inputs_refuse_a_store_without_one_vector_a_frame(tmp_pa
 
 @pytest.mark.parametrize("options, message", [
     ({"name": "caption", "decision": "rank"}, "task caption: decision=rank picks among a closed set of answers, "
-                                               "which only nlvr2, tvqa, how2qa have; set decision to generate"),
+                                               "which only nlvr2, itm, tvqa, how2qa have; set decision to generate"),
     ({"name": "vqa", "num_beams": 0}, "num_beams must be >= 1 or null (got 0)"),
     ({"name": "vqa", "truncate": "middle"}, "truncate"),
     ({"name": "tvqa", "max_text_tokens": 0}, "max_text_tokens must be >= 1 or null (got 0)"),

@@ -84,14 +84,18 @@ PREFIX = {"vqa": "vqa:", "gqa": "gqa:", "nlvr2": "nlvr:", "caption": "caption:",
           "tvqa": "tvqa:", "how2qa": "how2qa:", "tvc": "tvc:", "yc2c": "yc2c:"}
 
 
-def test_registry_holds_exactly_the_eight_manifest_tasks():
-    assert sorted(TASKS) == sorted(PREFIX)
+PRETRAINING = {"vl_lm": "span prediction:", "itm": "image text match:"}  # tests/test_pretrain_tasks.py
+
+
+def test_registry_holds_exactly_the_eight_manifest_tasks_and_the_two_pretraining_tasks():
+    assert sorted(TASKS) == sorted({**PREFIX, **PRETRAINING})
+    assert {name: get_task(name).prefix for name in PRETRAINING} == PRETRAINING
     assert all(get_task(name).name == name for name in TASKS)
 
 
 def test_unknown_task_names_the_choices():
-    with pytest.raises(VLError, match=r"unknown task 'vqa3'; choose one of: caption, gqa, how2qa, nlvr2, "
-                                      r"tvc, tvqa, vqa, yc2c$"):
+    with pytest.raises(VLError, match=r"unknown task 'vqa3'; choose one of: caption, gqa, how2qa, itm, nlvr2, "
+                                      r"tvc, tvqa, vl_lm, vqa, yc2c$"):
         get_task("vqa3")
 
 
@@ -127,11 +131,13 @@ def test_expand_items(name):
 def test_task_attributes():
     kinds = {n: t.media_kind for n, t in TASKS.items()}
     assert kinds == {"vqa": "image", "gqa": "image", "nlvr2": "image", "caption": "image",
-                     "tvqa": "video", "how2qa": "video", "tvc": "video", "yc2c": "video"}
+                     "tvqa": "video", "how2qa": "video", "tvc": "video", "yc2c": "video",
+                     "vl_lm": "image", "itm": "image"}
     metrics = {n: t.metric for n, t in TASKS.items()}
     assert metrics == {"vqa": "vqa_accuracy", "gqa": "gqa_accuracy", "nlvr2": "nlvr2_accuracy",
                        "caption": "caption", "tvc": "caption", "yc2c": "caption",
-                       "tvqa": "mc_accuracy", "how2qa": "mc_accuracy"}
+                       "tvqa": "mc_accuracy", "how2qa": "mc_accuracy",
+                       "vl_lm": "token_accuracy", "itm": "itm_accuracy"}
     assert get_task("vqa").generation == Generation(max_new_tokens=10, num_beams=1)
     assert get_task("tvc").generation == Generation(max_new_tokens=40, num_beams=5)
     assert get_task("tvqa").generation == Generation(max_new_tokens=4, num_beams=1)
@@ -263,7 +269,7 @@ def test_image_tasks_ignore_the_video_layout_and_take_the_runs_prefix():
 
 
 def test_candidates_of_the_rankable_tasks():
-    assert [n for n, t in TASKS.items() if t.rankable] == ["nlvr2", "tvqa", "how2qa"]
+    assert [n for n, t in TASKS.items() if t.rankable] == ["nlvr2", "itm", "tvqa", "how2qa"]
     assert get_task("nlvr2").candidates(EXAMPLES["nlvr2"]) == ["true", "false"]
     assert get_task("tvqa").candidates(EXAMPLES["tvqa"]) == ["a0", "a1", "a2", "a3", "a4"]
     assert get_task("how2qa").candidates(EXAMPLES["how2qa"]) == ["a0", "a1", "a2", "a3"]

@@ -42,8 +42,8 @@ from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, sidecar_path
 from vl.shared.manifest import DatasetManifest
 from vl.train.model import pool_grid
-from vl.train.tasks import (TASKS, Generation, InputLayout, McAnswer, MultipleChoiceQA, Task, TrainItem, VideoInputs,
-                            get_task)
+from vl.train.tasks import (SENTINEL, TASKS, Generation, InputLayout, Masking, McAnswer, MultipleChoiceQA, Task,
+                            TrainItem, VideoInputs, compose, get_task)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,12 @@ class TaskOptions:
     # multiple choice: what the decoder writes, the choice's label "a2" (None: label, the paper's)
     # or its text; with text, targets and generation default to 20 tokens instead of the label's 4
     answer: McAnswer | None = None
+    # vl_lm (span corruption): the share of each caption's words masked (None: 0.15), the mean
+    # length of a masked span (None: 3, T5's), and the rule: spans (None: T5's random spans) or
+    # words (the reference's: random words, adjacent ones merged; mean_span_length unused)
+    mask_rate: float | None = None
+    mean_span_length: float | None = None
+    masking: Masking | None = None
 
     def check(self) -> list[str]:
         problems = literal_problems(self)
@@ -116,6 +122,10 @@ class TaskOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1 or null (got {value})")
+        if self.mask_rate is not None and not 0 < self.mask_rate < 1:
+            problems.append(f"mask_rate must be in (0, 1) or null (got {self.mask_rate})")
+        if self.mean_span_length is not None and not self.mean_span_length >= 1:
+            problems.append(f"mean_span_length must be >= 1 or null (got {self.mean_span_length})")
         return problems
 
     def task_problems(self, task: Task) -> list[str]:
@@ -123,6 +133,10 @@ class TaskOptions:
         if self.answer is not None and not isinstance(task, MultipleChoiceQA):
             return [f"task {task.name}: answer={self.answer} chooses how multiple-choice answers are written; "
                     f"{task.name} is not multiple choice: leave answer unset"]
+        masking = [name for name in ("mask_rate", "mean_span_length", "masking") if getattr(self, name) is not None]
+        if masking and task.name != "vl_lm":
+            return [f"task {task.name}: {', '.join(masking)} set how vl_lm masks captions; leave "
+                    f"{'it' if len(masking) == 1 else 'them'} unset for {task.name}"]
         if self.decision == "rank" and not task.rankable:
             closed = ", ".join(name for name, t in TASKS.items() if t.rankable)
             return [f"task {task.name}: decision=rank picks among a closed set of answers, which only {closed} "
@@ -162,7 +176,7 @@ class TaskData:
         self.settings = settings or DataSettings()
         self.options = options or TaskOptions()
         self.examples: list[dict] = [ex for ex in self.manifest.examples
-                                     if ex["task"] == self.task.name and ex["split"] == split]
+                                     if ex["task"] == self.task.example_task and ex["split"] == split]
         self.media_checked = False
         video = self.task.media_kind == "video"
         # The feature read: as set, else the grid for images and one vector a frame for videos.
@@ -247,8 +261,10 @@ class TaskData:
 
     @property
     def layout(self) -> InputLayout:
+        masking = {name: getattr(self.options, name) for name in ("mask_rate", "mean_span_length", "masking")
+                   if getattr(self.options, name) is not None}
         return InputLayout(prefix=self.options.prefix, video=self.settings.video_inputs,
-                           answer=self.options.answer or "label")
+                           answer=self.options.answer or "label", **masking)
 
     @property
     def truncate(self) -> str:
@@ -329,6 +345,7 @@ class TaskDataset(Dataset):
         if not self.items:
             raise VLError(f"{data.name}: none of its {len(data.examples)} examples has a target to train on "
                           f"(manifest {data.manifest.path})")
+        self._check_sentinels()
         self._ts = {ex["id"]: ex.get("ts") for ex in data.examples}  # video clip spans, seconds
         self._sources: dict[int, str] = {}  # index -> encoder text (cut to its budget by the tokenizer's count)
         self._visual_cache: dict[tuple, torch.Tensor] = {}  # (kind, media[, span]) -> visual tokens
@@ -336,6 +353,20 @@ class TaskDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def _check_sentinels(self) -> None:
+        """vl_lm writes `<extra_id_k>` sentinels: the tokenizer must hold as many as a caption needs."""
+        need = max((self.data.task.sentinels_needed(item) for item in self.items), default=0)
+        if not need or self.tokenizer is None:
+            return
+        vocab = self.tokenizer.get_vocab()
+        have = next((k for k in range(need) if SENTINEL.format(k) not in vocab), need)
+        if have < need:
+            raise VLError(f"{self.data.name}: span corruption needs the sentinel tokens <extra_id_0> .. "
+                          f"<extra_id_{need - 1}> (the longest caption of manifest {self.data.manifest.path} masks "
+                          f"{need} spans), but the tokenizer has {have} of them",
+                          hint="Set extra_tokens: 200 (VL-BART's 100 <extra_id_k> and 100 <vis_extra_id_k>), or use "
+                               "a T5 tokenizer, which has 100 <extra_id_k>.")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -372,8 +403,30 @@ class TaskDataset(Dataset):
             return "", 0.0
         if len(item.targets) == 1:
             return item.targets[0]
-        # A str seed goes through sha512: stable across processes and PYTHONHASHSEED.
-        return item.sample_target(random.Random(f"{self.seed}/{self.task_name}/{epoch}/{index}"))
+        return item.sample_target(self._rng(index, epoch))
+
+    def _rng(self, index: int, epoch: int) -> random.Random:
+        """The rng of item `index` in `epoch`: a function of (seed, task, epoch, index) alone.
+        A str seed goes through sha512: stable across processes and PYTHONHASHSEED."""
+        return random.Random(f"{self.seed}/{self.task_name}/{epoch}/{index}")
+
+    def drawn(self, index: int, epoch: int) -> tuple[str, tuple[str, float]]:
+        """A drawing task's (source, (target, weight)) for item `index` in `epoch` (vl_lm's
+        masked caption, itm's matched or swapped caption): the same on any worker or rank."""
+        parts, target = self.data.task.draw(self.items[index], self._rng(index, epoch))
+        return compose(parts), target
+
+    def scored_examples(self) -> list[dict]:
+        """The examples a metric scores predictions against. A drawing task's gold is what its
+        validation items drew (epoch 0's draw, as `generate_predictions` reads them: the same
+        masks and negatives at every validation), put in `answers`; other tasks' examples as they are."""
+        if not self.data.task.draws:
+            return self.data.examples
+        first = {}
+        for i, item in enumerate(self.items):
+            first.setdefault(item.example_id, i)
+        return [{**ex, "answers": [self.drawn(first[ex["id"]], 0)[1][0]]} for ex in self.data.examples
+                if ex["id"] in first]
 
     def visual(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Visual tokens (V, D) float32 and their image ids (V,) long."""
@@ -426,9 +479,12 @@ class TaskDataset(Dataset):
         return x
 
     def item(self, index: int, epoch: int) -> dict[str, Any]:
-        target, weight = self.target(index, epoch)
+        if self.data.task.draws:
+            source, (target, weight) = self.drawn(index, epoch)
+        else:
+            source, (target, weight) = self.source(index), self.target(index, epoch)
         feats, image_ids = self.visual(index)
-        return {"task": self.task_name, "id": self.items[index].example_id, "source": self.source(index),
+        return {"task": self.task_name, "id": self.items[index].example_id, "source": source,
                 "target": target, "weight": float(weight), "visual_feats": feats, "image_ids": image_ids}
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -70,7 +70,7 @@ from vl.shared.run_dir import (
 )
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
 from vl.train.build import build_model, inherit_from_run
-from vl.train.data import MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, make_loader
+from vl.train.data import Collator, MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset, make_loader
 from vl.train.model import BACKBONE_SHAPES, VLModel, count_parameters
 from vl.train.peft.methods import display_name, uses_every_parameter_each_step
 from vl.train.predict import MODEL_INPUTS, generate_predictions, to_device
@@ -132,14 +132,33 @@ def validate(model: VLModel, val_sets: dict[str, TaskDataset], tokenizer: Any, d
     metrics, details = {}, {}
     for name, ds in val_sets.items():
         predictions = generate_predictions(model, ds, tokenizer, device, batch_size, autocast, progress=progress)
-        by_id = {ex["id"]: ex for ex in ds.data.examples}
+        by_id = {ex["id"]: ex for ex in ds.scored_examples()}  # vl_lm, itm: the gold their items drew
         scores = score(ds.data.task.metric, predictions, [by_id[i] for i in predictions])
         metrics[f"{name}_{METRIC_SUFFIX}"] = scores["overall"]
         details[name] = {"scores": scores, "predictions": predictions}
     if metrics:
         metrics[f"mean_{METRIC_SUFFIX}"] = sum(metrics.values()) / len(metrics)
+    for name, ds in val_sets.items():  # pre-training: the loss on the held-out captions too (not in the mean)
+        if ds.data.task.draws:
+            metrics[f"{name}_val_loss"] = validation_loss(model, ds, tokenizer, device, batch_size, autocast)
     model.train()
     return metrics, details
+
+
+@torch.no_grad()
+def validation_loss(model: VLModel, ds: TaskDataset, tokenizer: Any, device: torch.device, batch_size: int,
+                    autocast: Any) -> float:
+    """The training loss (weighted_sequence_loss) over every item of `ds` as epoch 0 draws it
+    (the validation's fixed masks and negatives), averaged over items."""
+    total = 0.0
+    collator = Collator(tokenizer, ds.data.max_target_tokens, ds.data.token_cut)
+    for start in range(0, len(ds), batch_size):
+        batch = to_device(collator([ds.item(i, 0) for i in range(start, min(start + batch_size, len(ds)))]), device)
+        with autocast():
+            decoder_input_ids = model.backbone.prepare_decoder_input_ids_from_labels(labels=batch["labels"])
+            out = model(**{k: batch[k] for k in MODEL_INPUTS}, decoder_input_ids=decoder_input_ids, task=batch["task"])
+        total += weighted_sequence_loss(out.logits, batch["labels"], batch["weights"]).item() * len(batch["ids"])
+    return total / len(ds)
 
 
 # -- setup helpers ---------------------------------------------------------------------------

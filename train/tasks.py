@@ -18,7 +18,11 @@ the manifest fields of docs/manifests.md and says:
 - `read_prediction(text, example)`: a generated string back to an answer;
 - `candidates(example)` (`rankable` tasks: NLVR2, multiple choice): the closed set of
   answers that `decision: rank` picks from;
-- `media_kind`, `generation` defaults, and the `metric` key the evaluation looks up.
+- `media_kind`, `generation` defaults, and the `metric` key the evaluation looks up;
+- `draws` (pre-training: `vl_lm`, `itm`): the input and target are drawn anew each
+  epoch by `draw(item, rng)` from an rng of (seed, task, epoch, item) alone; `reads`
+  names the manifest task whose examples it takes (`caption`), so one caption manifest
+  feeds `caption`, `vl_lm` and `itm` in one run.
 
 Multiple choice (TVQA, How2QA) is answered as the choice label by default (a run may set
 `answer: text` to have the choice's own text written instead): the target is "a2",
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, NamedTuple, Sequence
 
 from vl.shared.answers import vqa_soft_scores
-from vl.shared.errors import collect_or_raise
+from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.registry import Registry
 
 Count = Callable[[str], int]
@@ -119,6 +123,9 @@ class Generation:
 
 VideoInputs = Literal["span", "reference"]  # data.video_inputs (vl.train.data)
 McAnswer = Literal["label", "text"]  # a task's `answer` (vl.train.data.TaskOptions)
+# vl_lm's `masking` (TaskOptions): T5's random spans (the issue's: mean length 3) or the
+# reference's independent words merged where adjacent (VL-T5/src/preprocess.py L25-53)
+Masking = Literal["spans", "words"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,10 @@ class InputLayout:
     # multiple choice: the decoder writes the choice's label ("a2", the paper) or the choice's
     # own text ("It moves up."): then a tiny model need not learn to point from label to text
     answer: McAnswer = "label"
+    # vl_lm: the share of a caption's words masked, the mean length of a masked span, and the rule
+    mask_rate: float = 0.15
+    mean_span_length: float = 3.0
+    masking: Masking = "spans"
 
 
 DEFAULT_LAYOUT = InputLayout()
@@ -150,6 +161,7 @@ class TrainItem:
     media: list[str]
     parts: list[SourcePart]
     targets: list[Target]
+    context: Any = None  # what a drawing task needs besides (vl_lm: its masking; itm: the split's captions)
 
     def text(self, budget: int | None = None, count: Count = count_words) -> str:
         return compose(self.parts, budget, count)
@@ -174,6 +186,22 @@ class Task:
     gold: ClassVar[tuple[str, ...]] = ("answers",)  # training needs at least one of these
     one_item_per_target: ClassVar[bool] = False  # captions: one training item per reference
     rankable: ClassVar[bool] = False  # has `candidates`: a closed answer set that `decision: rank` picks from
+    reads: ClassVar[str | None] = None  # the manifest `task` of its examples; None: its own name
+    draws: ClassVar[bool] = False  # input and target drawn each epoch by `draw` (pre-training tasks)
+
+    @property
+    def example_task(self) -> str:
+        """The `task` field of the manifest examples this task reads."""
+        return self.reads or self.name
+
+    def draw(self, item: TrainItem, rng: random.Random) -> tuple[list[SourcePart], Target]:
+        """A drawing task's input parts and target for `item` from `rng` (seeded by (seed,
+        task, epoch, item), so any worker on any rank draws the same)."""
+        raise NotImplementedError(f"task {self.name} does not draw its inputs")
+
+    def sentinels_needed(self, item: TrainItem) -> int:
+        """How many `<extra_id_k>` sentinels the tokenizer must have for `item` (vl_lm)."""
+        return 0
 
     def source_parts(self, example: dict) -> list[SourcePart]:
         return []
@@ -224,8 +252,8 @@ class Task:
         """What keeps `example` from being read (and, with need_gold, trained on)."""
         where = f"{self.name} example {example.get('id')!r}"
         found = []
-        if example.get("task") != self.name:
-            found.append(f"{where}: field 'task' is {example.get('task')!r}, not {self.name!r}; "
+        if example.get("task") != self.example_task:
+            found.append(f"{where}: field 'task' is {example.get('task')!r}, not {self.example_task!r}; "
                          f"give it to get_task({example.get('task')!r})")
         found += [f"{where}: missing field '{f}'" for f in self.inputs if f not in example]
         if need_gold and not any(example.get(f) is not None for f in self.gold):
@@ -337,6 +365,202 @@ class Caption(Task):
 
     def read_prediction(self, text: str, example: dict | None = None) -> str:
         return _clean(text)  # the caption metric's tokenizer lower-cases itself
+
+
+# --- V&L pre-training tasks (VL-T5's "span prediction" and "image text match") ----------
+# Both read the `caption` task's examples (COCO Karpathy train, Visual Genome region
+# descriptions), one training item per caption, and draw input and target anew each epoch.
+# VL-T5's region-based objectives (grounded captioning, referring expressions) need object
+# boxes that grid features lack: left out (docs/fidelity.md).
+
+MIN_MASKED_WORDS = 2  # span corruption keeps at least one word and masks at least one
+SENTINEL = "<extra_id_{}>"
+
+
+def random_segmentation(n_items: int, n_segments: int, rng: random.Random) -> list[int]:
+    """`n_items` split into `n_segments` non-empty runs, every such split equally likely
+    (T5's `_random_segmentation` in t5/data/preprocessors.py)."""
+    cuts = sorted(rng.sample(range(1, n_items), n_segments - 1))
+    bounds = [0, *cuts, n_items]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def span_noise_mask(n_words: int, rng: random.Random, rate: float = 0.15, mean_span: float = 3.0) -> list[bool]:
+    """T5's span corruption (`random_spans_noise_mask`, t5/data/preprocessors.py): round(rate * n)
+    words masked (at least 1, at most n - 1) in max(1, round(masked / mean_span)) spans whose
+    lengths are a random segmentation of the masked words. The kept words fill the gaps
+    before, between and after the spans: the inner gaps at least one word, the outer two
+    possibly empty, every such split equally likely. (T5 always began with a kept run and
+    so never masked the first word, unless `random_roll` rotated the mask: on a one-span
+    caption that would put the span always at the end.) Short texts get fewer, shorter
+    spans than `mean_span`: a 10-word caption has 2 masked words in 1 span."""
+    assert n_words >= MIN_MASKED_WORDS, n_words
+    n_noise = min(max(round(n_words * rate), 1), n_words - 1)
+    n_kept = n_words - n_noise
+    n_spans = min(max(1, round(n_noise / mean_span)), n_kept + 1)  # inner gaps need a word each
+    noise = random_segmentation(n_noise, n_spans, rng)
+    gaps = random_segmentation(n_kept + 2, n_spans + 1, rng)  # one more word at each end, taken off below
+    gaps[0], gaps[-1] = gaps[0] - 1, gaps[-1] - 1
+    mask = []
+    for gap, span in zip(gaps, noise):
+        mask += [False] * gap + [True] * span
+    return mask + [False] * gaps[-1]
+
+
+def word_noise_mask(n_words: int, rng: random.Random, rate: float = 0.15) -> list[bool]:
+    """The reference's rule (VL-T5/src/preprocess.py L25-30, corrupt_spans): int(max(rate * n, 1))
+    words picked uniformly without replacement; adjacent picks form one span."""
+    picked = set(rng.sample(range(n_words), int(max(rate * n_words, 1))))
+    return [i in picked for i in range(n_words)]
+
+
+def corrupt_spans(words: Sequence[str], mask: Sequence[bool]) -> tuple[str, str]:
+    """(input, target) as VL-T5's corrupt_spans writes them (preprocess.py L55-80): each
+    maximal run of masked words becomes `<extra_id_k>` in the input, k = 0, 1, ... left to
+    right; the target is `<extra_id_0> span0 <extra_id_1> span1 ...` (no closing sentinel,
+    as the reference: L70 is commented out)."""
+    source, target, k = [], [], 0
+    for i, (word, masked) in enumerate(zip(words, mask)):
+        if not masked:
+            source.append(word)
+            continue
+        if i == 0 or not mask[i - 1]:  # a span starts
+            source.append(SENTINEL.format(k))
+            target.append(SENTINEL.format(k))
+            k += 1
+        target.append(word)
+    return " ".join(source), " ".join(target)
+
+
+def span_count(n_words: int, layout: "InputLayout") -> int:
+    """The most sentinels a caption of `n_words` words can need under `layout`."""
+    if layout.masking == "words":
+        return min(int(max(layout.mask_rate * n_words, 1)), (n_words + 1) // 2)
+    n_noise = min(max(round(n_words * layout.mask_rate), 1), n_words - 1)
+    return min(max(1, round(n_noise / layout.mean_span_length)), n_words - n_noise + 1)
+
+
+class CaptionPretraining(Task):
+    """A pre-training task on caption examples: one item per caption, drawn each epoch."""
+
+    media_kind = "image"
+    gold = ("targets",)
+    one_item_per_target = True
+    reads = "caption"
+    draws = True
+
+    def targets(self, example: dict) -> list[Target]:
+        return [(_clean(ref), 1.0) for ref in example["targets"]]
+
+    def prediction_items(self, examples: Sequence[dict], layout: InputLayout = DEFAULT_LAYOUT) -> list[TrainItem]:
+        """The input is made from a caption: predicting needs the captions, as training."""
+        return self.expand(examples, layout)
+
+
+@register_task("vl_lm")
+class VisualSpanPrediction(CaptionPretraining):
+    """VL-T5's "span prediction" (pretrain_data.py L345-352): a caption with spans replaced by
+    sentinels, conditioned on the image; the target the sentinels with their spans."""
+
+    prefix, metric = "span prediction:", "token_accuracy"
+    generation = Generation(max_new_tokens=40, num_beams=1)
+
+    def problems(self, example: dict, *, need_gold: bool) -> list[str]:
+        found = super().problems(example, need_gold=need_gold)
+        if not found and example.get("targets"):
+            short = [i for i, ref in enumerate(example["targets"]) if len(ref.split()) < MIN_MASKED_WORDS]
+            if short:
+                found.append(f"{self.name} example {example.get('id')!r}: caption {short[0]} "
+                             f"({example['targets'][short[0]]!r}) has fewer than {MIN_MASKED_WORDS} words, too short "
+                             "to mask a span and keep a word; drop it from the manifest or train it with `caption` only")
+        return found
+
+    def expand(self, examples: Sequence[dict], layout: InputLayout = DEFAULT_LAYOUT) -> list[TrainItem]:
+        items = super().expand(examples, layout)
+        for item in items:
+            item.context = layout  # the masking settings travel with the item
+        return items
+
+    def draw(self, item: TrainItem, rng: random.Random) -> tuple[list[SourcePart], Target]:
+        layout: InputLayout = item.context
+        words = item.targets[0][0].split()
+        mask = (word_noise_mask(len(words), rng, layout.mask_rate) if layout.masking == "words"
+                else span_noise_mask(len(words), rng, layout.mask_rate, layout.mean_span_length))
+        source, target = corrupt_spans(words, mask)
+        return [*item.parts, SourcePart(source)], (target, 1.0)
+
+    def sentinels_needed(self, item: TrainItem) -> int:
+        return span_count(len(item.targets[0][0].split()), item.context)
+
+
+@dataclass(frozen=True)
+class CaptionPool:
+    """A split's captions grouped by image: `texts[a:b]` are those of the image (or images)
+    `media`, where `(a, b) = ranges[media]`."""
+
+    texts: tuple[str, ...]
+    ranges: dict[tuple[str, ...], tuple[int, int]]
+
+    def other_image_caption(self, media: tuple[str, ...], rng: random.Random) -> str:
+        """A caption drawn uniformly from the captions of every other image (never one of
+        `media`) whose text is not also one of `media`'s own captions: generic captions
+        ("Three shapes on a white background.") recur across images, and one shown as a
+        mismatch would teach "false" for a text that describes the image. The reference
+        compared image ids only (pretrain_data.py L411). `expand` has checked that such a
+        caption exists."""
+        a, b = self.ranges[media]
+        own = set(self.texts[a:b])
+        while True:  # rejection: the expected number of draws is (other captions) / (those of another text)
+            j = rng.randrange(len(self.texts) - (b - a))
+            text = self.texts[j + (b - a) if j >= a else j]  # skip the image's own run
+            if text not in own:
+                return text
+
+
+@register_task("itm")
+class ImageTextMatching(CaptionPretraining):
+    """VL-T5's "image text match" (pretrain_data.py L398-429): with probability 0.5 the caption
+    is swapped for a caption of another image; the target says whether text and image match."""
+
+    prefix, metric, generation = "image text match:", "itm_accuracy", _SHORT_ANSWER
+    rankable = True
+
+    def expand(self, examples: Sequence[dict], layout: InputLayout = DEFAULT_LAYOUT) -> list[TrainItem]:
+        items = super().expand(examples, layout)
+        by_image: dict[tuple[str, ...], list[str]] = {}
+        for item in items:
+            by_image.setdefault(tuple(item.media), []).append(item.targets[0][0])
+        if len(by_image) < 2:
+            ids = ", ".join(repr(ex.get("id")) for ex in list(examples)[:3])
+            raise VLError(f"{self.name}: its examples ({ids}{', ...' if len(examples) > 3 else ''}) show "
+                          f"{len(by_image)} image{'s' * (len(by_image) != 1)}; image-text matching draws its "
+                          "non-matching captions from other images and needs at least two",
+                          hint="Give the task a split with captions of two or more images.")
+        distinct = len(set(text for captions in by_image.values() for text in captions))
+        alone = [media for media, captions in by_image.items() if len(set(captions)) == distinct]
+        if alone:  # every caption of the split is also one of this image's: no mismatch to show
+            raise VLError(f"{self.name}: every caption of its split is also a caption of image {' + '.join(alone[0])}, "
+                          "so no caption of another image can be shown as a mismatch for it",
+                          hint="Give the task a split whose images have captions of their own.")
+        texts, ranges = [], {}
+        for media, captions in by_image.items():
+            ranges[media] = (len(texts), len(texts) + len(captions))
+            texts += captions
+        pool = CaptionPool(tuple(texts), ranges)
+        for item in items:
+            item.context = pool
+        return items
+
+    def draw(self, item: TrainItem, rng: random.Random) -> tuple[list[SourcePart], Target]:
+        if rng.random() < 0.5:  # pretrain_data.py L403: random.random() < 0.5 -> not matched
+            return [*item.parts, SourcePart(item.context.other_image_caption(tuple(item.media), rng))], ("false", 1.0)
+        return [*item.parts, SourcePart(item.targets[0][0])], ("true", 1.0)
+
+    def read_prediction(self, text: str, example: dict | None = None) -> str:
+        return _clean(text).lower().strip(" .!")
+
+    def candidates(self, example: dict, layout: InputLayout = DEFAULT_LAYOUT) -> list[str]:
+        return ["true", "false"]
 
 
 # --- video tasks -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The official metrics of the eight tasks: pure functions over predictions and references
+"""The official metrics of the eight tasks (and the two pre-training tasks'): pure functions over predictions and references
 (no torch, no files written), used by validation in `vl train` and by `vl evaluate`.
 
 One module per task family; each has `score_examples(predictions, examples, allow_missing=False)`
@@ -18,7 +18,8 @@ from vl.shared.registry import Registry
 # Task.metric -> the module whose score_examples computes it
 METRICS: Registry[str] = Registry("metric")
 for _key, _module in (("vqa_accuracy", "vqa"), ("gqa_accuracy", "gqa"), ("nlvr2_accuracy", "nlvr2"),
-                      ("mc_accuracy", "multiple_choice"), ("caption", "captions")):
+                      ("mc_accuracy", "multiple_choice"), ("caption", "captions"),
+                      ("token_accuracy", "token_accuracy"), ("itm_accuracy", "matching")):
     METRICS.add(_key, _module)
 
 
