@@ -8,11 +8,13 @@ by hand and later pointed at real data and real weights:
     vl extract images/videos  features from a small CLIP-architecture encoder with random
                             weights (an open_clip model JSON written beside the runs)
     vl train -c pretrain    a small T5 (`demo-t5`, random weights) pre-trained on the
-                            world's train captions with their images: the demo's stand-in
-                            for VL-T5's V&L pre-training (which had COCO captions among its tasks)
-    vl train -c pretrain-text-only   the same T5 pre-trained on the same caption texts with
-                            every visual token blanked (a store of zeros): the stand-in for
-                            text-only T5/BART, which meets visual features only in fine-tuning
+                            world's train captions with their images, with VL-T5's span
+                            prediction (vl_lm), image-text matching (itm) and captioning: the
+                            demo's stand-in for VL-T5's V&L pre-training
+    vl train -c pretrain-text-only   the same T5, as many steps, on the same caption texts
+                            with every visual token blanked (a store of zeros; vl_lm and
+                            caption): the stand-in for text-only T5/BART, which meets visual
+                            features only in fine-tuning
     vl train -c ...         full fine-tuning, single adapter, single LoRA and single prompt
                             on the four image tasks, and a single adapter on the four video
                             tasks, each starting from the V&L pre-trained run (init_from); and
@@ -58,7 +60,9 @@ class Recipe:
     image_extract: tuple[str, ...]  # extra `vl extract images` options
     video_extract: tuple[str, ...]
     train: dict  # settings shared by every run (data, optim, ...)
-    pretrain_epochs: int  # of the caption pre-training every run starts from
+    # optimizer steps of each pre-training: the V&L one (vl_lm + itm + caption) and the text-only
+    # one (vl_lm + caption, images blanked) take the same number, so neither has trained longer
+    pretrain_steps: int
     epochs: dict[str, int]  # run name -> epochs
     runs: tuple[tuple[str, str, str], ...]  # (run name, method, "image" | "video")
     extra: dict = field(default_factory=dict)  # per-run overrides: run name -> settings
@@ -86,7 +90,9 @@ COMMON = {  # every run: 4 tasks at once (one for the pre-training), scored afte
 }
 # prompt tuning wants larger steps than the rest (Lester et al. 2021 tuned prompts at lr 0.3)
 EXTRA = {"image-prompt": {"optim": {**COMMON["optim"], "lr": 1e-2}}}
-PRETRAIN = {"backbone": "demo-t5", "init": "random", "tokenizer_vocab_size": 1000, "method": "full"}
+# 20 extra tokens: 10 <extra_id_k> sentinels for vl_lm's spans (a demo caption has at most 3) and
+# 10 <vis_extra_id_k> (unused by packed visual inputs); VL-BART adds 200
+PRETRAIN = {"backbone": "demo-t5", "init": "random", "method": "full", "extra_tokens": 20}
 IMAGE_EXTRACT = ("--layer", "grid")
 # Video frames as grids pooled to 3x3 (9 tokens a frame, like a picture): one pooled vector a
 # frame of this random encoder keeps little of a small moving shape (a linear probe tells its
@@ -101,15 +107,15 @@ TASK_OPTIONS = {"nlvr2": {"decision": "rank"}, "tvqa": {"answer": "text", "decis
 RECIPES = {
     "full": Recipe(images=1000, videos=600, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                    video_extract=(*VIDEO_GRID, "--max-frames", "16"), train=COMMON,
-                   pretrain_epochs=4, epochs={name: 12 if kind == "video" else 4 for name, _, kind in RUNS}, runs=RUNS,
+                   pretrain_steps=750, epochs={name: 12 if kind == "video" else 4 for name, _, kind in RUNS}, runs=RUNS,
                    extra=EXTRA),
     "quick": Recipe(images=48, videos=6, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                     video_extract=(*VIDEO_GRID, "--max-frames", "8"),
-                    train=COMMON, pretrain_epochs=1, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
+                    train=COMMON, pretrain_steps=18, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
     # the smallest world there is, for the end-to-end test (hidden option --size tiny)
     "tiny": Recipe(images=8, videos=6, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                    video_extract=(*VIDEO_GRID, "--max-frames", "4"),
-                   train=COMMON, pretrain_epochs=1, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
+                   train=COMMON, pretrain_steps=3, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
 }
 
 
@@ -149,11 +155,19 @@ def majority_baseline(train_manifest: Path, val_manifest: Path) -> tuple[str, fl
     return answer, score("vqa_accuracy", {ex["id"]: answer for ex in val}, val)["overall"]
 
 
+# VL-T5's pre-training objectives that grid features allow, on the world's train captions: span
+# prediction (vl_lm), image-text matching (itm) and captioning; text-only drops itm, which no text
+# alone can decide, and keeps the two that are language modelling once the image is blank
+VL_PRETRAIN_TASKS, TEXT_PRETRAIN_TASKS = ("vl_lm", "itm", "caption"), ("vl_lm", "caption")
+
+
 def pretrain_tasks(world: Path, store: Path, text_only: bool) -> list[dict]:
-    """The pre-training's tasks on the world's train captions (no validation: the runs after it are
-    scored). V&L: the captions with their images. Text-only: the same, read from a store whose
-    every feature is zero, so that the model learns the same texts and nothing from the images."""
-    return [{**t, "val_manifest": None} for t in task_entries("image", world, store, 32) if t["name"] == "caption"]
+    """The pre-training's tasks, each on the world's train captions (no validation: the runs after
+    it are scored). V&L: with their images. Text-only: read from a store whose every feature is
+    zero, so that the model learns the same texts and nothing from the images."""
+    captions = {"train_manifest": str(world / "manifests" / "coco_caption_train.jsonl"), "val_manifest": None,
+                "store": str(store), "batch_size": 32}
+    return [{"name": name, **captions} for name in (TEXT_PRETRAIN_TASKS if text_only else VL_PRETRAIN_TASKS)]
 
 
 def write_blank_store(store: Path, out: Path, echo: Callable[[str], Any]) -> None:
@@ -210,9 +224,10 @@ def write_config(path: Path, settings: dict) -> Path:
     return path
 
 
-def train_once(run_dir: Path, config: Path, epochs: int) -> None:
-    """`vl train -c config`, or `--resume` a stopped run, or nothing for a finished one."""
-    if run_done(run_dir, epochs):
+def train_once(run_dir: Path, config: Path, epochs: int | None, steps: int | None = None) -> None:
+    """`vl train -c config`, or `--resume` a stopped run, or nothing for a finished one (its last
+    epoch, or its max_steps, reached)."""
+    if run_done(run_dir, epochs, steps):
         return
     if has_checkpoint(run_dir, LAST):
         run_vl(["train", "--resume", str(run_dir)])
@@ -222,11 +237,11 @@ def train_once(run_dir: Path, config: Path, epochs: int) -> None:
         raise VLError(f"{run_dir} holds an unfinished run without a checkpoint: remove it and rerun the demo")
 
 
-def run_done(run_dir: Path, epochs: int) -> bool:
+def run_done(run_dir: Path, epochs: int | None, steps: int | None = None) -> bool:
     if not has_checkpoint(run_dir, LAST) or not metrics_path(run_dir).is_file():
         return False
     records = read_metrics(run_dir)
-    return bool(records) and records[-1].get("epoch") == epochs
+    return bool(records) and (records[-1].get("step") == steps if steps else records[-1].get("epoch") == epochs)
 
 
 def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.echo) -> Path:
@@ -266,21 +281,22 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
     #    (V&L, as VL-T5 was pre-trained before the paper's methods were compared on it) and with
     #    every visual token blanked (text-only, as T5 and BART were), on one tokenizer
     echo("\nPre-training: the small T5 starts from random weights and first learns the world's train captions "
-         "with their images (a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from). "
-         "A second pre-training sees the same caption texts with blank visual inputs (a stand-in for text-only "
+         "with their images (span prediction, image-text matching, captioning: a stand-in for VL-T5's V&L "
+         "pre-training); every run below starts from it (init_from). A second pre-training, as many steps long, sees "
+         "the same caption texts with blank visual inputs (span prediction and captioning: a stand-in for text-only "
          "T5/BART); one single adapter starts from it, to show what V&L pre-training gives the adapter.")
     pretrain, text_pretrain = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN
     every_train_manifest = [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]
     config = write_config(configs / f"{VL_PRETRAIN}.yaml", {  # its tokenizer learns every task's texts: all share it
-        **recipe.train, **PRETRAIN, "run_dir": str(pretrain), "epochs": recipe.pretrain_epochs,
-        "tokenizer_manifests": every_train_manifest, "tasks": pretrain_tasks(world, image_store, text_only=False)})
-    train_once(pretrain, config, recipe.pretrain_epochs)
+        **recipe.train, **PRETRAIN, "tokenizer_vocab_size": 1000, "run_dir": str(pretrain),
+        "max_steps": recipe.pretrain_steps, "tokenizer_manifests": every_train_manifest, "tasks": pretrain_tasks(world, image_store, text_only=False)})
+    train_once(pretrain, config, None, recipe.pretrain_steps)
     blank_store = features / "demo_images_blank.h5"
     write_blank_store(image_store, blank_store, echo)
     config = write_config(configs / f"{TEXT_PRETRAIN}.yaml", {  # the V&L run's tokenizer: init_from needs one vocabulary
-        **recipe.train, **{k: v for k, v in PRETRAIN.items() if k != "tokenizer_vocab_size"},
-        "run_dir": str(text_pretrain), "epochs": recipe.pretrain_epochs, "tokenizer": str(tokenizer_dir(pretrain)), "tasks": pretrain_tasks(world, blank_store, text_only=True)})
-    train_once(text_pretrain, config, recipe.pretrain_epochs)
+        **recipe.train, **PRETRAIN, "run_dir": str(text_pretrain), "max_steps": recipe.pretrain_steps,
+        "tokenizer": str(tokenizer_dir(pretrain)), "tasks": pretrain_tasks(world, blank_store, text_only=True)})
+    train_once(text_pretrain, config, None, recipe.pretrain_steps)
 
     # 4. the compared runs, each evaluated on val
     for name, method, kind in recipe.runs:

@@ -11,6 +11,7 @@ from PIL import Image
 from vl.shared import FeatureStore
 from vl.shared.cli import cli
 from vl.shared.manifest import DatasetManifest
+from vl.shared.run_dir import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,7 +76,10 @@ def test_the_text_only_pretraining_learns_the_same_texts_with_blank_visual_input
                         for run in ("pretrain", "pretrain-text-only"))
     assert text_cfg["tokenizer"] == str(out / "runs/pretrain/tokenizer")  # one vocabulary for both starts
     vl_tasks, text_tasks = ({t["name"]: t for t in cfg["tasks"]} for cfg in (vl_cfg, text_cfg))
-    assert set(text_tasks) <= set(vl_tasks)
+    assert list(vl_tasks) == ["vl_lm", "itm", "caption"] and list(text_tasks) == ["vl_lm", "caption"]  # no ITM blind
+    assert vl_cfg["max_steps"] == text_cfg["max_steps"] and vl_cfg["extra_tokens"] == text_cfg["extra_tokens"] > 0
+    for run in ("pretrain", "pretrain-text-only"):  # both trained to the end: as many steps each
+        assert read_metrics(out / "runs" / run)[-1]["step"] == vl_cfg["max_steps"]
     for name, task in text_tasks.items():  # the same texts, only the store differs
         assert task["train_manifest"] == vl_tasks[name]["train_manifest"]
         assert task["store"] == str(out / "features/demo_images_blank.h5") != vl_tasks[name]["store"]
