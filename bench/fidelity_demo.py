@@ -1,6 +1,6 @@
 """The paper-fidelity switches measured on the demo world (issue #13, docs/fidelity.md).
 
-Each variant is a set of settings applied to both the caption pre-training and the compared
+Each variant is a set of settings applied to both the demo's pre-training and the compared
 run (a run starts from a pre-training made the same way); every variant starts from the same
 world and feature stores, trains the same epochs with the same seed, and is scored on val by
 `vl evaluate`, as `vl demo` does. Scores only compare variants with each other: the demo's
@@ -62,8 +62,7 @@ def pooled_video_store(demo: Path, out: Path) -> Path:
 
 
 def run_variant(demo: Path, out: Path, name: str) -> dict:
-    from vl.evaluate.demo import (IMAGE_TASKS, PRETRAIN, RECIPES, VIDEO_TASKS, run_vl, task_entries, train_once,
-                                  write_config)
+    from vl.evaluate.demo import RECIPES, pretrain_config, run_vl, task_entries, train_once, write_config
     from vl.shared.run_dir import eval_scores_path
 
     kind, method, settings, video_features = VARIANTS[name]
@@ -77,12 +76,8 @@ def run_variant(demo: Path, out: Path, name: str) -> dict:
     runs, configs = out / name, out / name / "configs"
     started = time.perf_counter()
     pretrain = runs / "pretrain"
-    caption = [t for t in task_entries("image", world, image_store, 32) if t["name"] == "caption"]
-    every_train = [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]
-    train_once(pretrain, write_config(configs / "pretrain.yaml", merged({
-        **recipe.train, **PRETRAIN, "run_dir": str(pretrain), "epochs": recipe.pretrain_epochs,
-        "tokenizer_manifests": every_train, "tasks": [{**t, "val_manifest": None} for t in caption]}, settings)),
-        recipe.pretrain_epochs)
+    train_once(pretrain, write_config(configs / "pretrain.yaml", merged(
+        pretrain_config(recipe, world, image_store, pretrain), settings)), None, recipe.pretrain_steps)
     run_name = f"{kind}-{method}"
     epochs = recipe.epochs[run_name]
     store = image_store if kind == "image" else video_store

@@ -170,6 +170,17 @@ def pretrain_tasks(world: Path, store: Path, text_only: bool) -> list[dict]:
     return [{"name": name, **captions} for name in (TEXT_PRETRAIN_TASKS if text_only else VL_PRETRAIN_TASKS)]
 
 
+def pretrain_config(recipe: Recipe, world: Path, store: Path, run_dir: Path, text_only: bool = False,
+                    tokenizer: Path | None = None) -> dict:
+    """The settings of a pre-training run. Without `tokenizer` (a run whose tokenizer to use) it
+    trains one on every task's train texts, so that every run after it can share it."""
+    vocab = ({"tokenizer": str(tokenizer_dir(tokenizer))} if tokenizer else {  # init_from needs one vocabulary
+        "tokenizer_vocab_size": 1000,
+        "tokenizer_manifests": [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]})
+    return {**recipe.train, **PRETRAIN, **vocab, "run_dir": str(run_dir), "max_steps": recipe.pretrain_steps,
+            "tasks": pretrain_tasks(world, store, text_only)}
+
+
 def write_blank_store(store: Path, out: Path, echo: Callable[[str], Any]) -> None:
     """`out`: every item of the image store `store`, with every feature zero (same ids, shapes and
     dtype), for the text-only pre-training. Its provenance is the store's, marked blank in its
@@ -286,16 +297,12 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
          "the same caption texts with blank visual inputs (span prediction and captioning: a stand-in for text-only "
          "T5/BART); one single adapter starts from it, to show what V&L pre-training gives the adapter.")
     pretrain, text_pretrain = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN
-    every_train_manifest = [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]
-    config = write_config(configs / f"{VL_PRETRAIN}.yaml", {  # its tokenizer learns every task's texts: all share it
-        **recipe.train, **PRETRAIN, "tokenizer_vocab_size": 1000, "run_dir": str(pretrain),
-        "max_steps": recipe.pretrain_steps, "tokenizer_manifests": every_train_manifest, "tasks": pretrain_tasks(world, image_store, text_only=False)})
+    config = write_config(configs / f"{VL_PRETRAIN}.yaml", pretrain_config(recipe, world, image_store, pretrain))
     train_once(pretrain, config, None, recipe.pretrain_steps)
     blank_store = features / "demo_images_blank.h5"
     write_blank_store(image_store, blank_store, echo)
-    config = write_config(configs / f"{TEXT_PRETRAIN}.yaml", {  # the V&L run's tokenizer: init_from needs one vocabulary
-        **recipe.train, **PRETRAIN, "run_dir": str(text_pretrain), "max_steps": recipe.pretrain_steps,
-        "tokenizer": str(tokenizer_dir(pretrain)), "tasks": pretrain_tasks(world, blank_store, text_only=True)})
+    config = write_config(configs / f"{TEXT_PRETRAIN}.yaml",
+                          pretrain_config(recipe, world, blank_store, text_pretrain, text_only=True, tokenizer=pretrain))
     train_once(text_pretrain, config, None, recipe.pretrain_steps)
 
     # 4. the compared runs, each evaluated on val
