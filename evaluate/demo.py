@@ -9,8 +9,9 @@ by hand and later pointed at real data and real weights:
                             weights (an open_clip model JSON written beside the runs)
     vl train -c pretrain    a small T5 (`demo-t5`, random weights) pre-trained on the
                             world's train captions with their images, with VL-T5's span
-                            prediction (vl_lm), image-text matching (itm) and captioning: the
-                            demo's stand-in for VL-T5's V&L pre-training
+                            prediction (vl_lm), image-text matching (itm) and captioning, and
+                            on its VQA and GQA train questions: the demo's stand-in for
+                            VL-T5's V&L pre-training
     vl train -c pretrain-text-only   the same T5, as many steps, on the same caption texts
                             with every visual token blanked (a store of zeros; vl_lm and
                             caption): the stand-in for text-only T5/BART, which meets visual
@@ -155,19 +156,24 @@ def majority_baseline(train_manifest: Path, val_manifest: Path) -> tuple[str, fl
     return answer, score("vqa_accuracy", {ex["id"]: answer for ex in val}, val)["overall"]
 
 
-# VL-T5's pre-training objectives that grid features allow, on the world's train captions: span
-# prediction (vl_lm), image-text matching (itm) and captioning; text-only drops itm, which no text
-# alone can decide, and keeps the two that are language modelling once the image is blank
-VL_PRETRAIN_TASKS, TEXT_PRETRAIN_TASKS = ("vl_lm", "itm", "caption"), ("vl_lm", "caption")
+# VL-T5's pre-training tasks that grid features allow: on the world's train captions span prediction
+# (vl_lm), image-text matching (itm) and captioning, and its QA tasks on the VQA and GQA train
+# questions (VL-T5 pre-trained on both train sets). Text-only keeps what a language model can learn
+# from the caption texts alone: vl_lm and caption with the image blank (no itm: no text decides it).
+# With captions alone (vl_lm + itm + caption, 750 steps) the V&L start did not help the adapter
+# (VQA +0.86, GQA -0.40; docs/benchmarks.md): the pre-training had not yet learned to read the images.
+VL_PRETRAIN_TASKS, TEXT_PRETRAIN_TASKS = ("vl_lm", "itm", "caption", "vqa", "gqa"), ("vl_lm", "caption")
+CAPTION_TASKS = ("vl_lm", "itm", "caption")  # read the caption manifest
 
 
 def pretrain_tasks(world: Path, store: Path, text_only: bool) -> list[dict]:
-    """The pre-training's tasks, each on the world's train captions (no validation: the runs after
-    it are scored). V&L: with their images. Text-only: read from a store whose every feature is
-    zero, so that the model learns the same texts and nothing from the images."""
-    captions = {"train_manifest": str(world / "manifests" / "coco_caption_train.jsonl"), "val_manifest": None,
-                "store": str(store), "batch_size": 32}
-    return [{"name": name, **captions} for name in (TEXT_PRETRAIN_TASKS if text_only else VL_PRETRAIN_TASKS)]
+    """The pre-training's tasks on train manifests (no validation: the runs after it are scored).
+    V&L: with their images. Text-only: read from a store whose every feature is zero, so that the
+    model learns the caption texts and nothing from the images."""
+    stems = dict(IMAGE_TASKS)
+    manifest = lambda name: world / "manifests" / f"{stems['caption' if name in CAPTION_TASKS else name]}_train.jsonl"  # noqa: E731
+    return [{"name": name, "train_manifest": str(manifest(name)), "val_manifest": None, "store": str(store),
+             "batch_size": 32} for name in (TEXT_PRETRAIN_TASKS if text_only else VL_PRETRAIN_TASKS)]
 
 
 def pretrain_config(recipe: Recipe, world: Path, store: Path, run_dir: Path, text_only: bool = False,
@@ -292,8 +298,8 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
     #    (V&L, as VL-T5 was pre-trained before the paper's methods were compared on it) and with
     #    every visual token blanked (text-only, as T5 and BART were), on one tokenizer
     echo("\nPre-training: the small T5 starts from random weights and first learns the world's train captions "
-         "with their images (span prediction, image-text matching, captioning: a stand-in for VL-T5's V&L "
-         "pre-training); every run below starts from it (init_from). A second pre-training, as many steps long, sees "
+         "with their images and its VQA and GQA train questions (span prediction, image-text matching, "
+         "captioning, QA: a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from). A second pre-training, as many steps long, sees "
          "the same caption texts with blank visual inputs (span prediction and captioning: a stand-in for text-only "
          "T5/BART); one single adapter starts from it, to show what V&L pre-training gives the adapter.")
     pretrain, text_pretrain = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN

@@ -64,8 +64,8 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
 
 
 def test_the_text_only_pretraining_learns_the_same_texts_with_blank_visual_inputs(tiny_demo):
-    """The paper's text-only start, on the demo: the V&L pre-training's tasks and tokenizer, but a
-    store that holds every image of the real one as zeros, so no image reaches the model."""
+    """The paper's text-only start, on the demo: the V&L pre-training's caption texts and tokenizer,
+    but a store that holds every image of the real one as zeros, so no image reaches the model."""
     out, _ = tiny_demo
     real, blank = FeatureStore(out / "features/demo_images.h5"), FeatureStore(out / "features/demo_images_blank.h5")
     assert blank.ids == real.ids and blank.item_shape() == real.item_shape() and blank.dtype() == real.dtype()
@@ -76,11 +76,12 @@ def test_the_text_only_pretraining_learns_the_same_texts_with_blank_visual_input
                         for run in ("pretrain", "pretrain-text-only"))
     assert text_cfg["tokenizer"] == str(out / "runs/pretrain/tokenizer")  # one vocabulary for both starts
     vl_tasks, text_tasks = ({t["name"]: t for t in cfg["tasks"]} for cfg in (vl_cfg, text_cfg))
-    assert list(vl_tasks) == ["vl_lm", "itm", "caption"] and list(text_tasks) == ["vl_lm", "caption"]  # no ITM blind
+    assert list(vl_tasks) == ["vl_lm", "itm", "caption", "vqa", "gqa"]  # VL-T5's tasks that grid features allow
+    assert list(text_tasks) == ["vl_lm", "caption"]  # what a text model learns from the captions (no ITM blind)
     assert vl_cfg["max_steps"] == text_cfg["max_steps"] and vl_cfg["extra_tokens"] == text_cfg["extra_tokens"] > 0
     for run in ("pretrain", "pretrain-text-only"):  # both trained to the end: as many steps each
         assert read_metrics(out / "runs" / run)[-1]["step"] == vl_cfg["max_steps"]
-    for name, task in text_tasks.items():  # the same texts, only the store differs
+    for name, task in text_tasks.items():  # the same caption texts, only the store differs
         assert task["train_manifest"] == vl_tasks[name]["train_manifest"]
         assert task["store"] == str(out / "features/demo_images_blank.h5") != vl_tasks[name]["store"]
     for run in ("pretrain", "pretrain-text-only"):
