@@ -36,8 +36,9 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
     pretrain, text_pretrain = out / "runs/pretrain", out / "runs/pretrain-text-only"
     assert json.loads((pretrain / "config.json").read_text())["tokenizer_manifests"]  # learns every task's texts
     for name, kind, start in (("image-full", "image", pretrain), ("image-adapter", "image", pretrain),
-                              ("image-adapter-text-only", "image", text_pretrain), ("image-lora", "image", pretrain),
-                              ("image-prompt", "image", pretrain), ("video-adapter", "video", pretrain)):
+                              ("image-lora", "image", pretrain), ("image-prompt", "image", pretrain),
+                              ("video-adapter", "video", pretrain), ("image-adapter-short", "image", pretrain),
+                              ("image-adapter-short-text-only", "image", text_pretrain)):
         run = out / "runs" / name
         meta = json.loads((run / "checkpoints/last/meta.json").read_text())
         budget = json.loads((run / "run.json").read_text())["budget"]
@@ -56,7 +57,7 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
     for png in ("score_vs_params.png", "curves.png"):
         assert Image.open(out / "report" / png).size[0] > 100
 
-    assert report.count("single adapter |") == 3  # image-adapter, image-adapter-text-only, video-adapter
+    assert report.count("single adapter |") == 4  # image-adapter, its two short runs, video-adapter
 
     again = CliRunner().invoke(cli, ["demo", "--out", str(out), "--size", "tiny"], prog_name="vl")
     assert again.exit_code == 0, again.output[-3000:]
@@ -86,4 +87,4 @@ def test_the_text_only_pretraining_learns_the_same_texts_with_blank_visual_input
         assert task["store"] == str(out / "features/demo_images_blank.h5") != vl_tasks[name]["store"]
     for run in ("pretrain", "pretrain-text-only"):
         assert json.loads((out / f"runs/{run}/run.json").read_text())["model"]["vocab_size"] == json.loads(
-            (out / "runs/image-adapter/run.json").read_text())["model"]["vocab_size"]
+            (out / "runs/image-adapter-short-text-only/run.json").read_text())["model"]["vocab_size"]
