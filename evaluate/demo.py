@@ -273,7 +273,8 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
     started = time.perf_counter()
     echo(f"vl demo{' --quick' if quick else ''}: the whole pipeline on the synthetic shapes world, in {out}\n"
          "Nothing is downloaded: the encoder and the T5 start from random weights (the T5 is pre-trained on the "
-         "world's captions first), so the scores show the pipeline working, not the paper's results.\n")
+         "world's captions and questions first, and once more blind, for comparison), so the scores show the "
+         "pipeline working, not the paper's results.\n")
 
     # 1. the world and its manifests
     if not (world / "ground_truth.json").is_file():
@@ -353,7 +354,7 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
 @click.command("demo", epilog="""\b
 Examples:
   vl demo --quick               # about 30 s on 2 CPU cores: the pipeline, tiny and short
-  vl demo --out my_demo         # the full demo (about 8 minutes): shows the methods learning""",
+  vl demo --out my_demo         # the full demo (about 11 minutes): shows the methods learning""",
                context_settings={"max_content_width": 100})
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("vl_demo"), show_default=True,
               help="Folder for everything the demo makes; rerunning reuses finished steps.")
