@@ -11,10 +11,12 @@ import pytest
 from vl.shared.config import config_to_dict, load_config
 from vl.shared.errors import VLError
 from vl.train.config import TrainConfig
+from vl.train.data import TaskOptions
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "paper"
 FIXTURE = Path(__file__).resolve().parent / "data" / "paper_presets_resolved.json"
 RESOLVED = json.loads(FIXTURE.read_text(encoding="utf-8"))
+TASK_DEFAULTS = json.loads(json.dumps(config_to_dict(TaskOptions())))
 
 
 def preset_names() -> list[str]:
@@ -36,6 +38,10 @@ def without_added_settings(resolved: dict, before: dict, defaults: dict) -> dict
             assert value == defaults.get(key), f"{key}: {value!r} is not its default {defaults.get(key)!r}"
         elif isinstance(value, dict) and isinstance(before[key], dict):
             out[key] = without_added_settings(value, before[key], defaults.get(key) or {})
+        elif key == "tasks" and isinstance(value, list) and isinstance(before[key], list) \
+                and len(value) == len(before[key]):
+            # a task's settings added since (TaskOptions' fields, e.g. vl_lm's masking) must be unset
+            out[key] = [without_added_settings(v, b, TASK_DEFAULTS) for v, b in zip(value, before[key])]
         else:
             out[key] = value
     return out

@@ -119,8 +119,9 @@ def captions(world, tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(world)
     try:
-        convert_dataset("coco-caption", ConvertRequest(split="train", karpathy=Path("annotations/coco/dataset_coco.json"),
-                                                       images=Path("images"), restval_into_train=True), out)
+        request = ConvertRequest(split="train", karpathy=Path("annotations/coco/dataset_coco.json"),
+                                 images=Path("images"), restval_into_train=True)
+        convert_dataset("coco-caption", request, out)
     finally:
         os.chdir(cwd)
     return out
@@ -256,6 +257,16 @@ def test_list_shows_the_tasks_and_metrics():
     assert re.search(r"itm_accuracy\s+vl.evaluate.metrics.matching; tasks: itm", metrics)
 
 
+def test_a_tokenizer_trained_for_the_run_sees_the_pretraining_prefixes(captions):
+    from vl.shared.manifest import DatasetManifest
+    from vl.train.tokenizer import manifest_texts
+
+    manifest = DatasetManifest.read(captions)
+    texts = list(manifest_texts([manifest], {"vl_lm": InputLayout(), "itm": InputLayout(prefix="itm:")}))
+    assert "span prediction:" in texts and "itm:" in texts
+    assert "image text match:" not in texts and "span prediction:" not in manifest_texts([manifest])
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 def test_a_caption_too_short_to_mask_is_named():
@@ -348,6 +359,18 @@ def test_pretraining_validates_both_objectives_and_saves_every_weight(pretrained
     assert "<extra_id_0>" in trained.tokenizer.get_vocab()
 
 
+def test_vl_evaluate_scores_the_pretraining_tasks_as_validation_did(pretrained):
+    from vl.evaluate.predict import evaluate_run
+
+    results = {r.task: r for r in evaluate_run(pretrained, split="val", tasks=["vl_lm", "itm"], checkpoint="last",
+                                               device="cpu", progress=False)}
+    last = read_metrics(pretrained)[-1]
+    assert results["vl_lm"].scores["overall"] == pytest.approx(last["vl_lm_score"])  # the same fixed draws
+    assert results["itm"].scores["overall"] == pytest.approx(last["itm_score"])
+    written = json.loads(results["itm"].predictions_file.read_text())
+    assert len(written) == 9 and set(written[0]) == {"id", "prediction"}  # one per example (image)
+
+
 def test_a_fine_tuning_run_starts_from_the_pretrained_run(world, pretrained, tmp_path):
     from test_init_from import started_from
     from vl.train.build import load_trained
@@ -375,3 +398,30 @@ def test_a_killed_pretraining_run_resumes_to_the_weights_of_an_uninterrupted_one
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
     assert read_metrics(killed)[1]["vl_lm_score"] == read_metrics(whole)[1]["vl_lm_score"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_pretrains_as_one_process(world, captions, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo), batch 8 per rank == one process with batch 16: the
+    same global batches of the same draws, so the same losses and weights (dropout off)."""
+    from test_extract_distributed import torchrun
+    from test_train_loop import trainable_tensors
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = sum((["--set", x] for x in ["dropout=0.0", "epochs=1", "optim.grad_clip=1.0"]), [])
+    assert vl_train("-c", str(pretrain_config(world, captions, one)), *common).exit_code == 0
+    config = pretrain_config(world, captions, two)
+    settings = json.loads(config.read_text())
+    for t in settings["tasks"]:
+        t["batch_size"] = 8
+    config.write_text(json.dumps(settings))
+    proc = torchrun(["train", "-c", config, *common])
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (out[-2000:], err[-3000:])
+    assert "torchrun: 2 ranks (gloo)" in out
+    (a,), (b,) = read_metrics(one), read_metrics(two)
+    for key in ("train_loss", "vl_lm_train_loss", "itm_train_loss", "caption_train_loss"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    wa, wb = trainable_tensors(one), trainable_tensors(two)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=k)

@@ -43,12 +43,13 @@ from vl.shared.feature_store import FeatureStore, sidecar_path
 from vl.shared.manifest import DatasetManifest
 from vl.train.model import pool_grid
 from vl.train.tasks import (SENTINEL, TASKS, Generation, InputLayout, Masking, McAnswer, MultipleChoiceQA, Task,
-                            TrainItem, VideoInputs, compose, get_task)
+                            TrainItem, VideoInputs, VisualSpanPrediction, compose, get_task)
 
 log = logging.getLogger(__name__)
 
 Sampling = Literal["proportional", "temperature"]
 SAMPLING = typing.get_args(Sampling)
+MASKING_OPTIONS = ("mask_rate", "mean_span_length", "masking")  # TaskOptions that only vl_lm takes
 TEXT_ANSWER_TOKENS = 20  # generation / target limit of multiple-choice answers written as the choice's text
 Truncation = Literal["subtitles", "end"]
 Decision = Literal["generate", "rank"]
@@ -133,8 +134,8 @@ class TaskOptions:
         if self.answer is not None and not isinstance(task, MultipleChoiceQA):
             return [f"task {task.name}: answer={self.answer} chooses how multiple-choice answers are written; "
                     f"{task.name} is not multiple choice: leave answer unset"]
-        masking = [name for name in ("mask_rate", "mean_span_length", "masking") if getattr(self, name) is not None]
-        if masking and task.name != "vl_lm":
+        masking = [name for name in MASKING_OPTIONS if getattr(self, name) is not None]
+        if masking and not isinstance(task, VisualSpanPrediction):
             return [f"task {task.name}: {', '.join(masking)} set how vl_lm masks captions; leave "
                     f"{'it' if len(masking) == 1 else 'them'} unset for {task.name}"]
         if self.decision == "rank" and not task.rankable:
@@ -261,7 +262,7 @@ class TaskData:
 
     @property
     def layout(self) -> InputLayout:
-        masking = {name: getattr(self.options, name) for name in ("mask_rate", "mean_span_length", "masking")
+        masking = {name: getattr(self.options, name) for name in MASKING_OPTIONS
                    if getattr(self.options, name) is not None}
         return InputLayout(prefix=self.options.prefix, video=self.settings.video_inputs,
                            answer=self.options.answer or "label", **masking)

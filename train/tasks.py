@@ -1,4 +1,5 @@
-"""The eight tasks as text generation: what the encoder reads, what the decoder learns.
+"""The eight tasks and two V&L pre-training tasks as text generation: what the encoder
+reads, what the decoder learns.
 
 Every task is generation with a task prefix (VL-T5 / VL-Adapter). A definition reads
 the manifest fields of docs/manifests.md and says:
@@ -385,6 +386,15 @@ def random_segmentation(n_items: int, n_segments: int, rng: random.Random) -> li
     return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
+def span_sizes(n_words: int, rate: float, mean_span: float) -> tuple[int, int]:
+    """(masked words, spans) of T5's span corruption on `n_words` words: round(rate * n)
+    words, at least 1 and at most n - 1, in max(1, round(masked / mean_span)) spans, no
+    more than the kept words can separate."""
+    assert n_words >= MIN_MASKED_WORDS, n_words
+    n_noise = min(max(round(n_words * rate), 1), n_words - 1)
+    return n_noise, min(max(1, round(n_noise / mean_span)), n_words - n_noise + 1)  # inner gaps need a word each
+
+
 def span_noise_mask(n_words: int, rng: random.Random, rate: float = 0.15, mean_span: float = 3.0) -> list[bool]:
     """T5's span corruption (`random_spans_noise_mask`, t5/data/preprocessors.py): round(rate * n)
     words masked (at least 1, at most n - 1) in max(1, round(masked / mean_span)) spans whose
@@ -394,10 +404,8 @@ def span_noise_mask(n_words: int, rng: random.Random, rate: float = 0.15, mean_s
     so never masked the first word, unless `random_roll` rotated the mask: on a one-span
     caption that would put the span always at the end.) Short texts get fewer, shorter
     spans than `mean_span`: a 10-word caption has 2 masked words in 1 span."""
-    assert n_words >= MIN_MASKED_WORDS, n_words
-    n_noise = min(max(round(n_words * rate), 1), n_words - 1)
+    n_noise, n_spans = span_sizes(n_words, rate, mean_span)
     n_kept = n_words - n_noise
-    n_spans = min(max(1, round(n_noise / mean_span)), n_kept + 1)  # inner gaps need a word each
     noise = random_segmentation(n_noise, n_spans, rng)
     gaps = random_segmentation(n_kept + 2, n_spans + 1, rng)  # one more word at each end, taken off below
     gaps[0], gaps[-1] = gaps[0] - 1, gaps[-1] - 1
@@ -436,8 +444,7 @@ def span_count(n_words: int, layout: "InputLayout") -> int:
     """The most sentinels a caption of `n_words` words can need under `layout`."""
     if layout.masking == "words":
         return min(int(max(layout.mask_rate * n_words, 1)), (n_words + 1) // 2)
-    n_noise = min(max(round(n_words * layout.mask_rate), 1), n_words - 1)
-    return min(max(1, round(n_noise / layout.mean_span_length)), n_words - n_noise + 1)
+    return span_sizes(n_words, layout.mask_rate, layout.mean_span_length)[1]
 
 
 class CaptionPretraining(Task):
@@ -472,7 +479,8 @@ class VisualSpanPrediction(CaptionPretraining):
             if short:
                 found.append(f"{self.name} example {example.get('id')!r}: caption {short[0]} "
                              f"({example['targets'][short[0]]!r}) has fewer than {MIN_MASKED_WORDS} words, too short "
-                             "to mask a span and keep a word; drop it from the manifest or train it with `caption` only")
+                             "to mask a span and keep a word; drop it from the manifest or train it with `caption` "
+                             "only")
         return found
 
     def expand(self, examples: Sequence[dict], layout: InputLayout = DEFAULT_LAYOUT) -> list[TrainItem]:

@@ -129,6 +129,9 @@ def manifest_texts(manifests: Iterable[DatasetManifest],
             if any(ex.get(f) is not None for f in task.gold):
                 layout = (layouts or {}).get(task.name, DEFAULT_LAYOUT)
                 yield from (text for text, _weight in task.layout_targets(ex, layout))
+    for name, layout in (layouts or {}).items():  # a task reading another's examples (vl_lm, itm): its prefix
+        if TASKS[name].reads:
+            yield TASKS[name].prefix if layout.prefix is None else layout.prefix
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: Kind,
