@@ -167,17 +167,17 @@ def majority_baseline(train_manifest: Path, val_manifest: Path) -> tuple[str, fl
 # With captions alone (vl_lm + itm + caption, 750 steps) the V&L start did not help the adapter
 # (VQA +0.86, GQA -0.40; docs/benchmarks.md): the pre-training had not yet learned to read the images.
 VL_PRETRAIN_TASKS, TEXT_PRETRAIN_TASKS = ("vl_lm", "itm", "caption", "vqa", "gqa"), ("vl_lm", "caption")
-CAPTION_TASKS = ("vl_lm", "itm", "caption")  # read the caption manifest
 
 
 def pretrain_tasks(world: Path, store: Path, text_only: bool) -> list[dict]:
     """The pre-training's tasks on train manifests (no validation: the runs after it are scored).
     V&L: with their images. Text-only: read from a store whose every feature is zero, so that the
     model learns the caption texts and nothing from the images."""
-    stems = dict(IMAGE_TASKS)
-    manifest = lambda name: world / "manifests" / f"{stems['caption' if name in CAPTION_TASKS else name]}_train.jsonl"  # noqa: E731
-    return [{"name": name, "train_manifest": str(manifest(name)), "val_manifest": None, "store": str(store),
-             "batch_size": 32} for name in (TEXT_PRETRAIN_TASKS if text_only else VL_PRETRAIN_TASKS)]
+    stem = dict(IMAGE_TASKS)
+    manifests = world / "manifests"
+    return [{"name": name, "train_manifest": str(manifests / f"{stem.get(name, stem['caption'])}_train.jsonl"),
+             "val_manifest": None, "store": str(store), "batch_size": 32}
+            for name in (TEXT_PRETRAIN_TASKS if text_only else VL_PRETRAIN_TASKS)]
 
 
 def pretrain_config(recipe: Recipe, world: Path, store: Path, run_dir: Path, text_only: bool = False,
@@ -216,8 +216,10 @@ def write_blank_store(store: Path, out: Path, echo: Callable[[str], Any]) -> Non
 def pretrain_effect(runs: Path) -> dict[str, tuple[float, float]]:
     """{task: (val score of the adapter from the V&L pre-training, from the text-only one)}."""
     vl_run, text_run, tasks = PRETRAIN_EFFECT
-    read = lambda run, task: json.loads(eval_scores_path(runs / run, "val", task).read_text())["scores"]["overall"]  # noqa: E731
-    return {task: (read(vl_run, task), read(text_run, task)) for task in tasks}
+    def score(run: str, task: str) -> float:
+        return json.loads(eval_scores_path(runs / run, "val", task).read_text())["scores"]["overall"]
+
+    return {task: (score(vl_run, task), score(text_run, task)) for task in tasks}
 
 
 def append_effect_section(report_md: Path, effect: dict[str, tuple[float, float]]) -> None:
@@ -225,9 +227,10 @@ def append_effect_section(report_md: Path, effect: dict[str, tuple[float, float]
     vl_run, text_run, _ = PRETRAIN_EFFECT
     rows = [f"| {task} | {vl:.2f} | {text:.2f} | {vl - text:+.2f} |" for task, (vl, text) in effect.items()]
     section = ("\n## The effect of V&L pre-training on the single adapter (val)\n\n"
-               f"`{vl_run}` starts from the pre-training on captions with their images (`{VL_PRETRAIN}`), "
-               f"`{text_run}` from the same pre-training with blank visual inputs (`{TEXT_PRETRAIN}`); "
-               "both then train the same single adapter on the same tasks.\n\n"
+               f"`{vl_run}` starts from the pre-training on captions and questions with their images "
+               f"(`{VL_PRETRAIN}`), `{text_run}` from the one on the same captions with blank visual inputs "
+               f"(`{TEXT_PRETRAIN}`), as many steps long; both then train the same single adapter on the same "
+               "tasks for as many epochs.\n\n"
                f"| task | from V&L pre-training | from text-only | difference |\n|---|---:|---:|---:|\n"
                + "\n".join(rows) + "\n")
     write_text_atomic(report_md, report_md.read_text(encoding="utf-8").rstrip("\n") + "\n" + section)
@@ -299,14 +302,15 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
                 run_vl(["extract", kind, "--manifest", str(world / "manifests" / f"{stem}_{split}.jsonl"),
                         "--out", str(store), *model_args, *extra])
 
-    # 3. two pre-trainings of the same random T5 on the world's train captions: with their images
-    #    (V&L, as VL-T5 was pre-trained before the paper's methods were compared on it) and with
-    #    every visual token blanked (text-only, as T5 and BART were), on one tokenizer
+    # 3. two pre-trainings of the same random T5, as many steps each, on one tokenizer: V&L (the train
+    #    captions and questions with their images, as VL-T5 was pre-trained before the paper's methods
+    #    were compared on it) and text-only (the captions with every visual token blanked, as T5/BART)
     echo("\nPre-training: the small T5 starts from random weights and first learns the world's train captions "
          "with their images and its VQA and GQA train questions (span prediction, image-text matching, "
-         "captioning, QA: a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from). A second pre-training, as many steps long, sees "
-         "the same caption texts with blank visual inputs (span prediction and captioning: a stand-in for text-only "
-         "T5/BART); a short single adapter from each of the two shows what V&L pre-training gives the adapter.")
+         "captioning, QA: a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from). "
+         "A second pre-training, as many steps long, sees the same caption texts with blank visual inputs "
+         "(span prediction and captioning: a stand-in for text-only T5/BART); a short single adapter from each "
+         "of the two shows what V&L pre-training gives the adapter.")
     pretrain, text_pretrain = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN
     config = write_config(configs / f"{VL_PRETRAIN}.yaml", pretrain_config(recipe, world, image_store, pretrain))
     train_once(pretrain, config, None, recipe.pretrain_steps)
