@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import click
 
-from vl.shared.atomic import write_text_atomic
+from vl.shared.atomic import atomic_path, write_text_atomic
 from vl.shared.errors import VLError
 from vl.shared.progress import bars_off
 from vl.shared.run_dir import LAST, eval_scores_path, has_checkpoint, metrics_path, read_metrics, tokenizer_dir
@@ -192,25 +192,28 @@ def pretrain_config(recipe: Recipe, world: Path, store: Path, run_dir: Path, tex
 
 
 def write_blank_store(store: Path, out: Path, echo: Callable[[str], Any]) -> None:
-    """`out`: every item of the image store `store`, with every feature zero (same ids, shapes and
-    dtype), for the text-only pre-training. Its provenance is the store's, marked blank in its
-    `features` section, so no extraction takes it for real features. Kept while it covers `store`."""
-    import numpy as np
+    """`out`: a copy of the image store `store` with every feature zero (same ids, shapes and
+    dtype), for the text-only pre-training; its provenance is the store's, marked blank in its
+    `features` section, so that it never passes for real features. Kept while it covers `store`.
+    (A copy, not a `vl.extract` store builder: vl.evaluate does not import the extraction stage.)"""
+    import shutil
 
-    from vl.extract.store_builder import StoreBuilder
+    import h5py
+
     from vl.shared import FeatureStore
 
     with FeatureStore(store) as src:
         if out.is_file() and set(FeatureStore(out).ids) >= set(src.ids):
             return
-        echo(f"\nThe text-only pre-training's visual input: {out}, the items of {store.name} with every value zero")
-        provenance = {k: v for k, v in src.provenance.items() if k not in ("runs", "count", "failed")}
-        provenance["features"] = {**provenance.get("features", {}), "blank": "every value zero (text-only)"}
-        shapes = {name: src.item_shape(name) for name in src.features}
-        with StoreBuilder(out, provenance, shapes, str(src.dtype()), overwrite=True) as builder:
-            ids = src.ids
-            builder.add(ids, {name: np.zeros((len(ids), *shape)) for name, shape in shapes.items()})
-            builder.finish({"blank_of": str(store)}, set(ids))
+    echo(f"\nThe text-only pre-training's visual input: {out}, the items of {store.name} with every value zero")
+    with atomic_path(out) as tmp:
+        shutil.copyfile(store, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for features in f["features"].values():
+                features[...] = 0
+            provenance = json.loads(f.attrs["provenance"])
+            provenance["features"] = {**provenance.get("features", {}), "blank": "every value zero (text-only)"}
+            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
 
 
 def pretrain_effect(runs: Path) -> dict[str, tuple[float, float]]:
