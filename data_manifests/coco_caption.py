@@ -3,7 +3,9 @@
 
 `--split train` with `restval_into_train` also takes the 30k "restval" images, as
 VL-T5 and VL-Adapter train on (113k images). The references are the `raw` sentences,
-stripped; `sent_ids` are their `sentid`s in the same order.
+stripped; `sent_ids` are their `sentid`s in the same order. `--exclude-images M.jsonl`
+(pre-training on Karpathy train) leaves out the images of M by COCO id
+(vl.data_manifests.exclusion).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from vl.shared.manifest import missing_fields
 SENTENCE_FIELDS = {"raw": str, "sentid": int}
 
 
-@register("coco-caption", task="caption", media="image", needs=("karpathy",), accepts=("restval_into_train",),
+@register("coco-caption", task="caption", media="image", needs=("karpathy",), accepts=("restval_into_train", "exclude_images"),
           reads="Karpathy's dataset_coco.json ({images: [{filename, cocoid, split, sentences: [{raw, sentid}]}]})")
 def convert(req: ConvertRequest) -> list[dict]:
     if req.restval_into_train and req.split != "train":

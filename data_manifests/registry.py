@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from vl.data_manifests.exclusion import ExcludedImages
+from vl.shared.atomic import refuse_overwriting_inputs
 from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError
-from vl.shared.manifest import DatasetManifest, ManifestMeta, SourceFile, write_manifest
+from vl.shared.manifest import DatasetManifest, ManifestMeta, SourceFile, meta_path_for, write_manifest
 from vl.shared.registry import Registry
 
 # Modules that register converters; imported on first lookup so `vl data --help` stays instant.
-CONVERTER_MODULES = ("vqa2", "gqa", "nlvr2", "coco_caption", "value_qa", "value_caption")
+CONVERTER_MODULES = ("vqa2", "gqa", "nlvr2", "coco_caption", "visual_genome", "value_qa", "value_caption")
 # Input files; --questions and --annotations may repeat where a converter merges several.
 MULTI_FILE_FLAGS = ("questions", "annotations")
-FILE_FLAGS = (*MULTI_FILE_FLAGS, "subtitles", "karpathy", "image_ids", "answer_vocab")
+FILE_FLAGS = (*MULTI_FILE_FLAGS, "subtitles", "karpathy", "image_ids", "answer_vocab", "image_data", "exclude_images")
 # Options beside the files, each read by only some converters (`accepts` of register).
 OPTION_FLAGS = ("karpathy_split", "restval_into_train", "answer_min_count")
 
@@ -49,9 +51,11 @@ class ConvertRequest:
     karpathy_split: str | None = None  # vqa2 with --karpathy: train (train + restval images), val or test
     answer_vocab: Path | None = None  # vqa2: labels only for the answers of this file
     answer_min_count: int | None = None  # vqa2: labels only for answers of >= this many questions
+    image_data: Path | None = None  # Visual Genome's image_data.json (vg-caption, vg-qa): coco_id of each image
+    exclude_images: list[Path] = field(default_factory=list)  # manifests whose images are left out (vl.data_manifests.exclusion)
 
     def __post_init__(self) -> None:
-        for name in MULTI_FILE_FLAGS:
+        for name in (*MULTI_FILE_FLAGS, "exclude_images"):
             value = getattr(self, name)
             if value is None:
                 value = []
@@ -65,6 +69,15 @@ class ConvertRequest:
         for name in FILE_FLAGS:
             value = getattr(self, name)
             out += value if isinstance(value, list) else [value] if value is not None else []
+        return out
+
+    def named_files(self) -> list[tuple[str, Path]]:
+        """(the option, path) of every input file, as files() orders them."""
+        out: list[tuple[str, Path]] = []
+        for name in FILE_FLAGS:
+            value = getattr(self, name)
+            out += [(f"--{name.replace('_', '-')}", p) for p in (value if isinstance(value, list) else [value])
+                    if p is not None]
         return out
 
     def main_files(self) -> list[Path]:
@@ -157,6 +170,9 @@ def request_problems(conv: Converter, req: ConvertRequest) -> list[str]:
         resolved = [p.resolve() for p in getattr(req, flag)]
         problems += [f"{p}: given twice as {_flag(flag)}; give each file once"
                      for i, p in enumerate(getattr(req, flag)) if resolved[i] in resolved[:i]]
+    resolved = [p.resolve() for p in req.exclude_images]
+    problems += [f"{p}: given twice as --exclude-images; give each manifest once"
+                 for i, p in enumerate(req.exclude_images) if resolved[i] in resolved[:i]]
     for path in req.files():
         if not path.is_file():
             problems.append(f"{path}: no such file")
@@ -173,12 +189,21 @@ def request_problems(conv: Converter, req: ConvertRequest) -> list[str]:
 def convert_dataset(name: str, req: ConvertRequest, out: Path) -> DatasetManifest:
     """Convert and write `out` (+ meta); nothing is written if anything is wrong."""
     conv = get_converter(name)
+    refuse_overwriting_inputs(out, req.named_files())
+    refuse_overwriting_inputs(meta_path_for(out), req.named_files(), flag="--out's meta file")
     problems = request_problems(conv, req)
     if problems:
         raise VLError(problems, hint=f"Run `vl data convert --help` for the files each dataset reads. Nothing was written to {out}.")
+    # the excluded manifests first: a bad one shows before the large release files are read
+    excluded = ExcludedImages.read(req.exclude_images) if req.exclude_images else None
     result = conv.convert(req)
     converted = result if isinstance(result, Converted) else Converted(result)
     examples = converted.examples
+    if excluded is not None and examples:
+        examples, converted.extra["excluded_images"] = excluded.drop(examples)
+        if not examples:
+            raise VLError(f"{name}: every example of split {req.split!r} looks at an image of the --exclude-images "
+                          f"manifests ({', '.join(map(str, req.exclude_images))}); nothing is left to write")
     if not examples:
         raise VLError(f"{name}: no examples for split {req.split!r} in {', '.join(map(str, req.files()))}; "
                       "check --split and the files")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.manifest import json_line_objects
+from vl.shared.manifest import json_line_objects, utf8_lines
 
 
 def read_json(path: str | os.PathLike, *, what: str) -> Any:
@@ -27,13 +27,13 @@ def read_jsonl(path: str | os.PathLike, *, what: str) -> list[tuple[int, dict]]:
     """JSON Lines (NLVR2, VALUE): [(line number, record)], blank lines skipped. A file
     that is one JSON array or object instead is accepted too, numbered by item."""
     path = _existing(path, what)
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):  # some mirrors ship the same records as one array
+    lines = list(utf8_lines(path, f"the {what}"))
+    first = next((line for line in lines if line.strip()), "")
+    if first.lstrip().startswith("["):  # some mirrors ship the same records as one array
         records = read_json(path, what=what)
         return [(i + 1, r) for i, r in enumerate(records)] if _all_objects(records, path) else []
     problems: list[str] = []
-    out = list(json_line_objects(text.splitlines(), path, problems))
+    out = list(json_line_objects(lines, path, problems))
     collect_or_raise(problems, hint=f"{path} should be the {what} (JSON Lines, one object per line).")
     return out
 

@@ -95,7 +95,10 @@ def score(task: str, predictions: Path, manifest: Path, split: str | None, allow
           out: Path | None) -> None:
     """Score a predictions file alone against a manifest's answers."""
     from vl.evaluate.scoring import score_file, write_scores
+    from vl.shared.atomic import refuse_overwriting_inputs
 
+    if out is not None:
+        refuse_overwriting_inputs(out, [("--predictions", predictions), ("--manifest", manifest)])
     result = score_file(task, predictions, manifest, split=split, allow_missing=allow_missing)
     click.echo(f"{task}: {result['overall']:.2f} ({result['count']} examples"
                + (f", {result['missing']} without a prediction, scored as wrong" if result.get("missing") else "")

@@ -24,7 +24,8 @@ from vl.shared.atomic import write_json_atomic
 from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.digests import sha256_file
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.run_dir import eval_dir, eval_scores_path, read_checkpoint_meta, run_json_path
+from vl.shared.locks import run_dir_lock
+from vl.shared.run_dir import eval_dir, eval_scores_path, read_checkpoint_meta, run_json_path, store_changes
 
 SPLITS = ("val", "test")
 
@@ -86,35 +87,42 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", tasks: Sequence
     def autocast_step():
         return autocast(model.backbone.device, dtype)
 
+    # The stores must hold features made as when the run trained (as resume checks): another
+    # extraction into the same path would be scored silently, or fail deep in the model.
+    stores = {str(specs[name].store): FeatureStore(specs[name].store) for name in chosen}
+    collect_or_raise(store_changes(run_dir, stores), hint="Evaluate with the stores the run trained on (re-extract "
+                                                          "them with the settings run.json records).")
+    store_digests = {path: sha256_file(path) for path in stores}
     run_digest = sha256_file(run_json_path(run_dir))
     checkpoint_meta = read_checkpoint_meta(run_dir, trained.checkpoint)
     out_dir = eval_dir(run_dir, split)
-    results, stores = [], {}
-    for name in chosen:
-        spec = specs[name]
-        split_name = spec.val_split if split == "val" else spec.test_split
-        store = stores.setdefault(str(spec.store), FeatureStore(spec.store))
-        data = TaskData(name, split_name, manifests[name], store, cfg.data, spec)
-        data.check_media(skip_missing=False)
-        ds = TaskDataset(data, tokenizer, seed=cfg.seed, predict=True)
-        predictions = generate_predictions(model, ds, tokenizer, model.backbone.device,
-                                           batch_size or cfg.val_batch_size, autocast_step, progress=progress)
-        scored = ds.scored_examples()  # vl_lm, itm: the gold their items drew
-        scores = score(data.task.metric, predictions, scored) if has_gold(data.task, data.examples) else None
-        predictions_file = write_submission(name, predictions, data.examples,
-                                            out_dir / official_file_name(name, split))
-        scores_file = eval_scores_path(run_dir, split, name)
-        write_json_atomic(scores_file, {
-            "task": name, "split": split, "manifest_split": split_name, "checkpoint": trained.checkpoint,
-            "epoch": trained.extra["epoch"] + 1 if "epoch" in trained.extra else None,  # 1-based, as metrics.jsonl
-            "examples": len(data.examples), "scores": scores,
-            "note": None if scores else "this split has no answers: predictions written, no score claimed",
-            "predictions_file": predictions_file.name,
-            "digests": {"run_json": run_digest, "checkpoint": checkpoint_meta.get("model_sha256"),
-                        "manifest": sha256_file(manifests[name])},
-        })
-        results.append(TaskResult(name, split, len(data.examples), scores, scores_file, Path(predictions_file),
-                                  trained.checkpoint))
+    with run_dir_lock(run_dir, "vl evaluate"):  # not while a `vl train` writes into the run
+        results = []
+        for name in chosen:
+            spec = specs[name]
+            split_name = spec.val_split if split == "val" else spec.test_split
+            store = stores[str(spec.store)]
+            data = TaskData(name, split_name, manifests[name], store, cfg.data, spec)
+            data.check_media(skip_missing=False)
+            ds = TaskDataset(data, tokenizer, seed=cfg.seed, predict=True)
+            predictions = generate_predictions(model, ds, tokenizer, model.backbone.device,
+                                               batch_size or cfg.val_batch_size, autocast_step, progress=progress)
+            scored = ds.scored_examples()  # vl_lm, itm: the gold their items drew
+            scores = score(data.task.metric, predictions, scored) if has_gold(data.task, data.examples) else None
+            predictions_file = write_submission(name, predictions, data.examples,
+                                                out_dir / official_file_name(name, split))
+            scores_file = eval_scores_path(run_dir, split, name)
+            write_json_atomic(scores_file, {
+                "task": name, "split": split, "manifest_split": split_name, "checkpoint": trained.checkpoint,
+                "epoch": trained.extra["epoch"] + 1 if "epoch" in trained.extra else None,  # 1-based, as metrics.jsonl
+                "examples": len(data.examples), "scores": scores,
+                "note": None if scores else "this split has no answers: predictions written, no score claimed",
+                "predictions_file": predictions_file.name,
+                "digests": {"run_json": run_digest, "checkpoint": checkpoint_meta.get("model_sha256"),
+                            "manifest": sha256_file(manifests[name]), "feature_store": store_digests[str(spec.store)]},
+            })
+            results.append(TaskResult(name, split, len(data.examples), scores, scores_file, Path(predictions_file),
+                                      trained.checkpoint))
     return results
 
 

@@ -73,7 +73,7 @@ def score_file(task: str, predictions_path: str | os.PathLike, manifest_path: st
     try:
         result = score(metric, pairs, examples, allow_missing=allow_missing)
     except VLError as e:  # name the file the problems are in
-        raise VLError([f"{predictions_path}: {p}" for p in e.problems], hint=e.hint) from None
+        raise VLError([f"{predictions_path}: {p}" for p in e.problems], hint=e.hint, total=e.total) from None
     return {**result, "task": task, "split": split,
             "predictions_file": str(predictions_path), "predictions_sha256": sha256_file(predictions_path),
             "manifest": str(manifest_path), "manifest_sha256": sha256_file(manifest_path)}

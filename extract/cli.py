@@ -190,7 +190,12 @@ def videos(fps, frames, max_frames, video_timeout, **kw) -> None:
 def _run(kind: str, kw: dict, default_model: str, extract_fn) -> None:
     """What both commands do around the extraction: inputs, settings, summary, exit code."""
     from vl.extract.collect import collect_inputs
+    from vl.shared.atomic import refuse_overwriting_inputs
+    from vl.shared.feature_store import sidecar_path
 
+    named = [("--list", kw["list_file"]), ("--manifest", kw["manifest"])]
+    refuse_overwriting_inputs(kw["out"], named)
+    refuse_overwriting_inputs(sidecar_path(kw["out"]), named, flag="--out's sidecar")
     items, source = collect_inputs(kind, kw["media_dir"], kw["list_file"], kw["manifest"], kw["media_root"],
                                    kw["id_from"], kw.get("input_format") or "files", kw.get("timeout", 10.0),
                                    kw.get("retries", 2))
@@ -298,7 +303,9 @@ def import_(fmt, src, out, fps, model, pretrained, manifests, id_from, dtype, sh
     failed files again; an interrupted run continues.
     """
     from vl.extract.import_features import ImportOptions, import_features
+    from vl.shared.atomic import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(out, [("--manifest", m) for m in manifests])
     opts = ImportOptions(format=fmt, src=src, out=out, fps=fps, model=model, pretrained=pretrained,
                          manifests=tuple(manifests), id_from=id_from, dtype=dtype, overwrite=overwrite,
                          shard_rows=shard_size, progress=not quiet)

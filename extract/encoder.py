@@ -18,6 +18,7 @@ import contextlib
 import typing
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,11 @@ def load_encoder(spec: EncoderSpec) -> LoadedEncoder:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.model, pretrained=pretrained if schema is None else None, device="cpu"
             )
+    except (pickle.UnpicklingError, EOFError) as e:  # a file torch refuses to unpickle (weights_only), or cut short
+        raise VLError(f"--pretrained {pretrained}: not a checkpoint vl loads safely ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200] if str(e) else 'the file ends early'})",
+                      hint="Give an open_clip checkpoint of plain tensors (a state_dict saved with torch.save), "
+                           "or an open_clip pretrained tag.") from None
     except RuntimeError as e:
         if weights["source"] == "tag":
             raise VLError(

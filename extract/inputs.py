@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.manifest import DatasetManifest
-from vl.shared.media import IMAGE_EXTENSIONS, index_media_files
+from vl.shared.media import IMAGE_EXTENSIONS, index_media_files, walk_media_files
 
 ID_FROM = ("stem", "relpath")
 
@@ -85,10 +85,7 @@ def find_media(root: str | os.PathLike, id_from: str = "stem", extensions: tuple
     root = Path(root)
     if not root.is_dir():
         raise VLError(f"{flag} {root}: no such folder")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        paths += [Path(dirpath) / n for n in sorted(filenames) if n.lower().endswith(extensions) and not n.startswith(".")]
+    paths = list(walk_media_files(root, extensions))
     if not paths:
         raise VLError(f"{flag} {root}: no media files found (looked for {', '.join(extensions)})")
     return check_unique([MediaInput(media_id(p, root, id_from), str(p)) for p in paths], id_from=id_from)

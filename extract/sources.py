@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from vl.extract.inputs import MediaInput
-from vl.shared.media import file_error_reason
+from vl.shared.media import file_error_reason, special_file_reason
 from vl.shared.version import __version__
 
 USER_AGENT = f"vl-extract/{__version__} (python-urllib; image features for research)"
@@ -66,6 +66,9 @@ def open_input(item: MediaInput, fetch: FetchSettings = FetchSettings(),
         return io.BytesIO(got.body), got.content_type
     if item.member:
         return io.BytesIO(read_member(item)), ""
+    special = special_file_reason(item.path, "an image file")
+    if special:
+        raise InputError(special)
     try:
         return open(item.path, "rb"), ""
     except OSError as e:

@@ -18,7 +18,6 @@ holds its own lock; rank 0 joins once all ranks are done (see `vl.shared.distrib
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import h5py
 import numpy as np
 
 from vl.shared.atomic import atomic_path, commit, write_json_atomic
+from vl.shared.locks import HeldLock
 from vl.shared.errors import VLError
 from vl.shared.feature_store import (
     STORE_FORMAT,
@@ -44,7 +44,6 @@ from vl.shared.feature_store import (
 NOT_COMPARED = {"encoder.weights.path"}  # a moved checkpoint file is the same weights (sha256 decides)
 CHUNK_BYTES = 256 * 1024
 COPY_ROWS = 256
-_HELD_LOCKS: set[str] = set()  # lock files this process holds
 LAYOUTS = ("fixed", "frames")
 
 
@@ -194,29 +193,15 @@ class StoreBuilder:
 
     def _lock(self) -> None:
         suffix = f".r{self.rank}" if self.rank else ""  # each torchrun rank holds its own
-        lock_path = self.out.with_name(f".{self.out.name}.lock{suffix}")
-        busy = VLError(f"another `vl extract` is writing {self.out} right now; wait for it to end or choose another --out")
-        key = str(lock_path.resolve())
-        if key in _HELD_LOCKS:  # record locks do not exclude the same process: check that here
-            raise busy
-        self._lock_file = open(lock_path, "a+")
-        try:
-            # A POSIX record lock, not flock: forked DataLoader workers do not inherit it, so a
-            # killed run's lingering workers never block the rerun.
-            fcntl.lockf(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (BlockingIOError, PermissionError):
-            self._lock_file.close()
-            self._lock_file = None
-            raise busy from None
-        self._lock_key = key
-        _HELD_LOCKS.add(key)
+        lock = HeldLock(self.out.with_name(f".{self.out.name}.lock{suffix}"), "vl extract", lambda holder: VLError(
+            f"another `vl extract` is writing {self.out} right now ({holder}); wait for it to end or choose "
+            "another --out"))
+        self._lock_file = lock.__enter__()
 
     def _unlock(self) -> None:
         if self._lock_file is not None:
-            fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
-            self._lock_file.close()
+            self._lock_file.__exit__(None, None, None)
             self._lock_file = None
-            _HELD_LOCKS.discard(self._lock_key)
 
     def _prepare(self) -> None:
         hint = ("Use the settings it was made with, write to another --out, "

@@ -26,7 +26,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from vl.shared.media import file_error_reason
+from vl.shared.media import file_error_reason, special_file_reason
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,9 @@ def _check_file(path: str) -> None:
         raise VideoDecodeError(file_error_reason(e, "a video file") or f"cannot read: {_short(e)}") from None
     if os.path.isdir(path):
         raise VideoDecodeError(file_error_reason(IsADirectoryError(path), "a video file"))
+    special = special_file_reason(path, "a video file")
+    if special:
+        raise VideoDecodeError(special)
     if st.st_size == 0:
         raise VideoDecodeError("empty file (0 bytes)")
 

@@ -6,7 +6,25 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+
+def refuse_overwriting_inputs(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]],
+                              flag: str = "--out") -> None:
+    """Refuse, before any work, an output that is one of the command's inputs (the same path,
+    or the same file by another name or link): writing it would replace what was read.
+    `inputs`: (the option that named it, its path)."""
+    from vl.shared.errors import VLError
+
+    target = Path(out)
+    for option, path in inputs:
+        if path is None or not Path(path).exists():
+            continue
+        same = os.path.samefile(target, path) if target.exists() else (
+            os.path.realpath(target) == os.path.realpath(path))
+        if same:
+            raise VLError(f"{flag} {out} is also the input {option} {path}: writing it would replace that file",
+                          hint=f"Give {flag} another path.")
 
 
 def temporary_sibling(path: Path) -> Path:

@@ -6,6 +6,7 @@ imports its workers inside the command.
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -35,6 +36,23 @@ LIST_COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def os_error_message(error: OSError) -> str | None:
+    """One line for the file-system errors a user fixes outside vl (a folder they may not
+    write, a full disk), naming the path; None for the rest, which stay tracebacks (bugs)."""
+    where = f" {error.filename}" if error.filename else ""
+    if isinstance(error, PermissionError):
+        return f"permission denied:{where}; choose a folder you may write (or read), or fix its permissions"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        device = f"the device holding {error.filename}" if error.filename else "a device vl was writing to"
+        return (f"no space left on {device} ({error.strerror}); free some space (or choose another folder) and run "
+                "the same command again: finished work is kept")
+    if error.errno == errno.EFBIG:
+        return f"file too large:{where} ({error.strerror}); a file size limit (ulimit -f) or the file system's"
+    if error.errno == errno.EROFS:
+        return f"read-only file system:{where}; write somewhere else"
+    return None
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
@@ -61,6 +79,12 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except VLError as e:
             click.secho(f"error: {e}", fg="red", err=True)
+            ctx.exit(1)
+        except OSError as e:
+            message = os_error_message(e)
+            if message is None:
+                raise
+            click.secho(f"error: {message}", fg="red", err=True)
             ctx.exit(1)
 
 

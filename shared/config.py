@@ -126,7 +126,15 @@ _YamlDumper.add_representer(list, _represent_list)
 
 
 def _yaml_parse(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a safe loader)
+    """One YAML value (a `--set` value), under the alias budget config files have."""
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _alias_bomb(node):
+            raise yaml.YAMLError(f"its aliases expand to more than {YAML_EXPANSION_LIMIT:,} values")
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 # --- the schema: what each dataclass accepts -------------------------------------------------
@@ -587,6 +595,9 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int], list[str]]:
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
+        if node is not None and _alias_bomb(node):
+            return _UNPARSABLE, {}, [f"{path}: its YAML aliases (*name) expand to more than {YAML_EXPANSION_LIMIT:,} "
+                                     "values, more than any config needs (an alias bomb?); write the settings out"]
         data = {} if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -610,6 +621,32 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int], list[str]]:
                         f"got a {type(data).__name__}")
         return _UNPARSABLE, lines, problems
     return data, lines, problems
+
+
+# A config's values once its aliases are expanded: the largest preset has a few hundred; a
+# "billion laughs" file of a few lines has 10^9 and exhausted memory.
+YAML_EXPANSION_LIMIT = 100_000
+
+
+def _alias_bomb(node: yaml.Node) -> bool:
+    """Whether the document's aliases expand past YAML_EXPANSION_LIMIT values."""
+    return _expanded_size(node, YAML_EXPANSION_LIMIT) > YAML_EXPANSION_LIMIT
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many nodes the document has with every alias expanded (counting stops past `limit`).
+    The composed graph shares an aliased node wherever it is used, so this walks it as
+    the constructed values would repeat it."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        current = stack.pop()
+        count += 1
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                stack.extend((key, value))
+    return count
 
 
 def _node_lines(node: yaml.Node | None, path: str, lines: dict[str, int], problems: list[str], file: Path) -> None:

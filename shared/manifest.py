@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from vl.shared.atomic import atomic_path, dumps_json
-from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.errors import ProblemList, VLError, collect_or_raise
+from vl.shared.media import media_id_problem
 
 MANIFEST_KIND = "dataset_manifest"
 MANIFEST_SCHEMA_VERSION = 1
@@ -115,6 +116,19 @@ def missing_fields(record: dict, fields: dict[str, type | tuple[type, ...]], whe
     return problems
 
 
+def utf8_lines(path: str | os.PathLike, what: str = "a JSON Lines file") -> Iterator[str]:
+    """The lines of a text file, each decoded as UTF-8; a line that is not is one VLError
+    naming the file and line (a manifest or release file saved in another encoding, or not
+    text at all)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise VLError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+                              f"{what} is UTF-8 JSON", hint="Convert the file to UTF-8 (or write it again).") from None
+
+
 def json_line_objects(lines: Iterable[str], path: str | os.PathLike,
                       problems: list[str]) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line of a JSON Lines file; a line that is not
@@ -151,6 +165,10 @@ def validate_example(ex: Any, *, where: str, has_answers: bool = True) -> list[s
         media = ex["media"]
         if not isinstance(media, list) or not media or not all(isinstance(m, str) and m for m in media):
             problems.append(f"{label}: field 'media' must be a non-empty list of media id strings (got {media!r})")
+        else:
+            problems += [f"{label}: media id {m!r} {why}; a media id names a file inside the media root "
+                         "(its name, or its path relative to the root, without extension)"
+                         for m in media if (why := media_id_problem(m))]
     for name in STRING_LIST_FIELDS:
         if name in ex:
             value = ex[name]
@@ -189,24 +207,21 @@ class DatasetManifest:
         has_answers = meta.has_answers if meta else True
 
         examples: list[dict] = []
-        problems: list[str] = []
+        problems = ProblemList(keep=max_problems)
         first_line_of: dict[str, int] = {}
-        with open(path, encoding="utf-8") as f:
-            for lineno, ex in json_line_objects(f, path, problems):
-                where = f"{path}:{lineno}"
-                found = validate_example(ex, where=where, has_answers=has_answers)
-                if found:
-                    problems.extend(found)
-                    continue
-                if ex["id"] in first_line_of:
-                    problems.append(
-                        f"{where}: duplicate id {ex['id']!r} (first on line {first_line_of[ex['id']]}); ids must be unique"
-                    )
-                    continue
-                first_line_of[ex["id"]] = lineno
-                examples.append(ex)
-                if len(problems) > max_problems:
-                    break
+        for lineno, ex in json_line_objects(utf8_lines(path, "a manifest"), path, problems):
+            where = f"{path}:{lineno}"
+            found = validate_example(ex, where=where, has_answers=has_answers)
+            if found:
+                problems.extend(found)
+                continue
+            if ex["id"] in first_line_of:
+                problems.append(
+                    f"{where}: duplicate id {ex['id']!r} (first on line {first_line_of[ex['id']]}); ids must be unique"
+                )
+                continue
+            first_line_of[ex["id"]] = lineno
+            examples.append(ex)
         if not examples and not problems:
             problems.append(f"{path}: holds no examples")
         collect_or_raise(problems, limit=max_problems, hint="Fix the lines above, or convert the dataset again with `vl data convert`.")

@@ -8,11 +8,52 @@ extension (`train/12/dev-1-2-img0`).
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+def media_id_problem(media_id: str) -> str | None:
+    """Why `media_id` cannot name a file inside a media root, or None: an absolute path, a
+    `..` part (anywhere: `a/../../b` too) or a NUL would let a manifest (or an official file
+    a converter passed on) read files outside the root it names. A symlink inside the root
+    that points elsewhere is the root owner's choice and stays allowed."""
+    parts = media_id.replace("\\", "/").split("/")
+    if media_id.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", media_id) or media_id.startswith("~"):
+        return "is an absolute path"
+    if ".." in parts:
+        return "climbs out of the media root ('..')"
+    if "\0" in media_id:
+        return "holds a NUL character"
+    return None
+
+
+def walk_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> Iterator[Path]:
+    """Every file under `root` whose name ends with one of `extensions` (not hidden), in
+    sorted order, following symlinks to folders (media trees are often assembled from
+    links) but entering each folder once, by its own path before any link's: a link to a
+    folder it is already inside (a cycle) or one seen by another path is skipped, so the
+    walk always ends."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []  # a folder reached again through a link: its files are listed already
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort(key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))  # real folders before links
+        for name in sorted(filenames):
+            if name.lower().endswith(extensions) and not name.startswith("."):
+                yield Path(dirpath) / name
 
 
 def index_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -20,16 +61,30 @@ def index_media_files(root: str | os.PathLike, extensions: tuple[str, ...]) -> d
     files it names; more than one file for an id means the id is ambiguous."""
     root = Path(root)
     by_key: dict[str, list[Path]] = defaultdict(list)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(extensions) and not name.startswith("."):
-                p = Path(dirpath) / name
-                by_key[p.stem].append(p)
-                rel = p.relative_to(root).with_suffix("").as_posix()
-                if rel != p.stem:
-                    by_key[rel].append(p)
+    for p in walk_media_files(root, extensions):
+        by_key[p.stem].append(p)
+        rel = p.relative_to(root).with_suffix("").as_posix()
+        if rel != p.stem:
+            by_key[rel].append(p)
     return dict(by_key)
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_reason(path: str | os.PathLike, what: str) -> str | None:
+    """Why `path` (links followed) cannot be read as `what`, when it is not a regular file:
+    opening a FIFO blocks until someone writes to it, and a device like /dev/zero never
+    ends; None for a regular file, a folder or a missing path (those have their own reason)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            return f"is {kind}, not {what}"
+    return None
 
 
 def file_error_reason(error: BaseException, what: str) -> str | None:

@@ -169,6 +169,34 @@ def read_run_json(run_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def recorded_store(run_dir: str | os.PathLike, store_path: str | os.PathLike, video: bool) -> dict | None:
+    """run.json's record of a feature store the run used ({"sha256", "settings"}), by its path
+    as the run's config names it; for a run whose paths were rewritten (a moved bundle), the
+    one recorded store of the same kind (video stores record a frame sampling). None when
+    the run recorded none that fits."""
+    stores = read_run_json(run_dir).get("feature_stores") or {}
+    if str(store_path) in stores:
+        return stores[str(store_path)]
+    kind = {json.dumps(e.get("settings"), sort_keys=True): e for e in stores.values()
+            if ("sampling" in ((e.get("settings") or {}).get("preprocess") or {})) == video}
+    return next(iter(kind.values())) if len(kind) == 1 else None
+
+
+def store_changes(run_dir: str | os.PathLike, stores: dict) -> list[str]:
+    """For each {path: FeatureStore} the run reads (resume, evaluation), every provenance
+    field that differs from what run.json recorded when the run started: features made
+    another way would be mixed in silently (or, at another width, fail deep inside the model)."""
+    from vl.shared.feature_store import settings_differences, store_settings
+
+    problems = []
+    for path, store in stores.items():
+        before = (recorded_store(run_dir, path, store.layout == "frames") or {}).get("settings")
+        if before is not None:
+            problems += [f"feature store {path}: {field} was {old!r} when the run started, now {new!r}"
+                         for field, new, old in settings_differences(store_settings(store.provenance), before)]
+    return problems
+
+
 # -- metrics.jsonl --------------------------------------------------------------------------------
 
 def _json_default(value: Any) -> Any:

@@ -383,3 +383,15 @@ def test_programmer_errors_are_type_errors():
 def test_no_torch_import():
     code = "import sys, vl.shared.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_yaml_alias_bomb_is_one_line_not_all_memory(tmp_path):
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]  # 9^9 values
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(VLError, match=r"bomb.yaml: its YAML aliases \(\*name\) expand to more than 100,000 values"):
+        load_config(RunConfig, path)
+    ok = tmp_path / "ok.yaml"  # an alias or two stay fine
+    ok.write_text("run_name: &n x\ndata: {tasks: [*n]}\n")
+    assert load_config(RunConfig, ok).data.tasks == ["x"]

@@ -35,12 +35,42 @@ def test_val_scores_equal_the_last_validation_and_files_are_written(run):
         scores = json.loads((run / f"eval/val/{task}.json").read_text())
         assert scores["checkpoint"] == "last" and scores["epoch"] == 2 == last["epoch"]
         assert scores["scores"]["overall"] == pytest.approx(last[f"{task}_score"])  # the same model, same examples
-        assert set(scores["digests"]) == {"run_json", "checkpoint", "manifest"}
+        assert set(scores["digests"]) == {"run_json", "checkpoint", "manifest", "feature_store"}
+        assert scores["digests"]["feature_store"] == json.loads((run / "run.json").read_text())["feature_stores"][
+            str(world_store(run))]["sha256"]  # the store the run trained on, unchanged
         assert f"| {task} | val |" in result.output
     vqa = json.loads((run / "eval/val/vqa_val_predictions.json").read_text())
     assert len(vqa) == 36 and set(vqa[0]) == {"question_id", "answer"} and isinstance(vqa[0]["question_id"], int)
     gqa = json.loads((run / "eval/val/gqa_val_predictions.json").read_text())
     assert len(gqa) == 25 and set(gqa[0]) == {"questionId", "prediction"}
+
+
+def world_store(run):
+    (store,) = {t["store"] for t in json.loads((run / "config.json").read_text())["tasks"]}
+    return store
+
+
+def test_a_store_re_extracted_with_another_encoder_is_refused_naming_the_field(world, tmp_path):
+    """Same width, other weights: scores would be silently wrong, so evaluation stops as resume does."""
+    import shutil
+
+    store = tmp_path / "coco.h5"
+    shutil.copy(world / "features/coco.h5", store)
+    shutil.copy(world / "features/coco.h5.json", tmp_path / "coco.h5.json")
+    run = tmp_path / "run"
+    cfg = json.loads(write_config(world, run).read_text())
+    for t in cfg["tasks"]:
+        t["store"] = str(store)
+    (tmp_path / "run.yaml").write_text(json.dumps(cfg))
+    assert vl_train("-c", tmp_path / "run.yaml", "--set", "epochs=1").exit_code == 0
+    again = vl("extract", "images", "--manifest", world / "manifests/vqa2_train.jsonl", "--out", store,
+               "--model-config", world / "tiny-rn.json", "--pretrained", "none", "--seed", "7", "--overwrite",
+               "--workers", "0", "-q")
+    assert again.exit_code == 0, again.output
+    result = vl("evaluate", "--run", run, "--split", "val", "--quiet")
+    assert result.exit_code == 1
+    assert f"feature store {store}: encoder.weights.seed was 0 when the run started, now 7" in result.output
+    assert "Traceback" not in result.output and not (run / "eval/val").exists()  # nothing scored
 
 
 def test_a_test_split_without_answers_gets_predictions_and_no_score(run, world, tmp_path):
@@ -108,3 +138,27 @@ def test_the_runs_eval_checkpoint_decides_what_is_scored(run, tmp_path):
     assert name == "best" and "checkpoint: best\n" in output
     with pytest.raises(VLError, match="eval_checkpoint"):
         load_config(TrainConfig, copy / "config.json", ["eval_checkpoint=first"])
+
+
+def test_a_run_in_use_is_refused_to_a_second_writer_naming_the_holder(run, tmp_path):
+    """While one process trains (here: holds the run's lock), `vl train --resume` and `vl
+    evaluate` into the same run are refused with its pid; the lock dies with its holder."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from vl.shared.locks import run_dir_lock\n"
+            f"with run_dir_lock({str(run)!r}, 'vl train'):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        metrics = (run / "metrics.jsonl").read_bytes()
+        for result in (vl_train("--resume", run, "--set", "epochs=3"),
+                       vl("evaluate", "--run", run, "--split", "val", "--quiet")):
+            assert result.exit_code == 1
+            assert f"run dir {run} is in use by pid {holder.pid} (vl train)" in result.output, result.output
+        assert (run / "metrics.jsonl").read_bytes() == metrics
+    finally:
+        holder.kill()
+        holder.wait()
+    result = vl("evaluate", "--run", run, "--split", "val", "--quiet", "--tasks", "gqa")  # the kernel released it
+    assert result.exit_code == 0, result.output

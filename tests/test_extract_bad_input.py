@@ -126,3 +126,49 @@ def test_max_pixels_limit_is_configurable(tiny_models, tmp_path):
             "--workers", 0, "--max-pixels", 1000])
     assert len(FeatureStore(out)) == 0
     assert all("over the limit of 1,000" in f["reason"] for f in FeatureStore(out).failures)
+
+
+def test_fifos_and_devices_are_recorded_not_waited_on(tiny_models, tmp_path):
+    """A FIFO named like an image blocks open() until someone writes; /dev/zero never ends:
+    both are recorded with what they are, and the run finishes."""
+    import os
+    import subprocess
+    import sys
+
+    from vl.extract.video_decode import SamplingPolicy, VideoDecodeError, decode_video
+
+    folder = tmp_path / "images"
+    write_photos(folder, 2)
+    os.mkfifo(folder / "pipe.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text("zero\t/dev/zero\n")
+    out = tmp_path / "f.h5"
+    for source in (["--images", folder], ["--list", listing]):
+        done = subprocess.run([sys.executable, "-m", "vl.shared.cli", "extract", "images", *map(str, source),
+                               "--out", str(out), *map(str, model_args(tiny_models)), "--workers", "0"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    failures = {f["id"]: f["reason"] for f in FeatureStore(out).failures}
+    assert failures == {"pipe": "is a FIFO (named pipe), not an image file",
+                        "zero": "is a character device, not an image file"}
+    assert len(FeatureStore(out)) == 2
+    os.mkfifo(tmp_path / "clip.mp4")
+    with pytest.raises(VideoDecodeError, match="is a FIFO"):
+        decode_video(str(tmp_path / "clip.mp4"), SamplingPolicy(fps=1.0))
+
+
+def test_links_that_loop_back_end_the_walk(tmp_path):
+    """Two links to their own folder inside a media root once made the walk run forever."""
+    import os
+
+    from vl.extract.inputs import find_images
+    from vl.shared.media import IMAGE_EXTENSIONS, index_media_files
+
+    root = tmp_path / "media"
+    write_photos(root / "sub", 2)
+    os.symlink(root, root / "a")
+    os.symlink(root, root / "sub" / "b")
+    os.symlink(root / "sub", root / "c")  # a folder seen twice: its files listed once, by its own path
+    assert sorted(x.id for x in find_images(root)) == ["img_0000", "img_0001"]
+    index = index_media_files(root, IMAGE_EXTENSIONS)
+    assert [str(p.relative_to(root)) for p in index["img_0000"]] == ["sub/img_0000.jpg"]

@@ -144,3 +144,29 @@ def test_tokenizer_manifests_add_texts_to_the_trained_tokenizer(world, tmp_path)
     with_more = json.loads((tmp_path / "more/tokenizer/tokenizer.json").read_text())["model"]["vocab"]
     alone = json.loads((tmp_path / "only/tokenizer/tokenizer.json").read_text())["model"]["vocab"]
     assert with_more != alone  # the second task's texts shaped the vocabulary
+
+
+def test_an_adapter_trained_in_place_trains_on_in_a_run_of_the_same_method(world, sources, tmp_path):
+    """V&L pre-training with the adapter in place, then fine-tuning that adapter: a run of the
+    same method and settings starts from the source's adapters, LayerNorms and visual
+    embedding as they were trained (its other weights frozen as the source's); other
+    settings are refused with the fix."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "adapter-from-adapter"
+    cfg = inherit_from_run(started_from(world, run, sources["adapter"]))
+    source = load_trained(sources["adapter"], "best")
+    model, names = build_model(cfg, feat_dim(sources["adapter"]), len(source.tokenizer), ["vqa", "gqa"],
+                               vis_token_ids(source.tokenizer))
+    saved = load_file(str(sources["adapter"] / "checkpoints/best/model.safetensors"))
+    assert sorted(saved) == names  # exactly what the source trained trains on
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], saved[n]) for n in names)  # from there, not from a fresh init
+    assert not any(p.requires_grad for n, p in params.items() if n not in names)
+    loop.train(started_from(world, run, sources["adapter"]))  # and it trains and reloads
+    assert load_trained(run, "last").checkpoint == "last"
+
+    other = dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, reduction_factor=2))
+    with pytest.raises(VLError, match="Fine-tune with method adapter and the same adapter settings"):
+        build_model(other, feat_dim(sources["adapter"]), len(source.tokenizer), ["vqa", "gqa"],
+                    vis_token_ids(source.tokenizer))

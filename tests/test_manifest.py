@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -98,3 +99,57 @@ def test_digests(tmp_path):
     assert digest_strings(["ab", "c"]) != digest_strings(["a", "bc"])
     assert digest_strings(["a", "b"]) != digest_strings(["b", "a"])
     assert digest_strings(["a", "b"]) == digest_strings(iter(["a", "b"]))
+
+
+def test_the_count_of_problems_is_every_one_not_the_lines_shown(tmp_path):
+    path = tmp_path / "m.jsonl"
+    bad = ['{"id": "%d", "task": "vqa", "split": "train"}' % i for i in range(46)] + ["not json"] * 3
+    path.write_text("\n".join(bad) + "\n")
+    with pytest.raises(VLError) as e:
+        DatasetManifest.read(path)
+    text = str(e.value)
+    assert text.startswith("49 problems:") and "... and 29 more" in text
+    assert len(e.value.problems) == 21  # 20 shown, then the "more" line
+
+
+@pytest.mark.parametrize("media_id, why", [("../secret/x", "climbs out of the media root"),
+                                           ("a/../../etc/passwd", "climbs out of the media root"),
+                                           ("/etc/passwd", "is an absolute path")])
+def test_media_ids_that_leave_the_media_root_are_refused_everywhere(world, tmp_path, media_id, why):
+    """A manifest (or an official file a converter reads) cannot make vl read outside its media root."""
+    from click.testing import CliRunner
+
+    from vl.shared.cli import cli
+
+    line = json.loads((world / "manifests/gqa_train.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({**line, "media": [media_id]}) + "\n")
+    message = f"media id {media_id!r} {why}"
+    with pytest.raises(VLError, match=re.escape(message)):
+        DatasetManifest.read(path)
+    for args in (["data", "check", path, "--media-root", world / "images"],
+                 ["extract", "images", "--manifest", path, "--media-root", world / "images", "--out", tmp_path / "f.h5",
+                  "--model-config", world / "tiny-rn.json", "--pretrained", "none"]):
+        result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="vl")
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "f.h5").exists()
+    questions = json.loads((world / "annotations/gqa/train_balanced_questions.json").read_text())
+    first = next(iter(questions))
+    official = tmp_path / "questions.json"
+    official.write_text(json.dumps({first: {**questions[first], "imageId": media_id}}))
+    result = CliRunner().invoke(cli, ["data", "convert", "gqa", "--split", "train", "--questions", str(official),
+                                      "--images", str(world / "images"), "--out", str(tmp_path / "g.jsonl")],
+                                prog_name="vl")
+    assert result.exit_code == 1 and message in result.output and not (tmp_path / "g.jsonl").exists()
+
+
+def test_a_manifest_or_release_file_that_is_not_utf8_names_its_line(tmp_path):
+    from vl.data_manifests.source_files import read_jsonl
+
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "caf\xe9"}\n')  # latin-1
+    with pytest.raises(VLError, match=r"m.jsonl:2: not UTF-8 text") as e:
+        DatasetManifest.read(path)
+    assert len(e.value.problems) == 1
+    with pytest.raises(VLError, match=r"m.jsonl:2: not UTF-8 text .*the VALUE annotations is UTF-8 JSON"):
+        read_jsonl(path, what="VALUE annotations")

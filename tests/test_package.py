@@ -228,3 +228,21 @@ def test_shell_completion_as_the_readme_says():
     done = subprocess.run([vl_bin], env={**os.environ, "_VL_COMPLETE": "bash_complete", "COMP_WORDS": "vl pre",
                                          "COMP_CWORD": "1"}, capture_output=True, text=True, check=True).stdout
     assert "plain,predict" in done.splitlines()
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(world, tmp_path):
+    """Even as root, /sys refuses new folders: the error names the path, no traceback."""
+    from click.testing import CliRunner
+
+    from vl.shared.cli import cli, os_error_message
+
+    result = CliRunner().invoke(cli, ["data", "convert", "gqa", "--split", "train", "--questions",
+                                      str(world / "annotations/gqa/train_balanced_questions.json"), "--images",
+                                      str(world / "images"), "--out", "/sys/vl-test/m.jsonl"], prog_name="vl")
+    assert result.exit_code == 1 and "error: permission denied: /sys/vl-test" in result.output, result.output
+    assert "Traceback" not in result.output
+    import errno
+
+    full = os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/f.h5"))
+    assert full.startswith("no space left on the device holding /data/f.h5") and "run the same command again" in full
+    assert os_error_message(FileNotFoundError(2, "gone", "x")) is None  # the rest stay tracebacks: bugs to see

@@ -34,7 +34,10 @@ PAPER_SHARES = {
 
 
 def test_the_presets_are_exactly_the_papers_rows():
-    assert preset_names() == sorted(PAPER_SHARES)  # the `_base*.yaml` files they build on are not presets
+    # the `_base*.yaml` files they build on are not presets; the V&L pre-training (pretrain/) and the rows
+    # started from it (image/from_pretrain/: each its row plus init_from, test_config_presets.py) add none
+    rows = [p for p in preset_names() if not p.startswith(("pretrain/", "image/from_pretrain/"))]
+    assert rows == sorted(PAPER_SHARES)
 
 
 @pytest.mark.parametrize("preset", sorted(PAPER_SHARES))

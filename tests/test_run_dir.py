@@ -194,3 +194,36 @@ def test_git_revision_is_null_outside_a_checkout(tmp_path, monkeypatch):
     assert run_dir_mod._git_state(tmp_path) == (None, None)
     monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
     assert run_dir_mod._git_state(tmp_path) == (None, None)
+
+
+class NotPlainData:  # what a replaced state.pt could hold: pickled objects that run code on load
+    pass
+
+
+@pytest.mark.parametrize("damage, message", [("truncate", "is damaged or truncated"),
+                                             ("pickle", "holds objects other than tensors and plain containers")])
+def test_a_damaged_or_unsafe_state_file_is_one_line(tmp_path, damage, message):
+    model = tiny_model()
+    folder = save_checkpoint(tmp_path, "last", model, None, extra={"step": 1})
+    state = folder / "state.pt"
+    if damage == "truncate":
+        state.write_bytes(state.read_bytes()[:100])
+    else:
+        torch.save({"extra": NotPlainData()}, state)
+    with pytest.raises(VLError, match=message) as e:
+        load_checkpoint(tmp_path, "last", tiny_model())
+    assert str(state) in str(e.value) and "\n" not in e.value.problems[0]
+
+
+def test_an_unsafe_clip_checkpoint_is_one_line(tmp_path, tiny_models, photos):
+    from click.testing import CliRunner
+
+    from vl.shared.cli import cli
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": NotPlainData()}, evil)
+    result = CliRunner().invoke(cli, ["extract", "images", "--images", str(photos), "--out", str(tmp_path / "f.h5"),
+                                      "--model-config", str(tiny_models["tiny-rn"]["config"]), "--pretrained",
+                                      str(evil), "--workers", "0"], prog_name="vl")
+    assert result.exit_code == 1 and "not a checkpoint vl loads safely" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -26,7 +26,8 @@ from vl.shared.run_dir import (BEST, CONFIG_FILE, LAST, bundle_relative, config_
                                tokenizer_dir)
 from vl.train.config import Checkpoint, TrainConfig
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
-from vl.train.peft.methods import apply_method, budget_table, carry_over
+from vl.train.peft.methods import apply_method, budget_table, carry_over, uses_every_parameter_each_step
+from vl.train.peft.registry import applied
 from vl.train.run_dir import frozen_sha256, load_checkpoint
 from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
 
@@ -54,9 +55,15 @@ def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[st
     from the config (load_trained checks them against run.json). object_order_ids: the
     tokenizer's <vis_extra_id_k> ids (`vis_token_ids`), for visual_inputs=reference."""
     if cfg.init_from is not None:  # another run's weights, themselves checked against that run's run.json
-        model = starting_model(cfg, feat_dim, vocab_size)
+        model, continued = starting_point(cfg, feat_dim, vocab_size)
         model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, object_order_ids)  # this run's, not the source's
         torch.manual_seed(cfg.seed)  # the method's new modules
+        if continued is not None:  # the source trained this run's method: its modules train on from there
+            model.requires_grad_(False)
+            params = dict(model.named_parameters())
+            for name in continued:
+                params[name].requires_grad_(True)
+            return model, continued
     else:
         torch.manual_seed(cfg.seed)
         model = build_vl_model(cfg.backbone, feat_dim, init=cfg.init, vocab_size=vocab_size, dropout=cfg.dropout,
@@ -184,6 +191,27 @@ def inherit_from_run(cfg: TrainConfig) -> TrainConfig:
 def starting_model(cfg: TrainConfig, feat_dim: int, vocab_size: int) -> VLModel:
     """The weights of cfg.init_from's best checkpoint (else its last) as a plain VLModel: a
     run whose method adds no modules as it is, a single LoRA merged into its base weights."""
+    return starting_point(cfg, feat_dim, vocab_size, continue_method=False)[0]
+
+
+def continues_method(src: TrainConfig, cfg: TrainConfig) -> bool:
+    """Whether `cfg` trains on the modules `src` (its init_from run) trained: the same method
+    with the same settings (V&L pre-training with the adapter in place, then fine-tuning that
+    adapter), and, where the method keeps modules per task, the same tasks."""
+    if src.method != cfg.method:
+        return False
+    if any(getattr(src, part.name) != getattr(cfg, part.name) for part in applied(cfg.method)):
+        return False
+    return uses_every_parameter_each_step(cfg.method, cfg) or [t.name for t in src.tasks] == [t.name for t in cfg.tasks]
+
+
+def starting_point(cfg: TrainConfig, feat_dim: int, vocab_size: int,
+                   continue_method: bool = True) -> tuple[VLModel, list[str] | None]:
+    """(the weights of cfg.init_from's best checkpoint, else its last; None or the names of
+    what trains on). A plain VLModel where the source's method adds no modules, or merges
+    them (a single LoRA); else, with `continue_method`, a source that trained this run's
+    method with its settings (`continues_method`: an adapter pre-trained in place, then
+    fine-tuned) comes with its modules in place and the names of what trains on from there."""
     source = Path(cfg.init_from)
     src = load_trained(source, BEST)
     facts = read_run_json(source)["model"]
@@ -196,8 +224,12 @@ def starting_model(cfg: TrainConfig, feat_dim: int, vocab_size: int) -> VLModel:
     if cfg.dropout is not None and cfg.dropout != src.cfg.dropout:
         raise VLError(f"dropout comes from {source} (init_from), which built its model with dropout "
                       f"{src.cfg.dropout}; this config sets {cfg.dropout}", hint="Leave dropout unset.")
-    if not carry_over(src.model, src.cfg.method, src.cfg):  # e.g. a single LoRA is merged into the weights
-        raise VLError(f"{source} (init_from) trained with method {src.cfg.method}, whose added modules do not carry "
-                      "over to another run", hint="Start from a run with method full, visual-only, visual+ln or a "
-                                                  "single LoRA (merged into the weights).")
-    return src.model
+    if carry_over(src.model, src.cfg.method, src.cfg):  # e.g. a single LoRA is merged into the weights
+        return src.model, None
+    if continue_method and continues_method(src.cfg, cfg):
+        return src.model, sorted(name for name, p in src.model.named_parameters() if p.requires_grad)
+    raise VLError(f"{source} (init_from) trained with method {src.cfg.method}, whose added modules do not carry "
+                      "over to a run of another method", hint=(
+                          f"Fine-tune with method {src.cfg.method} and the same {src.cfg.method} settings (its "
+                          "modules then train on from there), or start from a run with method full, visual-only, "
+                          "visual+ln or a single LoRA (merged into the weights)."))

@@ -47,8 +47,8 @@ from vl.shared.config import save_config
 from vl.shared.devices import amp_dtype, autocast, pick_device
 from vl.shared.distributed import Ranks
 from vl.shared.errors import VLError, collect_or_raise
-from vl.shared.feature_store import (FeatureStore, check_store_matches, mixed_origin_problems, settings_differences,
-                                     store_settings)
+from vl.shared.feature_store import FeatureStore, check_store_matches, mixed_origin_problems
+from vl.shared.locks import run_dir_lock
 from vl.shared.progress import progress_bar
 from vl.shared.manifest import DatasetManifest
 from vl.shared.run_dir import (
@@ -63,9 +63,9 @@ from vl.shared.run_dir import (
     epoch_eval_path,
     find_checkpoint,
     latest_checkpoint,
-    read_run_json,
     run_json_path,
     step_checkpoint_name,
+    store_changes,
     tokenizer_dir,
 )
 from vl.train.config import METRIC_SUFFIX, TaskSpec, TrainConfig
@@ -244,19 +244,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_stores_unchanged(run_dir: Path, stores: dict[Path, FeatureStore]) -> None:
-    """On resume: every store must still hold features made the way run.json recorded
-    (another extraction into the same path would silently mix features)."""
-    recorded = read_run_json(run_dir).get("feature_stores", {})
-    problems = []
-    for path, store in stores.items():
-        before = recorded.get(str(path), {}).get("settings")
-        if before is not None:
-            problems += [f"feature store {path}: {field} was {old!r} when the run started, now {new!r}"
-                         for field, new, old in settings_differences(store_settings(store.provenance), before)]
-    collect_or_raise(problems, hint="Resume with the stores the run started with (or start a new run).")
-
-
 def check_visual_tokens(cfg: TrainConfig, data: list[TaskData], object_order_ids: list[int]) -> None:
     """visual_inputs=reference: every image's (or video's) visual tokens need a <vis_extra_id_k> each."""
     if cfg.visual_inputs != "reference":
@@ -274,7 +261,15 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
     """Run `cfg` (or continue the run in cfg.run_dir from its latest checkpoint, `last` or
     a `step-N`, or from `resume_from`, a checkpoint name); returns the run dir.
     `ranks`: this process's place under torchrun (its process group already joined).
-    `progress`: progress bars (rank 0's; TQDM_DISABLE turns them off too)."""
+    `progress`: progress bars (rank 0's; TQDM_DISABLE turns them off too). Rank 0 holds the
+    run dir's lock (vl.shared.locks) from its first write to the end: a second `vl train
+    --resume` (or `vl evaluate`) into the same folder is refused, naming this process."""
+    with contextlib.ExitStack() as locks:
+        return _train(cfg, resume, ranks, progress, resume_from, locks)
+
+
+def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_from: str | None,
+           locks: contextlib.ExitStack) -> Path:
     cfg = inherit_from_run(cfg)  # init_from: that run's backbone and tokenizer (a no-op when done already)
     run_dir = Path(cfg.run_dir)
     main = ranks.is_main
@@ -319,7 +314,7 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
             print(f"features in memory: {sum(held.values()) / 2**20:.1f} MiB from {len(held)} store(s)", flush=True)
     ranks.barrier()  # every rank has checked the run dir before rank 0 writes into it
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(run_dir_lock(run_dir, "vl train"))  # makes the folder
 
     # 3. Tokenizer: the configured one, or one trained on the train manifests and kept in the run dir.
     tok_dir = tokenizer_dir(run_dir)
@@ -381,7 +376,8 @@ def train(cfg: TrainConfig, resume: bool = False, ranks: Ranks = Ranks(), progre
     stopping = cfg.early_stopping
     stop_metric, stop_best, stale = cfg.early_stopping_metric(), None, 0  # validations without a new best
     if resume:
-        check_stores_unchanged(run_dir, stores)
+        collect_or_raise(store_changes(run_dir, stores),
+                         hint="Resume with the stores the run started with (or start a new run).")
         extra = load_checkpoint(run_dir, resume_from, model, optimizer, scheduler, restore_rng=True)
         if extra.get("stopped"):
             raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "

@@ -55,6 +55,25 @@ from vl.train.model import count_parameters
 
 # -- checkpoints -------------------------------------------------------------------------
 
+def load_state(path: Path) -> dict:
+    """A checkpoint's state.pt (optimizer, scheduler, RNG states, `extra`), loaded without
+    running any pickled code (weights_only): a damaged or truncated file, or one holding
+    objects other than tensors and plain containers, is one error naming it."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VLError(f"{path} not found: the checkpoint is incomplete; use another checkpoint") from None
+    except pickle.UnpicklingError as e:
+        raise VLError(f"{path} holds objects other than tensors and plain containers, which vl does not load "
+                      f"(weights_only): {str(e).splitlines()[0][:200]}",
+                      hint="A vl checkpoint never holds them: the file was replaced; use another checkpoint.") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise VLError(f"{path} is damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                      "use another checkpoint, or resume from an earlier one (--resume-from)") from None
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Exactly the parameters with requires_grad, by name (a tied parameter appears once,
     under its first name): the method declared them trainable, nothing here guesses."""
@@ -204,7 +223,7 @@ def load_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
         f"{folder} was saved from a model with another trainable set: build the model with the same "
         "backbone and PEFT method settings as the run that saved it (see its run.json)"))
 
-    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+    state = load_state(folder / STATE_FILE)
     with torch.no_grad():
         for key, param in trainable.items():
             param.copy_(saved[key])

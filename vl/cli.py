@@ -79,6 +79,10 @@ def predict(run_dir, images, video, question, choices, subtitles, span, task, ma
                                                  for s in subs):
             raise VLError(f"--subtitles {subtitles}: must be a JSON list of {{start, end, text}} objects")
 
+    if out is not None:
+        from vl.shared.atomic import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs(out, [("--manifest", manifest)])
     from vl.runs import load_run
 
     run = load_run(run_dir, checkpoint, device, model_config, pretrained)

@@ -23,9 +23,10 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 PathLike = str | os.PathLike
 
@@ -122,22 +123,20 @@ def provenance_differences(have: dict, recorded: dict, recipe: EncoderRecipe) ->
     """Fields where features just made (`have`, a store's settings) differ from the run's
     (`recorded`), as sentences; allowed on purpose: the precision a CPU substitutes, and the
     file path / file digest of a checkpoint or architecture file whose content digest matches."""
+    from vl.extract.store_builder import NOT_COMPARED
     from vl.shared.feature_store import settings_differences
 
-    allowed = {"features.precision"} if recipe.notes else set()
+    allowed = set(NOT_COMPARED) | ({"features.precision"} if recipe.notes else set())  # a moved checkpoint: sha256 decides
     enc_have, enc_rec = have.get("encoder") or {}, recorded.get("encoder") or {}
     if enc_have.get("architecture_digest") == enc_rec.get("architecture_digest"):
         allowed |= {"encoder.model_config_sha256", "encoder.architecture"}
-    if (enc_have.get("weights") or {}).get("sha256") and (enc_have.get("weights") or {}).get("sha256") == (
-            enc_rec.get("weights") or {}).get("sha256"):
-        allowed.add("encoder.weights.path")
     return [f"{field}: the run's features have {old!r}, these would have {new!r}"
             for field, new, old in settings_differences(have, recorded) if field not in allowed]
 
 
 # -- a run, loaded once, answering again and again ------------------------------------------------
 
-MEDIA_KIND_EXTENSIONS = {"image": "IMAGE_EXTENSIONS", "video": "VIDEO_EXTENSIONS"}
+MEDIA_KIND_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 
 
 class Run:
@@ -193,19 +192,14 @@ class Run:
     # -- features --
 
     def recipe(self, task: str) -> EncoderRecipe:
-        spec = next(t for t in self.cfg.tasks if t.name == task)
-        store = str(spec.store)
-        entry = self.stores.get(store)
-        if entry is None:  # a run whose paths were rewritten (a bundle): the one store of this media kind
-            from vl.train.tasks import get_task
+        from vl.shared.run_dir import recorded_store
+        from vl.train.tasks import get_task
 
-            kind = "sampling" if get_task(task).media_kind == "video" else None
-            same = {json.dumps(e.get("settings"), sort_keys=True): e for e in self.stores.values()
-                    if ("sampling" in ((e.get("settings") or {}).get("preprocess") or {})) == (kind is not None)}
-            if len(same) != 1:
-                raise VLError(f"{self.run_dir}/run.json records no feature store {store} for task {task} (it records: "
-                              f"{', '.join(self.stores) or 'none'}), so the encoder to rebuild is unknown")
-            entry = next(iter(same.values()))
+        store = str(next(t for t in self.cfg.tasks if t.name == task).store)
+        entry = recorded_store(self.run_dir, store, get_task(task).media_kind == "video")
+        if entry is None:
+            raise VLError(f"{self.run_dir}/run.json records no feature store {store} for task {task} (it records: "
+                          f"{', '.join(self.stores) or 'none'}), so the encoder to rebuild is unknown")
         return encoder_recipe(entry.get("settings") or {}, store, self.device, self.model_config, self.pretrained)
 
     def _encoder(self, recipe: EncoderRecipe):
@@ -290,8 +284,8 @@ class Run:
         media = [video] if video is not None else ([image] if isinstance(image, (str, os.PathLike)) else list(image))
         kind = "video" if video is not None else "image"
         task = self.choose_task(task, kind, has_choices=bool(choices), two_images=len(media) == 2)
-        example = query_example(task, [str(m) for m in media], question, choices, subtitles, span)
-        inputs = _media_inputs([Path(m) for m in media])
+        inputs = _media_inputs(kind, [Path(m) for m in media])
+        example = query_example(task, [x.id for x in inputs], question, choices, subtitles, span)
         predictions, failed = self.predict_examples(task, [example], inputs, batch_size=1)
         if failed:
             f = failed[0]
@@ -307,7 +301,6 @@ class Run:
         under `media_root` (default: the root the manifest's meta records):
         {example id: {"task", "prediction"} or {"task", "error"} when its media failed}."""
         from vl.extract.inputs import from_manifest
-        from vl.shared import media as media_module
         from vl.shared.manifest import DatasetManifest
         from vl.train.tasks import get_task
 
@@ -326,7 +319,7 @@ class Run:
         for task, examples in by_task.items():
             kind = get_task(task).media_kind
             wanted = {m for ex in examples for m in ex["media"]}
-            extensions = getattr(media_module, MEDIA_KIND_EXTENSIONS[kind])
+            extensions = MEDIA_KIND_EXTENSIONS[kind]
             inputs = [x for x in from_manifest(manifest, media_root, extensions) if x.id in wanted]
             predictions, failed = self.predict_examples(task, examples, inputs, batch_size)
             reasons = {f["id"]: f["reason"] for f in failed}
@@ -352,8 +345,7 @@ def load_run(run_dir: PathLike, checkpoint: str | None = None, device: str = "au
 
 def query_example(task: str, media: list[str], question: str | None, choices: Sequence[str] | None,
                   subtitles: Sequence[dict] | None, span: tuple[float, float] | None) -> dict:
-    """The manifest example (docs/manifests.md) of one question; media ids are the files'
-    paths, which is how `_media_inputs` names them."""
+    """The manifest example (docs/manifests.md) of one question about `media` (media ids)."""
     from vl.shared.manifest import validate_example
     from vl.train.tasks import MultipleChoiceQA, get_task
 
@@ -399,17 +391,12 @@ def _with_duration(example: dict, store) -> dict:
     return example
 
 
-def _media_inputs(paths: Iterable[Path]) -> list[Any]:
-    """MediaInput for files given by path; the id is the path, so two files never collide."""
+def _media_inputs(kind: str, paths: Sequence[Path]) -> list[Any]:
+    """MediaInput for the files of one question, named `image1`, `image2` (or `video1`)."""
     from vl.extract.inputs import MediaInput
 
-    problems, inputs = [], []
-    for p in paths:
-        if not p.is_file():
-            problems.append(f"{p}: no such file")
-        inputs.append(MediaInput(str(p), str(p)))
-    collect_or_raise(problems)
-    return inputs
+    collect_or_raise([f"{p}: no such file" for p in paths if not p.is_file()])
+    return [MediaInput(f"{kind}{i}", str(p)) for i, p in enumerate(paths, 1)]
 
 
 # -- extraction from Python ----------------------------------------------------------------------

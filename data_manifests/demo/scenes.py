@@ -37,6 +37,7 @@ MIN_IMAGES, MIN_VIDEOS = 8, 6  # a train and a val part for every dataset
 
 # Random streams: one generator per (purpose, item), so adding a question never moves a pixel.
 IDS_STREAM, SCENE_STREAM, VQA_STREAM, GQA_STREAM, CAPTION_STREAM, PAIR_STREAM, VIDEO_STREAM, VIDEO_TEXT_STREAM, NAMES_STREAM = range(1, 10)
+VG_STREAM = 10  # Visual Genome's question answers (demo/visual_genome.py)
 
 
 @dataclass

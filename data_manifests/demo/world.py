@@ -8,9 +8,10 @@ whole pipeline run offline, and a tiny model can learn the tasks from the pixels
 Layout under OUT:
 
     images/{train2014,val2014}/COCO_{subtype}_{id:012d}.jpg     VQA v2, GQA, COCO captions
+    vg/VG_100K/{vg id}.jpg                                       Visual Genome: a copy of every image above
     nlvr2/images/train/{directory}/train-{set}-{pair}-img{0,1}.png, nlvr2/images/dev/...
     videos/{vid_name}.mp4                                        TVQA, How2QA, TVC, YC2C
-    annotations/{vqa2,gqa,nlvr2,coco,value}/...                  the official file names
+    annotations/{vqa2,gqa,nlvr2,coco,vg,value}/...               the official file names
     ground_truth.json                                            every scene, for tests and debugging
     convert.sh, convert_val.sh                                   the eight convert commands of each split
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -44,6 +46,7 @@ from vl.data_manifests.demo.videos import (
     clip_descs, clip_span, make_choices, make_subtitles, random_video, train_count, video_names, video_questions,
     write_video,
 )
+from vl.data_manifests.demo.visual_genome import vg_image_path, vg_records
 from vl.shared.atomic import atomic_path, write_json_atomic, write_text_atomic
 from vl.shared.errors import VLError
 
@@ -78,7 +81,8 @@ class _Plan:
     """Everything to write, decided before any file is touched (planning is fast and pure)."""
 
     seed: int
-    media: dict[str, tuple[str, object]] = field(default_factory=dict)  # path -> ("JPEG" | "PNG" | "MP4", Scene | VideoSpec)
+    # path -> ("JPEG" | "PNG" | "MP4", Scene | VideoSpec), or ("COPY", the path of a file written before it)
+    media: dict[str, tuple[str, object]] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)  # path -> file contents
     truth: dict = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
@@ -109,6 +113,7 @@ def _plan_coco_images(plan: _Plan, images: int) -> None:
     vqa = {sub: ([], []) for sub in ("train2014", "val2014")}
     gqa: dict[str, dict] = {"train": {}, "val": {}}
     karpathy, sent_id = [], 0
+    vg: tuple[list, list, list] = ([], [], [])  # image_data, region_descriptions, question_answers
     n_val_images = images - n_train
     for i, image_id in enumerate(ids):
         sub = "train2014" if i < n_train else "val2014"
@@ -116,6 +121,9 @@ def _plan_coco_images(plan: _Plan, images: int) -> None:
         scene = random_scene(item_rng(seed, SCENE_STREAM, i))
         rel = f"images/{sub}/{stem}.jpg"
         media[rel] = ("JPEG", scene)
+        media[vg_image_path(i)] = ("COPY", rel)
+        for records, record in zip(vg, vg_records(seed, i, image_id, scene)):
+            records.append(record)
         truth["images"][stem] = {"split": sub, "file": rel, "image_id": image_id, **asdict(scene)}
         for question, annotation in vqa_for_image(seed, i, image_id, scene):
             vqa[sub][0].append(question)
@@ -149,6 +157,9 @@ def _plan_coco_images(plan: _Plan, images: int) -> None:
         texts[f"annotations/gqa/{split}_balanced_questions.json"] = json.dumps(questions)
         counts[f"gqa/{split}"] = len(questions)
     texts["annotations/coco/dataset_coco.json"] = json.dumps({"images": karpathy, "dataset": "coco"})
+    for name, records in zip(VG_FILES, vg):
+        texts[f"annotations/vg/{name}"] = json.dumps(records)
+    counts["vg/images"], counts["vg/questions"] = len(vg[0]), sum(len(r["qas"]) for r in vg[2])
     for split in ("train", "restval", "val", "test"):
         counts[f"coco/{split}"] = sum(im["split"] == split for im in karpathy)
 
@@ -233,6 +244,21 @@ def _plan_videos(plan: _Plan, videos: int) -> None:
         plan.counts["value/" + file.removesuffix(".jsonl").removesuffix("_release")] = len(value[file])
 
 
+VG_FILES = ("image_data.json", "region_descriptions.json", "question_answers.json")
+
+
+def pretraining_commands() -> list[list[str]]:
+    """`vl data convert vg-caption` and `vg-qa` on the world's Visual Genome files, leaving out
+    the images of the val manifests that convert_val.sh writes (run it first): the VG images
+    that are the world's val2014 images go, matched by COCO id."""
+    a = "annotations/vg"
+    exclude = [arg for stem in ("vqa2", "coco_caption") for arg in ("--exclude-images", f"manifests/{stem}_val.jsonl")]
+    return [["data", "convert", name, "--split", "train", main, f"{a}/{file}", "--image-data", f"{a}/image_data.json",
+             *exclude, "--images", "vg", "--out", f"manifests/{stem}_train.jsonl"]
+            for name, main, file, stem in (("vg-caption", "--annotations", "region_descriptions.json", "vg_caption"),
+                                           ("vg-qa", "--questions", "question_answers.json", "vg_qa"))]
+
+
 def convert_commands(split: str = "train") -> list[list[str]]:
     """The eight `vl data convert` commands of one split ("train" or "val"), paths relative
     to the world's root; manifests go to manifests/<dataset>_<split>.jsonl."""
@@ -306,6 +332,9 @@ def write_demo_world(out: Path, *, images: int = 160, videos: int = 24, seed: in
     for rel, (fmt, spec) in plan.media.items():
         if fmt == "MP4":
             write_video(out / rel, spec)
+        elif fmt == "COPY":
+            with atomic_path(out / rel) as tmp:
+                shutil.copyfile(out / spec, tmp)
         else:
             _write_image(out / rel, spec, fmt)
         done += 1

@@ -75,7 +75,8 @@ def check_predictions(predictions: Predictions[T], reference_ids: Iterable[str],
         problems.append(f"{len(invalid)} predictions are not {expected} ({shown}{more})")
     if missing and not allow_missing:
         problems.append(f"{len(missing)} of {len(references)} references have no prediction ({some_ids(missing)}); "
-                        "predict every example, or pass allow_missing=True to score them as wrong")
+                        "predict every example, or pass --allow-missing (allow_missing=True in Python) to "
+                        "score them as wrong")
     collect_or_raise(problems)
     return out, missing
 
