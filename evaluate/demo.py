@@ -12,10 +12,10 @@ by hand and later pointed at real data and real weights:
                             prediction (vl_lm), image-text matching (itm) and captioning, and
                             on its VQA and GQA train questions: the demo's stand-in for
                             VL-T5's V&L pre-training
-    vl train -c pretrain-text-only   the same T5, as many steps, on the same caption texts
-                            with every visual token blanked (a store of zeros; vl_lm and
-                            caption): the stand-in for text-only T5/BART, which meets visual
-                            features only in fine-tuning
+    vl train -c pretrain-text-only   the same random T5 on the same caption texts with every
+                            visual token blanked (a store of zeros; vl_lm and caption): the
+                            stand-in for text-only T5/BART, which meets visual features only
+                            in fine-tuning
     vl train -c ...         full fine-tuning, single adapter, single LoRA and single prompt
                             on the four image tasks, and a single adapter on the four video
                             tasks, each starting from the V&L pre-trained run (init_from); and
@@ -61,9 +61,12 @@ class Recipe:
     image_extract: tuple[str, ...]  # extra `vl extract images` options
     video_extract: tuple[str, ...]
     train: dict  # settings shared by every run (data, optim, ...)
-    # optimizer steps of each pre-training: the V&L one (vl_lm + itm + caption) and the text-only
-    # one (vl_lm + caption, images blanked) take the same number, so neither has trained longer
-    pretrain_steps: int
+    # epochs of each pre-training: the V&L one (vl_lm + itm + caption + vqa + gqa) and the text-only
+    # one (vl_lm + caption, images blanked), so that each passes over the captions as often. The full
+    # demo's 3: after 750 steps (1.4 epochs) the V&L pre-training had not yet learned to read the
+    # images for GQA (val 36.6, where answering each question with its most frequent train answer
+    # scores 41.1), after 3 epochs it had (46.6).
+    pretrain_epochs: int
     epochs: dict[str, int]  # run name -> epochs
     runs: tuple[tuple[str, str, str], ...]  # (run name, method, "image" | "video")
     extra: dict = field(default_factory=dict)  # per-run overrides: run name -> settings
@@ -83,9 +86,9 @@ RUNS = (("image-full", "full", "image"), ("image-adapter", "adapter", "image"), 
 # the pre-training each run starts from (init_from), when not the V&L one
 STARTS = {"image-adapter-short-text-only": TEXT_PRETRAIN}
 # The paper's analysis of V&L pre-training: the same single adapter from each start, on these tasks,
-# after a short fine-tuning (SHORT_EPOCHS). V&L pre-training gives the adapter a head start, which
-# this small world lets the text-only start make up: after the 4 epochs of image-adapter the two
-# were level (VQA 48.60 vs 47.63, GQA 38.18 vs 39.12), after one apart (docs/benchmarks.md).
+# after a short fine-tuning (SHORT_EPOCHS). On this small world the V&L start is a head start that
+# the text-only start makes up in a few epochs of adapter fine-tuning (the visual projection trains
+# in every method); after one epoch the two are apart (docs/benchmarks.md).
 PRETRAIN_EFFECT = ("image-adapter-short", "image-adapter-short-text-only", ("vqa", "gqa"))
 SHORT_EPOCHS = {"image-adapter-short": 1, "image-adapter-short-text-only": 1}
 COMMON = {  # every run: 4 tasks at once (one for the pre-training), scored afterwards by `vl evaluate`
@@ -112,15 +115,15 @@ TASK_OPTIONS = {"nlvr2": {"decision": "rank"}, "tvqa": {"answer": "text", "decis
 RECIPES = {
     "full": Recipe(images=1000, videos=600, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                    video_extract=(*VIDEO_GRID, "--max-frames", "16"), train=COMMON,
-                   pretrain_steps=750, runs=RUNS, extra=EXTRA,
-                   epochs={name: SHORT_EPOCHS.get(name, 12 if kind == "video" else 4) for name, _, kind in RUNS}),
+                   pretrain_epochs=3, runs=RUNS, extra=EXTRA,
+                   epochs={name: SHORT_EPOCHS.get(name, 12 if kind == "video" else 3) for name, _, kind in RUNS}),
     "quick": Recipe(images=48, videos=6, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                     video_extract=(*VIDEO_GRID, "--max-frames", "8"),
-                    train=COMMON, pretrain_steps=18, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
+                    train=COMMON, pretrain_epochs=1, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
     # the smallest world there is, for the end-to-end test (hidden option --size tiny)
     "tiny": Recipe(images=8, videos=6, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                    video_extract=(*VIDEO_GRID, "--max-frames", "4"),
-                   train=COMMON, pretrain_steps=3, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
+                   train=COMMON, pretrain_epochs=1, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
 }
 
 
@@ -164,8 +167,6 @@ def majority_baseline(train_manifest: Path, val_manifest: Path) -> tuple[str, fl
 # (vl_lm), image-text matching (itm) and captioning, and its QA tasks on the VQA and GQA train
 # questions (VL-T5 pre-trained on both train sets). Text-only keeps what a language model can learn
 # from the caption texts alone: vl_lm and caption with the image blank (no itm: no text decides it).
-# With captions alone (vl_lm + itm + caption, 750 steps) the V&L start did not help the adapter
-# (VQA +0.86, GQA -0.40; docs/benchmarks.md): the pre-training had not yet learned to read the images.
 VL_PRETRAIN_TASKS, TEXT_PRETRAIN_TASKS = ("vl_lm", "itm", "caption", "vqa", "gqa"), ("vl_lm", "caption")
 
 
@@ -182,13 +183,38 @@ def pretrain_tasks(world: Path, store: Path, text_only: bool) -> list[dict]:
 
 def pretrain_config(recipe: Recipe, world: Path, store: Path, run_dir: Path, text_only: bool = False,
                     tokenizer: Path | None = None) -> dict:
-    """The settings of a pre-training run. Without `tokenizer` (a run whose tokenizer to use) it
-    trains one on every task's train texts, so that every run after it can share it."""
-    vocab = ({"tokenizer": str(tokenizer_dir(tokenizer))} if tokenizer else {  # init_from needs one vocabulary
+    """The settings of a pre-training run, from random weights. Without `tokenizer` (a run whose
+    tokenizer to use) it trains one on every task's train texts, so that every run after it can
+    share it (init_from needs one vocabulary)."""
+    vocab = ({"tokenizer": str(tokenizer_dir(tokenizer))} if tokenizer else {
         "tokenizer_vocab_size": 1000,
         "tokenizer_manifests": [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]})
-    return {**recipe.train, **PRETRAIN, **vocab, "run_dir": str(run_dir), "max_steps": recipe.pretrain_steps,
+    return {**recipe.train, **PRETRAIN, **vocab, "run_dir": str(run_dir), "epochs": recipe.pretrain_epochs,
             "tasks": pretrain_tasks(world, store, text_only)}
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """base with extra laid over it, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def pretrain_both(recipe: Recipe, world: Path, image_store: Path, runs: Path, configs: Path,
+                  echo: Callable[[str], Any], settings: dict | None = None) -> tuple[Path, Path]:
+    """The two pre-trainings of the same random T5 on one tokenizer: V&L (it trains the tokenizer),
+    then text-only on a blank copy of the image store. `settings`: laid over both configs
+    (bench/fidelity_demo.py's variants). Returns (V&L run, text-only run)."""
+    settings = settings or {}
+    vl_run, text_run = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN
+    config = merged(pretrain_config(recipe, world, image_store, vl_run), settings)
+    train_once(vl_run, write_config(configs / f"{VL_PRETRAIN}.yaml", config), recipe.pretrain_epochs)
+    blank_store = image_store.with_name(f"{image_store.stem}_blank{image_store.suffix}")
+    write_blank_store(image_store, blank_store, echo)
+    config = merged(pretrain_config(recipe, world, blank_store, text_run, text_only=True, tokenizer=vl_run), settings)
+    train_once(text_run, write_config(configs / f"{TEXT_PRETRAIN}.yaml", config), recipe.pretrain_epochs)
+    return vl_run, text_run
 
 
 def write_blank_store(store: Path, out: Path, echo: Callable[[str], Any]) -> None:
@@ -230,10 +256,10 @@ def append_effect_section(report_md: Path, effect: dict[str, tuple[float, float]
     vl_run, text_run, _ = PRETRAIN_EFFECT
     rows = [f"| {task} | {vl:.2f} | {text:.2f} | {vl - text:+.2f} |" for task, (vl, text) in effect.items()]
     section = ("\n## The effect of V&L pre-training on the single adapter (val)\n\n"
-               f"`{vl_run}` starts from the pre-training on captions and questions with their images "
-               f"(`{VL_PRETRAIN}`), `{text_run}` from the one on the same captions with blank visual inputs "
-               f"(`{TEXT_PRETRAIN}`), as many steps long; both then train the same single adapter on the same "
-               "tasks for as many epochs.\n\n"
+               f"`{vl_run}` starts from the pre-training on the train captions and questions with their images "
+               f"(`{VL_PRETRAIN}`), `{text_run}` from the one on the same captions, as many passes over them, "
+               f"with blank visual inputs (`{TEXT_PRETRAIN}`: what a text-only model learns from those texts); "
+               "both then train the same single adapter on the same tasks for as many epochs.\n\n"
                f"| task | from V&L pre-training | from text-only | difference |\n|---|---:|---:|---:|\n"
                + "\n".join(rows) + "\n")
     write_text_atomic(report_md, report_md.read_text(encoding="utf-8").rstrip("\n") + "\n" + section)
@@ -251,10 +277,9 @@ def write_config(path: Path, settings: dict) -> Path:
     return path
 
 
-def train_once(run_dir: Path, config: Path, epochs: int | None, steps: int | None = None) -> None:
-    """`vl train -c config`, or `--resume` a stopped run, or nothing for a finished one (its last
-    epoch, or its max_steps, reached)."""
-    if run_done(run_dir, epochs, steps):
+def train_once(run_dir: Path, config: Path, epochs: int) -> None:
+    """`vl train -c config`, or `--resume` a stopped run, or nothing for a finished one."""
+    if run_done(run_dir, epochs):
         return
     if has_checkpoint(run_dir, LAST):
         run_vl(["train", "--resume", str(run_dir)])
@@ -264,11 +289,11 @@ def train_once(run_dir: Path, config: Path, epochs: int | None, steps: int | Non
         raise VLError(f"{run_dir} holds an unfinished run without a checkpoint: remove it and rerun the demo")
 
 
-def run_done(run_dir: Path, epochs: int | None, steps: int | None = None) -> bool:
+def run_done(run_dir: Path, epochs: int) -> bool:
     if not has_checkpoint(run_dir, LAST) or not metrics_path(run_dir).is_file():
         return False
     records = read_metrics(run_dir)
-    return bool(records) and (records[-1].get("step") == steps if steps else records[-1].get("epoch") == epochs)
+    return bool(records) and records[-1].get("epoch") == epochs
 
 
 def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.echo) -> Path:
@@ -305,23 +330,16 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
                 run_vl(["extract", kind, "--manifest", str(world / "manifests" / f"{stem}_{split}.jsonl"),
                         "--out", str(store), *model_args, *extra])
 
-    # 3. two pre-trainings of the same random T5, as many steps each, on one tokenizer: V&L (the train
-    #    captions and questions with their images, as VL-T5 was pre-trained before the paper's methods
-    #    were compared on it) and text-only (the captions with every visual token blanked, as T5/BART)
+    # 3. two pre-trainings of the same random T5 on one tokenizer: V&L (the train captions and
+    #    questions with their images, as VL-T5 was pre-trained before the paper's methods were
+    #    compared on it) and text-only (the captions with every visual token blanked, as T5/BART)
     echo("\nPre-training: the small T5 starts from random weights and first learns the world's train captions "
          "with their images and its VQA and GQA train questions (span prediction, image-text matching, "
          "captioning, QA: a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from). "
-         "A second pre-training, as many steps long, sees the same caption texts with blank visual inputs "
-         "(span prediction and captioning: a stand-in for text-only T5/BART); a short single adapter from each "
-         "of the two shows what V&L pre-training gives the adapter.")
-    pretrain, text_pretrain = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN
-    config = write_config(configs / f"{VL_PRETRAIN}.yaml", pretrain_config(recipe, world, image_store, pretrain))
-    train_once(pretrain, config, None, recipe.pretrain_steps)
-    blank_store = features / "demo_images_blank.h5"
-    write_blank_store(image_store, blank_store, echo)
-    config = write_config(configs / f"{TEXT_PRETRAIN}.yaml",
-                          pretrain_config(recipe, world, blank_store, text_pretrain, text_only=True, tokenizer=pretrain))
-    train_once(text_pretrain, config, None, recipe.pretrain_steps)
+         "A second pre-training sees the same caption texts, as often, with blank visual inputs (span prediction "
+         "and captioning: a stand-in for text-only T5/BART); a short single adapter from each of the two shows "
+         "what V&L pre-training gives the adapter.")
+    pretrain_both(recipe, world, image_store, runs, configs, echo)
 
     # 4. the compared runs, each evaluated on val
     for name, method, kind in recipe.runs:

@@ -34,7 +34,9 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
     assert json.loads((out / "models/demo-clip.json").read_text())["vision_cfg"]
 
     pretrain, text_pretrain = out / "runs/pretrain", out / "runs/pretrain-text-only"
-    assert json.loads((pretrain / "config.json").read_text())["tokenizer_manifests"]  # learns every task's texts
+    # the V&L pre-training trains the tokenizer on every task's texts; every run after it shares it
+    assert json.loads((pretrain / "config.json").read_text())["tokenizer_manifests"]
+    tokenizer = str(pretrain / "tokenizer")
     for name, kind, start in (("image-full", "image", pretrain), ("image-adapter", "image", pretrain),
                               ("image-lora", "image", pretrain), ("image-prompt", "image", pretrain),
                               ("video-adapter", "video", pretrain), ("image-adapter-short", "image", pretrain),
@@ -44,7 +46,7 @@ def test_the_demo_runs_every_stage_and_a_rerun_reuses_them(tiny_demo):
         budget = json.loads((run / "run.json").read_text())["budget"]
         assert meta["trainable_parameters"] == budget["trainable"]
         config = json.loads((run / "config.json").read_text())  # every compared run starts from a pre-training
-        assert config["init_from"] == str(start) and config["tokenizer"] == str(pretrain / "tokenizer")
+        assert config["init_from"] == str(start) and config["tokenizer"] == tokenizer
         assert (budget["percent"] == 100.0) == (name == "image-full")  # PEFT checkpoints hold only what trains
         for task in TASKS[kind]:
             scores = json.loads((run / f"eval/val/{task}.json").read_text())
@@ -75,13 +77,15 @@ def test_the_text_only_pretraining_learns_the_same_texts_with_blank_visual_input
 
     vl_cfg, text_cfg = (json.loads((out / f"runs/{run}/config.json").read_text())
                         for run in ("pretrain", "pretrain-text-only"))
+    assert vl_cfg["init_from"] is None is text_cfg["init_from"]  # both from the same random weights
     assert text_cfg["tokenizer"] == str(out / "runs/pretrain/tokenizer")  # one vocabulary for both starts
     vl_tasks, text_tasks = ({t["name"]: t for t in cfg["tasks"]} for cfg in (vl_cfg, text_cfg))
     assert list(vl_tasks) == ["vl_lm", "itm", "caption", "vqa", "gqa"]  # VL-T5's tasks that grid features allow
     assert list(text_tasks) == ["vl_lm", "caption"]  # what a text model learns from the captions (no ITM blind)
-    assert vl_cfg["max_steps"] == text_cfg["max_steps"] and vl_cfg["extra_tokens"] == text_cfg["extra_tokens"] > 0
-    for run in ("pretrain", "pretrain-text-only"):  # both trained to the end: as many steps each
-        assert read_metrics(out / "runs" / run)[-1]["step"] == vl_cfg["max_steps"]
+    assert vl_cfg["extra_tokens"] == text_cfg["extra_tokens"] > 0  # the sentinels of vl_lm
+    for run in ("pretrain", "pretrain-text-only"):  # both trained to the end
+        assert read_metrics(out / "runs" / run)[-1]["step"] == json.loads(
+            (out / "runs" / run / "config.json").read_text())["max_steps"]
     for name, task in text_tasks.items():  # the same caption texts, only the store differs
         assert task["train_manifest"] == vl_tasks[name]["train_manifest"]
         assert task["store"] == str(out / "features/demo_images_blank.h5") != vl_tasks[name]["store"]
