@@ -1,7 +1,7 @@
 """The paper-fidelity switches measured on the demo world (issue #13, docs/fidelity.md).
 
-Each variant is a set of settings applied to both the caption pre-training and the compared
-run (a run starts from a pre-training made the same way); every variant starts from the same
+Each variant is a set of settings applied to both the demo's pre-trainings and the compared
+run (a run starts from pre-trainings made the same way); every variant starts from the same
 world and feature stores, trains the same epochs with the same seed, and is scored on val by
 `vl evaluate`, as `vl demo` does. Scores only compare variants with each other: the demo's
 random encoder and small T5 are not the paper's models.
@@ -39,14 +39,6 @@ POOLED_VIDEO = ("--layer", "pooled", "--fps", "1")  # as the demo's VIDEO_GRID, 
 SCORES = {"image": ("vqa", "gqa", "nlvr2", "caption"), "video": ("tvqa", "how2qa", "tvc", "yc2c")}
 
 
-def merged(base: dict, extra: dict) -> dict:
-    """base with extra laid over it, nested dicts merged key by key."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def pooled_video_store(demo: Path, out: Path) -> Path:
     """The demo world's clips as one pooled vector a frame, by the demo's encoder (made once)."""
     from vl.evaluate.demo import RECIPES, VIDEO_TASKS, run_vl
@@ -62,8 +54,7 @@ def pooled_video_store(demo: Path, out: Path) -> Path:
 
 
 def run_variant(demo: Path, out: Path, name: str) -> dict:
-    from vl.evaluate.demo import (IMAGE_TASKS, PRETRAIN, RECIPES, VIDEO_TASKS, run_vl, task_entries, train_once,
-                                  write_config)
+    from vl.evaluate.demo import RECIPES, merged, pretrain_both, run_vl, task_entries, train_once, write_config
     from vl.shared.run_dir import eval_scores_path
 
     kind, method, settings, video_features = VARIANTS[name]
@@ -76,13 +67,7 @@ def run_variant(demo: Path, out: Path, name: str) -> dict:
         video_store = pooled_video_store(demo, out)
     runs, configs = out / name, out / name / "configs"
     started = time.perf_counter()
-    pretrain = runs / "pretrain"
-    caption = [t for t in task_entries("image", world, image_store, 32) if t["name"] == "caption"]
-    every_train = [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]
-    train_once(pretrain, write_config(configs / "pretrain.yaml", merged({
-        **recipe.train, **PRETRAIN, "run_dir": str(pretrain), "epochs": recipe.pretrain_epochs,
-        "tokenizer_manifests": every_train, "tasks": [{**t, "val_manifest": None} for t in caption]}, settings)),
-        recipe.pretrain_epochs)
+    pretrain, _ = pretrain_both(recipe, world, image_store, runs, configs, print, settings)
     run_name = f"{kind}-{method}"
     epochs = recipe.epochs[run_name]
     store = image_store if kind == "image" else video_store

@@ -8,11 +8,19 @@ by hand and later pointed at real data and real weights:
     vl extract images/videos  features from a small CLIP-architecture encoder with random
                             weights (an open_clip model JSON written beside the runs)
     vl train -c pretrain    a small T5 (`demo-t5`, random weights) pre-trained on the
-                            world's train captions: the demo's stand-in for VL-T5's V&L
-                            pre-training (which had COCO captions among its tasks)
+                            world's train captions with their images, with VL-T5's span
+                            prediction (vl_lm), image-text matching (itm) and captioning, and
+                            on its VQA and GQA train questions: the demo's stand-in for
+                            VL-T5's V&L pre-training
+    vl train -c pretrain-text-only   the same random T5 on the same caption texts with every
+                            visual token blanked (a store of zeros; vl_lm and caption): the
+                            stand-in for text-only T5/BART, which meets visual features only
+                            in fine-tuning
     vl train -c ...         full fine-tuning, single adapter, single LoRA and single prompt
                             on the four image tasks, and a single adapter on the four video
-                            tasks, each starting from the pre-trained run (init_from)
+                            tasks, each starting from the V&L pre-trained run (init_from); and
+                            a short single adapter from each pre-training, to show what V&L
+                            pre-training gives the adapter on VQA and GQA (the paper's analysis)
     vl evaluate --run ...   each run on the val split
     vl report ...           the table and the score-vs-budget plot
 
@@ -34,10 +42,10 @@ from typing import Any, Callable
 
 import click
 
-from vl.shared.atomic import write_text_atomic
+from vl.shared.atomic import atomic_path, write_text_atomic
 from vl.shared.errors import VLError
 from vl.shared.progress import bars_off
-from vl.shared.run_dir import LAST, eval_scores_path, has_checkpoint, metrics_path, read_metrics
+from vl.shared.run_dir import LAST, eval_scores_path, has_checkpoint, metrics_path, read_metrics, tokenizer_dir
 
 IMAGE_TASKS = (("vqa", "vqa2"), ("gqa", "gqa"), ("nlvr2", "nlvr2"), ("caption", "coco_caption"))
 VIDEO_TASKS = (("tvqa", "tvqa"), ("how2qa", "how2qa"), ("tvc", "tvc"), ("yc2c", "yc2c"))
@@ -53,7 +61,12 @@ class Recipe:
     image_extract: tuple[str, ...]  # extra `vl extract images` options
     video_extract: tuple[str, ...]
     train: dict  # settings shared by every run (data, optim, ...)
-    pretrain_epochs: int  # of the caption pre-training every run starts from
+    # epochs of each pre-training: the V&L one (vl_lm + itm + caption + vqa + gqa) and the text-only
+    # one (vl_lm + caption, images blanked), so that each passes over the captions as often. The full
+    # demo's 3: after 750 steps (1.4 epochs) the V&L pre-training had not yet learned to read the
+    # images for GQA (val 36.6, where answering each question with its most frequent train answer
+    # scores 41.1), after 3 epochs it had (46.6).
+    pretrain_epochs: int
     epochs: dict[str, int]  # run name -> epochs
     runs: tuple[tuple[str, str, str], ...]  # (run name, method, "image" | "video")
     extra: dict = field(default_factory=dict)  # per-run overrides: run name -> settings
@@ -66,8 +79,18 @@ ENCODER = {
     "vision_cfg": {"image_size": 96, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
     "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
 }
+VL_PRETRAIN, TEXT_PRETRAIN = "pretrain", "pretrain-text-only"  # the two pre-trainings (run names)
 RUNS = (("image-full", "full", "image"), ("image-adapter", "adapter", "image"), ("image-lora", "lora", "image"),
-        ("image-prompt", "prompt", "image"), ("video-adapter", "adapter", "video"))
+        ("image-prompt", "prompt", "image"), ("video-adapter", "adapter", "video"),
+        ("image-adapter-short", "adapter", "image"), ("image-adapter-short-text-only", "adapter", "image"))
+# the pre-training each run starts from (init_from), when not the V&L one
+STARTS = {"image-adapter-short-text-only": TEXT_PRETRAIN}
+# The paper's analysis of V&L pre-training: the same single adapter from each start, on these tasks,
+# after a short fine-tuning (SHORT_EPOCHS). On this small world the V&L start is a head start that
+# the text-only start makes up in a few epochs of adapter fine-tuning (the visual projection trains
+# in every method); after one epoch the two are apart (docs/benchmarks.md).
+PRETRAIN_EFFECT = ("image-adapter-short", "image-adapter-short-text-only", ("vqa", "gqa"))
+SHORT_EPOCHS = {"image-adapter-short": 1, "image-adapter-short-text-only": 1}
 COMMON = {  # every run: 4 tasks at once (one for the pre-training), scored afterwards by `vl evaluate`
     "seed": 0, "workers": 0, "device": "auto", "dropout": 0.0, "val_every": 0,
     "data": {"visual_pool": 3, "max_text_tokens": 160}, "optim": {"lr": 1e-3, "warmup_ratio": 0.05},
@@ -75,7 +98,9 @@ COMMON = {  # every run: 4 tasks at once (one for the pre-training), scored afte
 }
 # prompt tuning wants larger steps than the rest (Lester et al. 2021 tuned prompts at lr 0.3)
 EXTRA = {"image-prompt": {"optim": {**COMMON["optim"], "lr": 1e-2}}}
-PRETRAIN = {"backbone": "demo-t5", "init": "random", "tokenizer_vocab_size": 1000, "method": "full"}
+# 20 extra tokens: 10 <extra_id_k> sentinels for vl_lm's spans (a demo caption has at most 3) and
+# 10 <vis_extra_id_k> (unused by packed visual inputs); VL-BART adds 200
+PRETRAIN = {"backbone": "demo-t5", "init": "random", "method": "full", "extra_tokens": 20}
 IMAGE_EXTRACT = ("--layer", "grid")
 # Video frames as grids pooled to 3x3 (9 tokens a frame, like a picture): one pooled vector a
 # frame of this random encoder keeps little of a small moving shape (a linear probe tells its
@@ -90,8 +115,8 @@ TASK_OPTIONS = {"nlvr2": {"decision": "rank"}, "tvqa": {"answer": "text", "decis
 RECIPES = {
     "full": Recipe(images=1000, videos=600, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                    video_extract=(*VIDEO_GRID, "--max-frames", "16"), train=COMMON,
-                   pretrain_epochs=4, epochs={name: 12 if kind == "video" else 4 for name, _, kind in RUNS}, runs=RUNS,
-                   extra=EXTRA),
+                   pretrain_epochs=3, runs=RUNS, extra=EXTRA,
+                   epochs={name: SHORT_EPOCHS.get(name, 12 if kind == "video" else 3) for name, _, kind in RUNS}),
     "quick": Recipe(images=48, videos=6, encoder=ENCODER, image_extract=IMAGE_EXTRACT,
                     video_extract=(*VIDEO_GRID, "--max-frames", "8"),
                     train=COMMON, pretrain_epochs=1, epochs={name: 1 for name, _, _ in RUNS}, runs=RUNS, extra=EXTRA),
@@ -140,6 +165,108 @@ def majority_baseline(train_manifest: Path, val_manifest: Path) -> tuple[str, fl
     return answer, score("vqa_accuracy", {ex["id"]: answer for ex in val}, val)["overall"]
 
 
+# VL-T5's pre-training tasks that grid features allow: on the world's train captions span prediction
+# (vl_lm), image-text matching (itm) and captioning, and its QA tasks on the VQA and GQA train
+# questions (VL-T5 pre-trained on both train sets). Text-only keeps what a language model can learn
+# from the caption texts alone: vl_lm and caption with the image blank (no itm: no text decides it).
+VL_PRETRAIN_TASKS, TEXT_PRETRAIN_TASKS = ("vl_lm", "itm", "caption", "vqa", "gqa"), ("vl_lm", "caption")
+
+
+def pretrain_tasks(world: Path, store: Path, text_only: bool) -> list[dict]:
+    """The pre-training's tasks on train manifests (no validation: the runs after it are scored).
+    V&L: with their images. Text-only: read from a store whose every feature is zero, so that the
+    model learns the caption texts and nothing from the images."""
+    stem = dict(IMAGE_TASKS)
+    manifests = world / "manifests"
+    return [{"name": name, "train_manifest": str(manifests / f"{stem.get(name, stem['caption'])}_train.jsonl"),
+             "val_manifest": None, "store": str(store), "batch_size": 32}
+            for name in (TEXT_PRETRAIN_TASKS if text_only else VL_PRETRAIN_TASKS)]
+
+
+def pretrain_config(recipe: Recipe, world: Path, store: Path, run_dir: Path, text_only: bool = False,
+                    tokenizer: Path | None = None) -> dict:
+    """The settings of a pre-training run, from random weights. Without `tokenizer` (a run whose
+    tokenizer to use) it trains one on every task's train texts, so that every run after it can
+    share it (init_from needs one vocabulary)."""
+    vocab = ({"tokenizer": str(tokenizer_dir(tokenizer))} if tokenizer else {
+        "tokenizer_vocab_size": 1000,
+        "tokenizer_manifests": [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]})
+    return {**recipe.train, **PRETRAIN, **vocab, "run_dir": str(run_dir), "epochs": recipe.pretrain_epochs,
+            "tasks": pretrain_tasks(world, store, text_only)}
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """base with extra laid over it, nested dicts merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def pretrain_both(recipe: Recipe, world: Path, image_store: Path, runs: Path, configs: Path,
+                  echo: Callable[[str], Any], settings: dict | None = None) -> tuple[Path, Path]:
+    """The two pre-trainings of the same random T5 on one tokenizer: V&L (it trains the tokenizer),
+    then text-only on a blank copy of the image store. `settings`: laid over both configs
+    (bench/fidelity_demo.py's variants). Returns (V&L run, text-only run)."""
+    settings = settings or {}
+    vl_run, text_run = runs / VL_PRETRAIN, runs / TEXT_PRETRAIN
+    config = merged(pretrain_config(recipe, world, image_store, vl_run), settings)
+    train_once(vl_run, write_config(configs / f"{VL_PRETRAIN}.yaml", config), recipe.pretrain_epochs)
+    blank_store = image_store.with_name(f"{image_store.stem}_blank{image_store.suffix}")
+    write_blank_store(image_store, blank_store, echo)
+    config = merged(pretrain_config(recipe, world, blank_store, text_run, text_only=True, tokenizer=vl_run), settings)
+    train_once(text_run, write_config(configs / f"{TEXT_PRETRAIN}.yaml", config), recipe.pretrain_epochs)
+    return vl_run, text_run
+
+
+def write_blank_store(store: Path, out: Path, echo: Callable[[str], Any]) -> None:
+    """`out`: a copy of the image store `store` with every feature zero (same ids, shapes and
+    dtype), for the text-only pre-training; its provenance is the store's, marked blank in its
+    `features` section, so that it never passes for real features. Kept while it covers `store`.
+    (A copy, not a `vl.extract` store builder: vl.evaluate does not import the extraction stage.)"""
+    import shutil
+
+    import h5py
+
+    from vl.shared import FeatureStore
+
+    with FeatureStore(store) as src:
+        if out.is_file() and set(FeatureStore(out).ids) >= set(src.ids):
+            return
+    echo(f"\nThe text-only pre-training's visual input: {out}, the items of {store.name} with every value zero")
+    with atomic_path(out) as tmp:
+        shutil.copyfile(store, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for features in f["features"].values():
+                features[...] = 0
+            provenance = json.loads(f.attrs["provenance"])
+            provenance["features"] = {**provenance.get("features", {}), "blank": "every value zero (text-only)"}
+            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+
+
+def pretrain_effect(runs: Path) -> dict[str, tuple[float, float]]:
+    """{task: (val score of the adapter from the V&L pre-training, from the text-only one)}."""
+    vl_run, text_run, tasks = PRETRAIN_EFFECT
+    def score(run: str, task: str) -> float:
+        return json.loads(eval_scores_path(runs / run, "val", task).read_text())["scores"]["overall"]
+
+    return {task: (score(vl_run, task), score(text_run, task)) for task in tasks}
+
+
+def append_effect_section(report_md: Path, effect: dict[str, tuple[float, float]]) -> None:
+    """Add the V&L-vs-text-only comparison to the report `vl report` wrote (rewritten each demo run)."""
+    vl_run, text_run, _ = PRETRAIN_EFFECT
+    rows = [f"| {task} | {vl:.2f} | {text:.2f} | {vl - text:+.2f} |" for task, (vl, text) in effect.items()]
+    section = ("\n## The effect of V&L pre-training on the single adapter (val)\n\n"
+               f"`{vl_run}` starts from the pre-training on the train captions and questions with their images "
+               f"(`{VL_PRETRAIN}`), `{text_run}` from the one on the same captions, as many passes over them, "
+               f"with blank visual inputs (`{TEXT_PRETRAIN}`: what a text-only model learns from those texts); "
+               "both then train the same single adapter on the same tasks for as many epochs.\n\n"
+               f"| task | from V&L pre-training | from text-only | difference |\n|---|---:|---:|---:|\n"
+               + "\n".join(rows) + "\n")
+    write_text_atomic(report_md, report_md.read_text(encoding="utf-8").rstrip("\n") + "\n" + section)
+
+
 def task_entries(kind: str, world: Path, store: Path, batch_size: int) -> list[dict]:
     tasks = IMAGE_TASKS if kind == "image" else VIDEO_TASKS
     return [{"name": name, "train_manifest": str(world / "manifests" / f"{stem}_train.jsonl"),
@@ -179,7 +306,8 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
     started = time.perf_counter()
     echo(f"vl demo{' --quick' if quick else ''}: the whole pipeline on the synthetic shapes world, in {out}\n"
          "Nothing is downloaded: the encoder and the T5 start from random weights (the T5 is pre-trained on the "
-         "world's captions first), so the scores show the pipeline working, not the paper's results.\n")
+         "world's captions and questions first, and once more blind, for comparison), so the scores show the "
+         "pipeline working, not the paper's results.\n")
 
     # 1. the world and its manifests
     if not (world / "ground_truth.json").is_file():
@@ -204,23 +332,22 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
                 run_vl(["extract", kind, "--manifest", str(world / "manifests" / f"{stem}_{split}.jsonl"),
                         "--out", str(store), *model_args, *extra])
 
-    # 3. pre-training: the random T5 learns to describe the train images, as VL-T5 was pre-trained
-    #    (on COCO captions among other tasks) before the paper's methods were compared on it
+    # 3. two pre-trainings of the same random T5 on one tokenizer: V&L (the train captions and
+    #    questions with their images, as VL-T5 was pre-trained before the paper's methods were
+    #    compared on it) and text-only (the captions with every visual token blanked, as T5/BART)
     echo("\nPre-training: the small T5 starts from random weights and first learns the world's train captions "
-         "(a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from).")
-    pretrain = runs / "pretrain"
-    caption_task = [t for t in task_entries("image", world, image_store, 32) if t["name"] == "caption"]
-    every_train_manifest = [str(world / "manifests" / f"{stem}_train.jsonl") for _, stem in IMAGE_TASKS + VIDEO_TASKS]
-    config = write_config(configs / "pretrain.yaml", {  # its tokenizer learns every task's texts: all runs share it
-        **recipe.train, **PRETRAIN, "run_dir": str(pretrain), "epochs": recipe.pretrain_epochs,
-        "tokenizer_manifests": every_train_manifest, "tasks": [{**t, "val_manifest": None} for t in caption_task]})
-    train_once(pretrain, config, recipe.pretrain_epochs)
+         "with their images and its VQA and GQA train questions (span prediction, image-text matching, "
+         "captioning, QA: a stand-in for VL-T5's V&L pre-training); every run below starts from it (init_from). "
+         "A second pre-training sees the same caption texts, as often, with blank visual inputs (span prediction "
+         "and captioning: a stand-in for text-only T5/BART); a short single adapter from each of the two shows "
+         "what V&L pre-training gives the adapter.")
+    pretrain_both(recipe, world, image_store, runs, configs, echo)
 
     # 4. the compared runs, each evaluated on val
     for name, method, kind in recipe.runs:
         store = image_store if kind == "image" else video_store
-        cfg = {**recipe.train, "init_from": str(pretrain), "run_dir": str(runs / name), "method": method,
-               "epochs": recipe.epochs[name], "tasks": task_entries(kind, world, store, 32),
+        cfg = {**recipe.train, "init_from": str(runs / STARTS.get(name, VL_PRETRAIN)), "run_dir": str(runs / name),
+               "method": method, "epochs": recipe.epochs[name], "tasks": task_entries(kind, world, store, 32),
                **recipe.extra.get(name, {})}
         train_once(runs / name, write_config(configs / f"{name}.yaml", cfg), recipe.epochs[name])
         first_task = (IMAGE_TASKS if kind == "image" else VIDEO_TASKS)[0][0]
@@ -235,9 +362,14 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
            for name, _, kind in recipe.runs if kind == "image"}
     echo(f"\nVQA val accuracy: {', '.join(f'{name} {score:.2f}' for name, score in vqa.items())}; "
          f"majority baseline (always answering {answer!r}): {baseline:.2f}")
+    effect = pretrain_effect(runs)
+    echo(f"V&L pre-training vs text-only, the single adapter on val ({PRETRAIN_EFFECT[0]} vs {PRETRAIN_EFFECT[1]}): "
+         + ", ".join(f"{task.upper()} {vl:.2f} vs {text:.2f} ({vl - text:+.2f})" for task, (vl, text) in effect.items()))
+    append_effect_section(report / "report.md", effect)
     if quick:
-        echo("(--quick trains one short epoch on a small world, too little to learn: expect scores near zero. "
-             "The full demo, `vl demo`, shows the methods learning.)")
+        echo("(--quick trains one short epoch on a small world, too little to learn: expect scores near zero, "
+             "and no telling the two pre-trainings apart. The full demo, `vl demo`, shows the methods learning "
+             "and the V&L start ahead.)")
     echo(f"done in {time.perf_counter() - started:.0f} s. Everything is in {out}:\n"
          f"  world/       the shapes world and its manifests (world/manifests/)\n"
          f"  features/    the feature stores (reused by every run)\n"
@@ -249,7 +381,7 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
 @click.command("demo", epilog="""\b
 Examples:
   vl demo --quick               # about 30 s on 2 CPU cores: the pipeline, tiny and short
-  vl demo --out my_demo         # the full demo (about 8 minutes): shows the methods learning""",
+  vl demo --out my_demo         # the full demo (about 10-11 minutes): shows the methods learning""",
                context_settings={"max_content_width": 100})
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("vl_demo"), show_default=True,
               help="Folder for everything the demo makes; rerunning reuses finished steps.")

@@ -206,4 +206,4 @@ def test_a_moved_bundle_answers_as_its_run(tiny_demo, tmp_path):
     want = vl.load_run(out / "runs/image-adapter").predict(image=image, question=example["question"], task="gqa")
     result = vl_cli("predict", "--run", moved, "--image", image, "--question", example["question"], "--task", "gqa")
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == want
+    assert result.output.splitlines()[-1] == want  # the last line as printed: a barely trained model may answer ""
