@@ -183,6 +183,7 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
         else:
             earlier_failures = []
         mine = ranks.slice(pending)
+        builder.items_to_add = len(mine)  # sizes the message of a full disk
         share = f", {len(mine)} on each of {ranks.world_size} ranks" if ranks.world_size > 1 else ""
         _log(opts, f"{len(inputs)} {kind.name}: {len(inputs) - len(pending)} already done in {opts.out}, "
                    f"{len(pending)} to extract{share} ({spec.model}, {encoder.device.type}, {spec.precision}, "

@@ -140,6 +140,7 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
     import torch
 
     from vl.shared import distributed
+    from vl.shared.disk_full import DiskFullError
     from vl.train.loop import train as run_training
 
     backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
@@ -151,6 +152,12 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
                 click.echo(f"torchrun: {ranks.world_size} ranks ({backend})")
         run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks, progress=not quiet,
                                resume_from=resume_from)
+    except DiskFullError as e:  # a resume goes on from the latest checkpoint (or from the start, if none yet)
+        from vl.shared.run_dir import config_path
+
+        if config_path(cfg.run_dir).is_file():
+            raise e.retold(then=f"continue with `vl train --resume {cfg.run_dir}`") from None
+        raise  # stopped before the run dir held a run: the same command starts it
     finally:
         distributed.close()
     if ranks.is_main:
