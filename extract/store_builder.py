@@ -380,22 +380,23 @@ class StoreBuilder:
         provenance["failed"] = len(failure_list)
         row_lists = [(src, items.rows(take)) for src, items, take in plan]
         n_rows = sum(len(rows) for _, rows in row_lists)
-        space = (self.out, n_rows * self._row_bytes(),
-                 f"to join {len(all_ids)} items into it (the parts stay until it is complete)")
-        check_space(*space)  # before hours of copying
+        needed = n_rows * self._row_bytes()
+        needed_for = f"to join {len(all_ids)} items into it (the parts stay until it is complete)"
+        check_space(self.out, needed, needed_for)  # before hours of copying
         with atomic_path(self.out) as tmp:
-            guard = GuardedFile(tmp)  # a full disk never reaches HDF5 (see vl.shared.disk_full)
+            # a full disk never reaches HDF5 (see vl.shared.disk_full)
+            guard = GuardedFile(tmp, report_as=self.out, needed=needed, needed_for=needed_for)
             try:
                 with h5py.File(guard, "w") as f:
-                    self._write_joined(f, guard, space, provenance, all_ids, failure_list, plan, row_lists, n_rows)
+                    self._write_joined(f, guard, provenance, all_ids, failure_list, plan, row_lists, n_rows)
             finally:
                 guard.close()
-            guard.raise_if_full(space[1], space[2], space[0])
+            guard.raise_if_full()
         self._sync_sidecar(provenance, failure_list)
         shutil.rmtree(self.parts, ignore_errors=True)
         return {"count": len(all_ids), "failed": len(failure_list), "extracted": new_items}
 
-    def _write_joined(self, f: h5py.File, guard: GuardedFile, space: tuple, provenance: dict, all_ids: list[str],
+    def _write_joined(self, f: h5py.File, guard: GuardedFile, provenance: dict, all_ids: list[str],
                       failure_list: list[dict], plan: list, row_lists: list[tuple[Path, list[int]]],
                       n_rows: int) -> None:
         frames = self.layout == "frames"
@@ -420,9 +421,9 @@ class StoreBuilder:
             if rows:
                 with h5py.File(src, "r") as s:
                     for name in self.item_shapes:
-                        _copy_rows(s["features"][name], rows, grp[name], start, guard, space)
+                        _copy_rows(s["features"][name], rows, grp[name], start, guard)
                     if frames:
-                        _copy_rows(s["timestamps"], rows, f["timestamps"], start, guard, space)
+                        _copy_rows(s["timestamps"], rows, f["timestamps"], start, guard)
             start += len(rows)
 
 
@@ -455,12 +456,11 @@ class _Items:
         return out
 
 
-def _copy_rows(src: h5py.Dataset, rows: list[int], dst: h5py.Dataset, start: int, guard: GuardedFile,
-               space: tuple) -> None:
+def _copy_rows(src: h5py.Dataset, rows: list[int], dst: h5py.Dataset, start: int, guard: GuardedFile) -> None:
     """Copy src[rows] to dst[start:...] in blocks; contiguous runs are read as slices. Stops
-    at the first block that found the disk full (`space`: the path, bytes and what for)."""
+    after the first block that found the disk full."""
     for b in range(0, len(rows), COPY_ROWS):
-        guard.raise_if_full(space[1], space[2], space[0])
+        guard.raise_if_full()
         block = rows[b:b + COPY_ROWS]
         if block[-1] - block[0] == len(block) - 1:
             data = src[block[0]:block[-1] + 1]

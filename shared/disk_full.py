@@ -134,10 +134,13 @@ class GuardedFile:
     """A file for h5py's `fileobj` driver that hides a full disk from HDF5 (see the module
     docstring): `error` holds the first disk-full OSError; after it, writes are dropped
     (small ones held in memory) and reported as done, so HDF5 can still close the file.
-    Other OSErrors pass through as they are."""
+    Other OSErrors pass through as they are. `raise_if_full` names `report_as` (the file as
+    the user knows it; default `path`) and the `needed` bytes `needed_for` what."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, report_as: str | os.PathLike | None = None,
+                 needed: int | None = None, needed_for: str = ""):
         self.path = Path(path)
+        self.report_as, self.needed, self.needed_for = report_as or self.path, needed, needed_for
         self._f = open(self.path, "w+b", buffering=0)
         self.error: OSError | None = None
         self._pos = 0
@@ -214,10 +217,10 @@ class GuardedFile:
     def closed(self) -> bool:
         return self._f.closed
 
-    def raise_if_full(self, needed: int | None = None, needed_for: str = "", path: str | os.PathLike | None = None) -> None:
-        """DiskFullError naming `path` (default: this file) if a write found the disk full."""
+    def raise_if_full(self) -> None:
+        """One DiskFullError if a write found the disk full."""
         if self.error is not None:
-            raise DiskFullError(path or self.path, self.error.errno, needed, needed_for)
+            raise DiskFullError(self.report_as, self.error.errno, self.needed, self.needed_for)
 
 
 def check_space(path: str | os.PathLike, needed: int, needed_for: str = "") -> None:

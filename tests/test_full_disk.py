@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from conftest import model_args, run_vl, write_photos
 from vl.shared import FeatureStore
+from vl.shared.cli import cli
 from vl.shared.disk_full import DiskFullError, GuardedFile, disk_full_errno, reporting_disk_full
 from vl.shared.feature_store import parts_dir
 from vl.shared.run_dir import read_metrics
@@ -173,6 +176,19 @@ def test_training_on_a_full_disk_says_so_in_one_line_and_the_rerun_ends_as_an_un
         torch.testing.assert_close(resumed[k], whole[k], rtol=0, atol=1e-6, msg=k)
 
 
+def test_evaluation_on_a_full_disk_says_so_in_one_line_and_the_rerun_writes_every_file(uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    proc = vl_limited(["evaluate", "--run", run, "--split", "val", "--quiet"], ulimit_kib=1)
+    assert_one_line_disk_error(proc, str(run / "eval/val/vqa_val_predictions.json"), "run the same command again")
+    assert leftovers(run) == [] and not (run / "eval/val/vqa_val_predictions.json").exists()
+
+    rerun = CliRunner().invoke(cli, ["evaluate", "--run", str(run), "--split", "val", "--quiet"], prog_name="vl")
+    assert rerun.exit_code == 0, rerun.output
+    for name in ("vqa.json", "vqa_val_predictions.json", "gqa.json", "gqa_val_predictions.json"):
+        json.loads((run / "eval/val" / name).read_text())
+
+
 # -- the pieces ------------------------------------------------------------------------------
 
 def test_a_full_disk_is_recognised_in_any_library_s_error():
@@ -224,3 +240,57 @@ print(guard.error.errno if guard.error else None)
     assert guard.error is None
     with h5py.File(tmp_path / "ok.h5", "r") as f:
         assert f["x"][()].tolist() == list(range(10))
+
+
+def test_a_store_on_a_device_that_fills_up_keeps_its_finished_shards_and_says_what_the_rest_needs(tmp_path, monkeypatch):
+    """ENOSPC (not a file size limit): the device has room for some shards; the error says
+    how much the items left and the joined store need, the finished shards stay, the
+    rerun adds the rest."""
+    import errno
+
+    from vl.extract.store_builder import StoreBuilder
+    from vl.shared import disk_full
+
+    room = [1_500_000]  # bytes left on the "device"
+
+    class FillingFile:
+        def __init__(self, path, mode, buffering):
+            self._f = open(path, mode, buffering=buffering)
+
+        def write(self, data):
+            if len(data) > room[0]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            room[0] -= len(data)
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    settings = {"encoder": {"model": "toy"}, "preprocess": {"size": [8, 8]}, "features": {"layer": "grid"}}
+    grid = np.random.default_rng(0).standard_normal((40, 4, 3)).astype(np.float32)
+    ids = [f"m{i:03d}" for i in range(40)]
+    path = tmp_path / "s.h5"
+
+    def build() -> None:
+        with StoreBuilder(path, dict(settings), {"grid": (4, 3)}, "float32", shard_rows=8) as b:
+            todo = [i for i in ids if i not in b.done_ids]
+            b.items_to_add = len(todo)
+            for s in range(0, len(todo), 4):
+                b.add(todo[s:s + 4], {"grid": grid[[ids.index(i) for i in todo[s:s + 4]]]})
+            b.finish({}, retried_ids=set(todo))
+
+    monkeypatch.setattr(disk_full, "open", FillingFile, raising=False)
+    with pytest.raises(DiskFullError) as error:
+        build()
+    message = str(error.value)
+    assert message.startswith(f"no space left on the device: writing {parts_dir(path)} needs about ")
+    left = 40 - 8 * len(list(parts_dir(path).glob("shard-*.h5")))
+    assert 0 < left < 40 and f"for the {left} items left and the store they are joined into" in message
+    assert message.endswith("then run the same command again: finished work is kept")
+    assert leftovers(tmp_path) == [] and not path.exists()
+
+    monkeypatch.undo()
+    build()
+    store = FeatureStore(path)
+    assert sorted(store.ids) == ids
+    np.testing.assert_array_equal(store.get_many(ids), grid)
