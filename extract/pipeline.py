@@ -24,6 +24,7 @@ from vl.extract.encoder import EncoderSpec, LoadedEncoder, load_encoder
 from vl.extract.inputs import MediaInput
 from vl.extract.sources import FetchSettings
 from vl.extract.store_builder import StoreBuilder
+from vl.shared.disk_full import file_size_limit
 from vl.shared.digests import digest_strings
 from vl.shared.errors import VLError
 from vl.shared.feature_store import STORE_FORMAT
@@ -153,6 +154,11 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
         opts = dataclasses.replace(opts, batch_size=DEFAULT_BATCH.get(encoder.device.type, 32))
     if opts.workers is None:
         opts = dataclasses.replace(opts, workers=default_workers(encoder.device.type))
+    if opts.workers and file_size_limit() is not None:
+        # Loader workers hand batches over in shared-memory files, which `ulimit -f` limits too: one
+        # over it is lost in the worker and the run would wait for it. The main process decodes.
+        _log(opts, "a file size limit (ulimit -f) is set: decoding in the main process (--workers 0)")
+        opts = dataclasses.replace(opts, workers=0)
     if not ranks.is_main:
         opts = dataclasses.replace(opts, progress=False)  # one progress bar, rank 0's
     if encoder.device.type == "cuda":

@@ -99,6 +99,9 @@ def photos_and_reference(tiny_models, tmp_path_factory):
 EXTRACT_LIMITS = [
     ("settings", 1, None, "out.h5.parts/settings.json"),  # 1.3 KiB: the first file written
     ("shard", 20, None, "out.h5.parts"),  # a 4-item shard allocates one 256 KiB chunk per dataset
+    # loader workers pass batches in shared-memory files, which the limit also caps: decoding moves to
+    # the main process (a batch over the limit used to be lost in the worker, and the run waited 10 min)
+    ("shard, with loader workers", 20, None, "out.h5.parts"),
     ("joined store", 120, None, "out.h5"),  # 12 items of 3x3x256 float32: 108 KiB of features + metadata
     ("sidecar", None, ("vl.extract.store_builder", "write_json_atomic", 2, 500, "-"), "out.h5.json"),
 ]
@@ -109,9 +112,10 @@ def test_extraction_on_a_full_disk_says_so_in_one_line_and_the_rerun_continues(
         photos_and_reference, tmp_path, hits, ulimit_kib, lower_at, names):
     common, reference = photos_and_reference
     out = tmp_path / "out.h5"
-    proc = vl_limited([*common, "--out", out, "-q"], ulimit_kib, lower_at)
+    workers = ["--workers", 1] if "workers" in hits else []
+    proc = vl_limited([*common, *workers, "--out", out, "-q"], ulimit_kib, lower_at)
     line = assert_one_line_disk_error(proc, str(tmp_path / names), "run the same command again")
-    if hits == "shard":
+    if hits.startswith("shard"):
         assert "for the joined store" in line  # the largest file the limit must allow
     assert leftovers(tmp_path) == []
     if hits != "sidecar":  # (written after the store's rename: the store is complete)
@@ -294,3 +298,19 @@ def test_a_store_on_a_device_that_fills_up_keeps_its_finished_shards_and_says_wh
     store = FeatureStore(path)
     assert sorted(store.ids) == ids
     np.testing.assert_array_equal(store.get_many(ids), grid)
+
+
+def test_training_loader_workers_give_way_to_a_file_size_limit(monkeypatch):
+    """Shared-memory batches are files too: under `ulimit -f` the batches are collated in the
+    main process (the same batches), instead of a worker losing one and training waiting."""
+    from vl.shared import disk_full
+    from vl.train.data import make_loader
+
+    class Collating(list):
+        def collator(self, tokenizer):
+            return lambda items: items
+
+    data = Collating(range(4))
+    assert make_loader(data, [[0, 1], [2, 3]], None, workers=2, seed=0).num_workers == 2
+    monkeypatch.setattr(disk_full, "file_size_limit", lambda: 1 << 20)
+    assert make_loader(data, [[0, 1], [2, 3]], None, workers=2, seed=0).num_workers == 0
