@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vl.shared.atomic import atomic_path
+from vl.shared.atomic import write_text_atomic
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.manifest import json_line_objects, json_type_name, missing_fields
 
@@ -216,8 +216,7 @@ def write_submission(task: str, predictions: Mapping[str, Any], examples: Iterab
         first_example[oid] = eid
         records.append((oid, _record(task, ex, oid, predictions[eid])))
     collect_or_raise(problems, hint=f"Nothing was written to {path}.")
-    with atomic_path(path) as tmp:
-        tmp.write_text(_render(task, records), encoding="utf-8")
+    write_text_atomic(path, _render(task, records))  # (a full disk: one line naming the file and its size)
     return path
 
 

@@ -246,6 +246,7 @@ def import_features(opts: ImportOptions) -> ImportSummary:
     with builder:
         done = builder.done_ids
         pending = [x for x in inputs if x.id not in done]
+        builder.items_to_add = len(pending)  # sizes the message of a full disk
         _log(opts, f"{len(inputs)} {spec.extension} files in {opts.src}: {len(inputs) - len(pending)} already in "
                    f"{opts.out}, {len(pending)} to import ({width} wide, {fps:g} frames a second)")
         # 2. Every file's bytes are hashed for the source digest; the pending ones are also read.

@@ -25,6 +25,7 @@ from vl.extract.gpu_decode import DECODE_PATHS, DecodePath
 from vl.extract.inputs import MediaInput
 from vl.extract.sources import FetchSettings
 from vl.extract.store_builder import StoreBuilder
+from vl.shared.disk_full import file_size_limit
 from vl.shared.digests import digest_strings
 from vl.shared.errors import VLError
 from vl.shared.feature_store import STORE_FORMAT
@@ -158,6 +159,11 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
         opts = dataclasses.replace(opts, batch_size=DEFAULT_BATCH.get(encoder.device.type, 32))
     if opts.workers is None:
         opts = dataclasses.replace(opts, workers=default_workers(encoder.device.type))
+    if opts.workers and file_size_limit() is not None:
+        # Loader workers hand batches over in shared-memory files, which `ulimit -f` limits too: one
+        # over it is lost in the worker and the run would wait for it. The main process decodes.
+        _log(opts, "a file size limit (ulimit -f) is set: decoding in the main process (--workers 0)")
+        opts = dataclasses.replace(opts, workers=0)
     if not ranks.is_main:
         opts = dataclasses.replace(opts, progress=False)  # one progress bar, rank 0's
     if encoder.device.type == "cuda":
@@ -188,6 +194,7 @@ def run_extraction(inputs: list[MediaInput], spec: EncoderSpec, opts: ExtractOpt
         else:
             earlier_failures = []
         mine = ranks.slice(pending)
+        builder.items_to_add = len(mine)  # sizes the message of a full disk
         share = f", {len(mine)} on each of {ranks.world_size} ranks" if ranks.world_size > 1 else ""
         _log(opts, f"{len(inputs)} {kind.name}: {len(inputs) - len(pending)} already done in {opts.out}, "
                    f"{len(pending)} to extract{share} ({spec.model}, {encoder.device.type}, {spec.precision}, "

@@ -18,6 +18,7 @@ holds its own lock; rank 0 joins once all ranks are done (see `vl.shared.distrib
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ import h5py
 import numpy as np
 
 from vl.shared.atomic import atomic_path, commit, write_json_atomic
+from vl.shared.disk_full import DiskFullError, GuardedFile, check_space
 from vl.shared.locks import HeldLock
 from vl.shared.errors import VLError
 from vl.shared.feature_store import (
@@ -76,7 +78,8 @@ class _OpenShard:
     def __init__(self, tmp: Path, final: Path, item_shapes: dict[str, tuple[int, ...]], dtype: np.dtype,
                  frames: bool):
         self.tmp, self.final, self.frames = tmp, final, frames
-        self.f = h5py.File(tmp, "w")
+        self.file = GuardedFile(tmp)  # a full disk never reaches HDF5 (see vl.shared.disk_full)
+        self.f = h5py.File(self.file, "w")
         self.n = 0  # items
         self.n_rows = 0  # feature rows (= items for the fixed layout)
         self.failures: list[dict] = []
@@ -117,11 +120,14 @@ class _OpenShard:
             ds.resize(self.n_rows, axis=0)
         self.f.create_dataset("failures", data=json.dumps(self.failures), dtype=h5py.string_dtype("utf-8"))
         self.f.close()
+        self.file.close()
+        self.file.raise_if_full()  # the caller discards this shard and names the space needed
         commit(self.tmp, self.final)
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
             self.f.close()
+        self.file.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 
@@ -162,6 +168,8 @@ class StoreBuilder:
         self.done_in_parts: set[str] = set()  # ids in finished shards of an earlier, unfinished run
         self.discarded_shards: list[str] = []
         self.prior_failures: dict[str, dict] = {}  # failures recorded in the finished store
+        self.items_to_add: int | None = None  # what this run will add, if the caller says: sizes a full disk's message
+        self._kept_items = self._kept_rows = 0  # in the shards this run committed
         self._shard: _OpenShard | None = None
         self._lock_file = None
 
@@ -289,6 +297,8 @@ class StoreBuilder:
         assert (frames is not None) == (self.layout == "frames"), "frames go with the frames layout"
         shard = self._open_shard()
         shard.append(ids, {k: np.asarray(v, dtype=self.dtype) for k, v in features.items()}, frames)
+        if shard.file.error is not None:
+            self._disk_full(shard.file.error.errno)
         if shard.n >= self.shard_rows or time.monotonic() - shard.opened >= self.shard_seconds:
             self._commit_shard()
 
@@ -301,8 +311,36 @@ class StoreBuilder:
 
     def _commit_shard(self) -> None:
         if self._shard is not None:
-            self._shard.close_and_commit()
+            try:
+                self._shard.close_and_commit()
+            except DiskFullError as e:
+                self._disk_full(e.errno)
+            self._kept_items += self._shard.n
+            self._kept_rows += self._shard.n_rows
             self._shard = None
+
+    def _row_bytes(self) -> int:
+        row = sum(int(np.prod(shape, dtype=np.int64)) for shape in self.item_shapes.values()) * self.dtype.itemsize
+        return row + (8 if self.layout == "frames" else 0)  # + a frame's timestamp
+
+    def _disk_full(self, error_number: int) -> None:
+        """Drop the open shard (its items are redone by the rerun) and raise one line: the space
+        the items left need, as shards and then joined into the store, if the caller said how
+        many there are; else what the open shard needed."""
+        shard, self._shard = self._shard, None
+        rows_per_item = self._kept_rows / self._kept_items if self._kept_items else 1.0
+        if shard is not None:
+            shard.discard()
+            rows_per_item = shard.n_rows / shard.n if shard.n else rows_per_item
+        if self.items_to_add is not None:
+            left = max(self.items_to_add - self._kept_items, 1)
+            store = int((len(self.done_ids) + self.items_to_add) * rows_per_item * self._row_bytes())
+            if error_number == errno.EFBIG:  # a limit on each file: the joined store is the largest
+                raise DiskFullError(self.parts, error_number, store, "for the joined store, its largest file")
+            raise DiskFullError(self.parts, error_number, int(left * rows_per_item * self._row_bytes()) + store,
+                                f"for the {left} items left and the store they are joined into")
+        needed = int(max(shard.n if shard else 1, 1) * rows_per_item * self._row_bytes())
+        raise DiskFullError(self.parts, error_number, needed, "for the shard being written")
 
     # -- joining ------------------------------------------------------------------------
     def finish(self, run_record: dict, retried_ids: set[str]) -> dict:
@@ -340,38 +378,53 @@ class StoreBuilder:
         provenance["runs"] = old_prov.get("runs", []) + [run_record]
         provenance["count"] = len(all_ids)
         provenance["failed"] = len(failure_list)
+        row_lists = [(src, items.rows(take)) for src, items, take in plan]
+        n_rows = sum(len(rows) for _, rows in row_lists)
+        needed = n_rows * self._row_bytes()
+        needed_for = f"to join {len(all_ids)} items into it (the parts stay until it is complete)"
+        check_space(self.out, needed, needed_for)  # before hours of copying
         with atomic_path(self.out) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["vl_format"] = STORE_FORMAT
-                f.attrs["schema_version"] = STORE_SCHEMA_VERSION
-                f.attrs["layout"] = self.layout
-                f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
-                f.create_dataset("ids", data=np.array(all_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-                f.create_dataset("failures", data=json.dumps(failure_list), dtype=h5py.string_dtype("utf-8"))
-                row_lists = [(src, items.rows(take)) for src, items, take in plan]
-                n_rows = sum(len(rows) for _, rows in row_lists)
-                grp = f.create_group("features")
-                for name, shape in self.item_shapes.items():
-                    grp.create_dataset(name, shape=(n_rows, *shape), dtype=self.dtype,
-                                       chunks=(chunk_rows(shape, self.dtype, n_rows), *shape) if n_rows else None)
-                if frames:
-                    lengths = np.concatenate([items.lengths[take] for _, items, take in plan] or [np.zeros(0, np.int64)])
-                    f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-                    f.create_dataset("durations", data=np.concatenate(
-                        [items.durations[take] for _, items, take in plan] or [np.zeros(0)]).astype(np.float64))
-                    f.create_dataset("timestamps", shape=(n_rows,), dtype=np.float64)
-                start = 0
-                for src, rows in row_lists:
-                    if rows:
-                        with h5py.File(src, "r") as s:
-                            for name in self.item_shapes:
-                                _copy_rows(s["features"][name], rows, grp[name], start)
-                            if frames:
-                                _copy_rows(s["timestamps"], rows, f["timestamps"], start)
-                    start += len(rows)
+            # a full disk never reaches HDF5 (see vl.shared.disk_full)
+            guard = GuardedFile(tmp, report_as=self.out, needed=needed, needed_for=needed_for)
+            try:
+                with h5py.File(guard, "w") as f:
+                    self._write_joined(f, guard, provenance, all_ids, failure_list, plan, row_lists, n_rows)
+            finally:
+                guard.close()
+            guard.raise_if_full()
         self._sync_sidecar(provenance, failure_list)
         shutil.rmtree(self.parts, ignore_errors=True)
         return {"count": len(all_ids), "failed": len(failure_list), "extracted": new_items}
+
+    def _write_joined(self, f: h5py.File, guard: GuardedFile, provenance: dict, all_ids: list[str],
+                      failure_list: list[dict], plan: list, row_lists: list[tuple[Path, list[int]]],
+                      n_rows: int) -> None:
+        frames = self.layout == "frames"
+        f.attrs["vl_format"] = STORE_FORMAT
+        f.attrs["schema_version"] = STORE_SCHEMA_VERSION
+        f.attrs["layout"] = self.layout
+        f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+        f.create_dataset("ids", data=np.array(all_ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("failures", data=json.dumps(failure_list), dtype=h5py.string_dtype("utf-8"))
+        grp = f.create_group("features")
+        for name, shape in self.item_shapes.items():
+            grp.create_dataset(name, shape=(n_rows, *shape), dtype=self.dtype,
+                               chunks=(chunk_rows(shape, self.dtype, n_rows), *shape) if n_rows else None)
+        if frames:
+            lengths = np.concatenate([items.lengths[take] for _, items, take in plan] or [np.zeros(0, np.int64)])
+            f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+            f.create_dataset("durations", data=np.concatenate(
+                [items.durations[take] for _, items, take in plan] or [np.zeros(0)]).astype(np.float64))
+            f.create_dataset("timestamps", shape=(n_rows,), dtype=np.float64)
+        start = 0
+        for src, rows in row_lists:
+            if rows:
+                with h5py.File(src, "r") as s:
+                    for name in self.item_shapes:
+                        _copy_rows(s["features"][name], rows, grp[name], start, guard)
+                    if frames:
+                        _copy_rows(s["timestamps"], rows, f["timestamps"], start, guard)
+            start += len(rows)
 
 
 @dataclass
@@ -403,9 +456,11 @@ class _Items:
         return out
 
 
-def _copy_rows(src: h5py.Dataset, rows: list[int], dst: h5py.Dataset, start: int) -> None:
-    """Copy src[rows] to dst[start:...] in blocks; contiguous runs are read as slices."""
+def _copy_rows(src: h5py.Dataset, rows: list[int], dst: h5py.Dataset, start: int, guard: GuardedFile) -> None:
+    """Copy src[rows] to dst[start:...] in blocks; contiguous runs are read as slices. Stops
+    after the first block that found the disk full."""
     for b in range(0, len(rows), COPY_ROWS):
+        guard.raise_if_full()
         block = rows[b:b + COPY_ROWS]
         if block[-1] - block[0] == len(block) - 1:
             data = src[block[0]:block[-1] + 1]

@@ -49,22 +49,27 @@ def commit(tmp: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; it replaces `path` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces `path` only if the block succeeds. A full
+    disk met on the way is one DiskFullError naming `path` (and `needed`, the bytes it takes)."""
+    from vl.shared.disk_full import reporting_disk_full
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
-        yield tmp
-        commit(tmp, path)
+        with reporting_disk_full(path, needed):
+            yield tmp
+            commit(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def dumps_json(obj) -> str:

@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from vl.shared.disk_full import DISK_FULL_ERRNOS, disk_full_errno, disk_full_message
 from vl.shared.errors import VLError
 from vl.shared.stopping import Stopped
 from vl.shared.version import __version__
@@ -43,12 +44,8 @@ def os_error_message(error: OSError) -> str | None:
     where = f" {error.filename}" if error.filename else ""
     if isinstance(error, PermissionError):
         return f"permission denied:{where}; choose a folder you may write (or read), or fix its permissions"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        device = f"the device holding {error.filename}" if error.filename else "a device vl was writing to"
-        return (f"no space left on {device} ({error.strerror}); free some space (or choose another folder) and run "
-                "the same command again: finished work is kept")
-    if error.errno == errno.EFBIG:
-        return f"file too large:{where} ({error.strerror}); a file size limit (ulimit -f) or the file system's"
+    if error.errno in DISK_FULL_ERRNOS:
+        return disk_full_message(error.filename, error.errno)
     if error.errno == errno.EROFS:
         return f"read-only file system:{where}; write somewhere else"
     return None
@@ -94,6 +91,12 @@ class LazyGroup(click.Group):
             click.secho("\ninterrupted by SIGINT: run the same command again (vl writes its files whole: none is "
                         "half-written)", fg="yellow", err=True)
             ctx.exit(130)
+        except Exception as e:  # a library's own error for a full disk (safetensors, tokenizers, torch.save)
+            error_number = disk_full_errno(e)
+            if error_number is None:
+                raise
+            click.secho(f"error: {disk_full_message(None, error_number)}", fg="red", err=True)
+            ctx.exit(1)
 
 
 @click.group(

@@ -22,12 +22,14 @@ and `vl report` read it here, so a report imports no torch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from vl.shared.atomic import write_text_atomic
+from vl.shared.disk_full import DISK_FULL_ERRNOS, DiskFullError
 from vl.shared.errors import VLError
 
 CONFIG_FILE = "config.json"
@@ -245,15 +247,25 @@ def _metrics_line(record: dict) -> str:
 
 
 def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
-    """Append `record` as one JSON line to `<run_dir>/metrics.jsonl` and flush it."""
-    line = _metrics_line(record)
+    """Append `record` as one JSON line to `<run_dir>/metrics.jsonl` and flush it. A full
+    disk leaves the file as it was (cut back to its old end) and is one DiskFullError."""
+    line = _metrics_line(record).encode("utf-8")
     path = metrics_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         _repair_tail(path)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
+    with open(path, "ab", buffering=0) as f:  # unbuffered: nothing left to write when it closes
+        end = f.seek(0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(line):
+                done += f.write(line[done:])
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            with contextlib.suppress(OSError):
+                os.truncate(path, end)  # no half record; cutting back needs no space
+            raise DiskFullError(path, e.errno, len(line), "for one more record") from None
 
 
 def record_kind(record: dict) -> str:

@@ -244,5 +244,5 @@ def test_a_folder_that_cannot_be_written_is_one_line(world, tmp_path):
     import errno
 
     full = os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/f.h5"))
-    assert full.startswith("no space left on the device holding /data/f.h5") and "run the same command again" in full
+    assert full.startswith("no space left on the device: writing /data/f.h5 failed") and "run the same command again" in full
     assert os_error_message(FileNotFoundError(2, "gone", "x")) is None  # the rest stay tracebacks: bugs to see

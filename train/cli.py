@@ -140,10 +140,10 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
     import torch
 
     from vl.shared import distributed
-    from vl.train.loop import train as run_training
-
-    from vl.shared.run_dir import metrics_path
+    from vl.shared.disk_full import DiskFullError
+    from vl.shared.run_dir import config_path, metrics_path
     from vl.shared.stopping import keep, stop_on_signals
+    from vl.train.loop import train as run_training
 
     backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
     ranks = distributed.ranks_from_env(backend)
@@ -157,6 +157,10 @@ def train(config_paths: tuple[Path, ...], overrides: tuple[str, ...], resume_dir
             run_dir = run_training(cfg, resume=resume_dir is not None, ranks=ranks, progress=not quiet,
                                    resume_from=resume_from)
             keep(f"training had finished: {run_dir} is complete")
+        except DiskFullError as e:  # a resume goes on from the latest checkpoint (or from the start, if none yet)
+            if config_path(cfg.run_dir).is_file():
+                raise e.retold(then=f"continue with `vl train --resume {cfg.run_dir}`") from None
+            raise  # stopped before the run dir held a run: the same command starts it
         finally:
             distributed.close()
         if ranks.is_main:

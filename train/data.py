@@ -594,6 +594,13 @@ def make_loader(dataset: "MultiTaskDataset", sampler: "MultiTaskSampler", tokeni
     processes (persistent across epochs, niced) or in this one (0)."""
     from torch.utils.data import DataLoader
 
+    from vl.shared.disk_full import file_size_limit
+
+    if workers and file_size_limit() is not None:
+        # Workers hand batches over in shared-memory files, which `ulimit -f` limits too: a batch over
+        # it is lost in the worker and training would wait for it. The same batches, collated here.
+        log.warning("a file size limit (ulimit -f) is set: batches are collated in the main process (workers=0)")
+        workers = 0
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collator(tokenizer), num_workers=workers,
                       persistent_workers=workers > 0, worker_init_fn=init_worker if workers else None,
                       pin_memory=pin_memory,

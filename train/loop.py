@@ -313,11 +313,15 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
     # 1. Cheap checks first: files exist, the run dir is fresh (or resumable), the device works.
     check_files(cfg)
     check_trackers(cfg.logging.report_to)
+    restart = False  # resumed before its first checkpoint (a full disk, a kill): it starts again from step 0
     if resume:
         resume_from = resume_from or latest_checkpoint(run_dir)
-        if resume_from is None:
+        if resume_from is None and config_path(run_dir).is_file():
+            resume, restart = False, True
+        elif resume_from is None:
             raise VLError(f"nothing to resume in {run_dir}: it has no checkpoints (start it without --resume)")
-        find_checkpoint(run_dir, resume_from)  # a missing one names those the run has
+        else:
+            find_checkpoint(run_dir, resume_from)  # a missing one names those the run has
     elif run_json_path(run_dir).exists() or checkpoints_dir(run_dir).exists():
         raise VLError(f"run dir {run_dir} already holds a run: continue it with `vl train --resume {run_dir}`, "
                       "or set run_dir to a new folder")
@@ -444,6 +448,9 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
             print(f"metrics.jsonl: dropped the records after step {step}, which this resume makes again", flush=True)
         print(f"resuming {run_dir} from checkpoint {resume_from} {where} (step {step})", flush=True)
     elif main:
+        if restart:
+            drop_metrics_after(run_dir, 0)
+            print(f"{run_dir} stopped before its first checkpoint: starting it again from the beginning", flush=True)
         save_config(cfg, config_path(run_dir))
         write_run_json(run_dir, cfg, model, manifests=dict.fromkeys(
             p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
@@ -608,10 +615,10 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
                     plot_curves(run_dir)
                     plotted_at = time.monotonic()
                 print(json.dumps(record, sort_keys=True), flush=True)
+                if improved:  # before `last`: a resume from the `last` before this one saves it again
+                    save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch, micro=inside))
                 save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch, micro=inside,
                                                                                          early=early))
-                if improved:
-                    save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch, micro=inside))
                 if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:  # the same state as `last`
                     save_checkpoint(run_dir, step_checkpoint_name(step), model, optimizer, scheduler,
                                     extra_state(epoch, micro=inside, early=early))

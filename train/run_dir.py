@@ -31,6 +31,7 @@ from torch import nn
 
 from vl.shared.atomic import atomic_path, fsync_path, write_json_atomic
 from vl.shared.digests import sha256_file
+from vl.shared.disk_full import DiskFullError
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.feature_store import FeatureStore, store_settings
 from vl.shared.manifest import meta_path_for
@@ -151,7 +152,7 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in trainable_state(model).items()}
     try:
         tmp.mkdir()
-        with atomic_path(tmp / MODEL_FILE) as t:
+        with atomic_path(tmp / MODEL_FILE, needed=tensor_bytes(tensors)) as t:
             save_file(tensors, str(t), metadata={"format": "pt", "kind": CHECKPOINT_KIND})
         state = {
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -159,8 +160,8 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
             "rng": _rng_state(),
             "extra": extra,
         }
-        with atomic_path(tmp / STATE_FILE) as t:
-            torch.save(state, t)
+        with atomic_path(tmp / STATE_FILE, needed=tensor_bytes(state)) as t, open(t, "wb") as f:
+            torch.save(state, f)  # to a Python file: a full disk surfaces as its OSError (a path gives torch's own)
         write_json_atomic(tmp / META_FILE, {
             "kind": CHECKPOINT_KIND, "schema_version": SCHEMA_VERSION, "step": extra.get("step"),
             "trainable_names": sorted(tensors), "trainable_tensors": len(tensors),
@@ -178,10 +179,23 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,
             raise
         with contextlib.suppress(OSError):
             fsync_path(root)
+    except DiskFullError as e:  # named as the user will look for it, not by its temporary folder
+        raise e.retold(final / Path(e.path).name) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in `value` (nested dicts, lists): about what saving it takes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def load_checkpoint(run_dir: str | os.PathLike, name: str, model: nn.Module,

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import string
 from collections import Counter
 from pathlib import Path
@@ -47,6 +49,8 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from vl.shared.atomic import temporary_sibling
+from vl.shared.disk_full import reporting_disk_full
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.manifest import DatasetManifest
 from vl.train.tasks import DEFAULT_LAYOUT, TASKS, Count, InputLayout
@@ -160,8 +164,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: Kind,
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=MODEL_MAX_LENGTH[kind], **specials)
     assert len(tok) <= vocab_size, f"trained {len(tok)} entries for vocab_size {vocab_size}"
     if out_dir is not None:
-        tok.save_pretrained(str(out_dir))
+        save_tokenizer(tok, Path(out_dir))
     return tok
+
+
+def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: Path) -> None:
+    """`save_pretrained` into a temporary sibling folder renamed into place once complete:
+    a failure (a full disk) leaves no half-written tokenizer for the rerun to load."""
+    tmp = temporary_sibling(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with reporting_disk_full(out_dir, needed=len(tok.backend_tokenizer.to_str(pretty=True).encode("utf-8"))):
+            tok.save_pretrained(str(tmp))
+            if out_dir.is_dir():  # one file at a time over an older one
+                for f in tmp.iterdir():
+                    os.replace(f, out_dir / f.name)
+            else:
+                os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _minimum_vocab_size(kind: Kind) -> int:
