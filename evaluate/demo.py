@@ -383,8 +383,8 @@ def run_demo(out: Path, size: str = "full", echo: Callable[[str], Any] = click.e
 
 @click.command("demo", epilog="""\b
 Examples:
-  vl demo --quick               # about 30 s on 2 CPU cores: the pipeline, tiny and short
-  vl demo --out my_demo         # the full demo (about 10-11 minutes): shows the methods learning""",
+  vl demo --quick               # about 35 s on 2 CPU cores: the pipeline, tiny and short
+  vl demo --out my_demo         # the full demo (about 10 minutes): shows the methods learning""",
                context_settings={"max_content_width": 100})
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("vl_demo"), show_default=True,
               help="Folder for everything the demo makes; rerunning reuses finished steps.")
