@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from cli_run import machine, markdown_table, write_results
-from train_step import GRID, PAPER_VOCAB, make_inputs
+from train_step import GRID, PAPER_VOCAB, add_shared_args, default_precision, make_inputs
 
 DECODES = {"greedy": 1, "beam-5": 5}  # name -> num_beams
 
@@ -138,15 +138,9 @@ def main() -> None:
     ap.add_argument("--model", default="bart-base", help="backbone shape (default bart-base)")
     ap.add_argument("--n", type=int, default=128, help="questions predicted by each measurement (default 128)")
     ap.add_argument("--batch-size", type=int, default=64, help="examples per batch (default 64: val_batch_size's)")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default fp32 on cpu, bf16 on cuda")
-    ap.add_argument("--images", type=int, default=64, help="demo-world images (3 VQA questions each; default 64)")
-    ap.add_argument("--out-dir", type=Path, default=Path("bench_out"), help="inputs (default bench_out)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=1, help="run each measurement R times, keep the fastest (default 1)")
-    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    add_shared_args(ap)
     args = ap.parse_args()
-    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.precision = default_precision(args)
     manifest, store = make_inputs(args.out_dir / f"train_world_{args.images}", args.images, args.seed)
 
     command = shlex.join([sys.executable, *sys.argv])

@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
 from cli_run import machine, markdown_table, write_results
-from train_step import bench_step, make_inputs
+from train_step import add_shared_args, bench_step, default_precision, make_inputs
 
 METHODS = ("full", "adapter", "lora", "prompt")
 
@@ -52,15 +51,9 @@ def main() -> None:
     ap.add_argument("--step-model", default="bart-base", help="backbone shape (default bart-base)")
     ap.add_argument("--step-batch-size", type=int, default=8, help="batch size (default 8)")
     ap.add_argument("--step-steps", type=int, default=6, help="timed steps per method (default 6)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default fp32 on cpu, bf16 on cuda")
-    ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--out-dir", type=Path, default=Path("bench_out"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=1, help="run each method R times, keep the fastest (default 1)")
-    ap.add_argument("--json", type=Path)
+    add_shared_args(ap)
     args = ap.parse_args()
-    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.precision = default_precision(args)
     make_inputs(args.out_dir / f"train_world_{args.images}", args.images, args.seed)  # once, before the runs
     command = shlex.join([sys.executable, *sys.argv])
     print(f"command: {command}\nmachine: {machine()}\n", flush=True)

@@ -388,6 +388,23 @@ def report(r: dict, args) -> str:
     return markdown_table(rows)
 
 
+def add_shared_args(ap: argparse.ArgumentParser) -> None:
+    """The options this benchmark shares with bench/peft_step.py and bench/generate.py: device,
+    precision, the demo-world inputs, repeats and the JSON output."""
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default fp32 on cpu, bf16 on cuda")
+    ap.add_argument("--images", type=int, default=64, help="demo-world images (3 VQA questions each; default 64)")
+    ap.add_argument("--out-dir", type=Path, default=Path("bench_out"), help="inputs (default bench_out)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="run each measurement R times, keep the fastest (default 1)")
+    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+
+
+def default_precision(args: argparse.Namespace) -> str:
+    """--precision, or its default: bf16 on CUDA, fp32 on the CPU."""
+    return args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bart-base", help="backbone shape of (loader)/(memory) (default bart-base)")
@@ -396,13 +413,7 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1", help="DataLoader workers of (loader), comma-separated (default 0,1)")
     ap.add_argument("--steps", type=int, default=12, help="timed steps of each measurement (default 12)")
     ap.add_argument("--step-steps", type=int, default=8, help="timed steps of (step) (default 8)")
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default fp32 on cpu, bf16 on cuda")
-    ap.add_argument("--images", type=int, default=64, help="demo-world images (3 VQA questions each; default 64)")
-    ap.add_argument("--out-dir", type=Path, default=Path("bench_out"), help="inputs (default bench_out)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=1, help="run each measurement R times, keep the fastest (default 1)")
-    ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    add_shared_args(ap)
     ap.add_argument("--method", default="full", help=argparse.SUPPRESS)  # of --part step (bench/peft_step.py)
     ap.add_argument("--part", choices=["all", "step", "mfu"], default="all",
                     help="all: (loader), (memory), (step); mfu: FLOPs per sample and MFU of full fine-tuning and "
@@ -418,7 +429,7 @@ def main() -> None:
     ap.add_argument("--flops-only", action="store_true",
                     help="mfu: count the FLOPs per sample, time nothing (what a shared CPU can record)")
     args = ap.parse_args()
-    args.precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
+    args.precision = default_precision(args)
     args.workers = [int(w) for w in str(args.workers).split(",")]
     manifest, store = make_inputs(args.out_dir / f"train_world_{args.images}", args.images, args.seed)
     if args.part == "step":
