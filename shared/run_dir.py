@@ -281,12 +281,19 @@ def read_metrics(run_dir: str | os.PathLike, kind: str | None = EPOCH_RECORD) ->
     return records if kind is None else [r for r in records if record_kind(r) == kind]
 
 
-def drop_metrics_after(run_dir: str | os.PathLike, step: int) -> int:
+def drop_metrics_after(run_dir: str | os.PathLike, step: int, ended: bool = True) -> int:
     """Remove the records of optimizer steps after `step` (what a killed run logged past the
     checkpoint it resumes from, which the resumed run logs again); returns how many went.
-    The file is rewritten atomically."""
+    `ended=False`: the checkpoint was saved before its epoch's end was written, so an epoch
+    record at `step` goes too (a kill between writing it and saving `last`). The file is
+    rewritten atomically."""
+    def logged_after(r: dict) -> bool:
+        if not isinstance(r.get("step"), int):
+            return False
+        return r["step"] > step or (not ended and r["step"] == step and record_kind(r) == EPOCH_RECORD)
+
     records = _read_all_metrics(run_dir)
-    kept = [r for r in records if not (isinstance(r.get("step"), int) and r["step"] > step)]
+    kept = [r for r in records if not logged_after(r)]
     if len(kept) < len(records):
         write_text_atomic(metrics_path(run_dir), "".join(map(_metrics_line, kept)))
     return len(records) - len(kept)

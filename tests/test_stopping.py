@@ -291,6 +291,126 @@ def test_train_stops_at_a_step_checkpoint_and_resume_ends_as_the_uninterrupted_r
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
 
 
+@pytest.fixture(scope="module")
+def reference_run(world, whole_run, tmp_path_factory):
+    """reference(**top): the uninterrupted run of write_train_config(world, run, **top), made once."""
+    runs = {(): whole_run}
+
+    def reference(**top) -> Path:
+        key = tuple(sorted(top.items()))
+        if key not in runs:
+            run = tmp_path_factory.mktemp("stop-reference") / "whole"
+            run_vl(["train", "-c", write_train_config(world, run, **top), "-q"])
+            runs[key] = run
+        return runs[key]
+
+    return reference
+
+
+def checkpoint_contents(folder: Path) -> tuple[dict, dict, dict, dict]:
+    """(tensors, meta.json, the state's `extra` without its timing, its RNG states) of a checkpoint."""
+    state = torch.load(folder / "state.pt", weights_only=False)
+    extra = state["extra"]
+    if extra.get("sums"):
+        extra["sums"] = {k: v for k, v in extra["sums"].items() if k != "seconds"}
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["model_sha256"]  # of the file's bytes: safetensors writes its metadata keys in hash-map order
+    return load_file(str(folder / "model.safetensors")), meta, extra, state["rng"]
+
+
+def assert_same_run(run: Path, reference: Path, leftover: set[str] = frozenset()) -> None:
+    """metrics.jsonl's records apart from timings, each checkpoint (weights bit-identical, the
+    same step, best, early-stopping state and RNG states) and each epoch's validation file are
+    the uninterrupted run's; `leftover`: the step-N checkpoints the stop saved besides them."""
+    assert comparable(read_metrics(run, kind=None)) == comparable(read_metrics(reference, kind=None))
+    names = {p.name for p in (reference / "checkpoints").iterdir()}
+    assert {p.name for p in (run / "checkpoints").iterdir()} == names | leftover
+    for name in sorted(names):
+        (want, want_meta, want_extra, want_rng), (got, got_meta, got_extra, got_rng) = (
+            checkpoint_contents(r / "checkpoints" / name) for r in (reference, run))
+        assert want.keys() == got.keys() and got_meta == want_meta and got_extra == want_extra, name
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+        assert str(got_rng) == str(want_rng), name
+    evals = sorted(p.name for p in (reference / "eval").glob("epoch_*.json"))
+    assert sorted(p.name for p in (run / "eval").glob("epoch_*.json")) == evals
+    for name in evals:
+        assert json.loads((run / "eval" / name).read_text()) == json.loads((reference / "eval" / name).read_text())
+
+
+@pytest.mark.parametrize("signum, top, call", [
+    (signal.SIGINT, {"max_steps": 5, "save_every_n_steps": 5}, 1),  # max_steps inside epoch 1
+    (signal.SIGTERM, {"max_steps": STEPS_AN_EPOCH}, 1),  # max_steps at epoch 1's last step
+    (signal.SIGINT, {}, 3),  # the last epoch's (2 epochs; vqa and gqa predict in each validation)
+])
+def test_a_stop_during_the_final_validation_resumes_to_that_validation_and_the_runs_end(
+        world, reference_run, tmp_path, monkeypatch, signum, top, call):
+    from vl.train import loop
+
+    run, last_step = tmp_path / "stopped", top.get("max_steps", 2 * STEPS_AN_EPOCH)
+    send_on_call(monkeypatch, loop, "generate_predictions", signum, lambda n, *_: n == call)
+    result = run_vl(["train", "-c", write_train_config(world, run, **top), "-q"], expect=None)
+    monkeypatch.undo()
+    assert result.exit_code == 128 + signum, result.output
+    assert f"checkpoint step-{last_step} holds the run after step {last_step}" in one_stop_line(result.stderr, signum)
+    assert all(r["step"] < last_step for r in read_metrics(run))  # the final epoch's record is missing
+
+    resumed = run_vl(["train", "--resume", run, "-q"])
+    assert f"from checkpoint step-{last_step} inside epoch {(last_step - 1) // STEPS_AN_EPOCH + 1}" in resumed.output
+    saved_every = top.get("save_every_n_steps")
+    assert_same_run(run, reference_run(**top),
+                    leftover=set() if saved_every and last_step % saved_every == 0 else {f"step-{last_step}"})
+    if "max_steps" in top:  # done now: a further resume has nothing to do
+        again = run_vl(["train", "--resume", run, "-q"])
+        assert f"has reached max_steps={last_step} (step {last_step}); nothing to resume" in again.output
+
+
+def test_a_signal_after_the_final_validation_lets_the_run_finish_and_says_so(world, reference_run, tmp_path,
+                                                                             monkeypatch):
+    """A signal while the final checkpoints are written: no check is left, so they are written whole."""
+    from vl.train import loop
+
+    top = {"max_steps": 5, "save_every_n_steps": 5}
+    run = tmp_path / "stopped"
+    send_on_call(monkeypatch, loop, "save_checkpoint", signal.SIGTERM, lambda n, run_dir, name, *_: name == "last")
+    result = run_vl(["train", "-c", write_train_config(world, run, **top), "-q"], expect=None)
+    monkeypatch.undo()
+    assert result.exit_code == 143
+    assert f"training had finished: {run} is complete" in one_stop_line(result.stderr, signal.SIGTERM)
+    assert_same_run(run, reference_run(**top))
+    assert "nothing to resume" in run_vl(["train", "--resume", run, "-q"]).output
+
+
+class Killed(BaseException):
+    """The process killed (SIGKILL, a power cut) at the point a test chooses."""
+
+
+def test_a_kill_between_the_final_record_and_last_resumes_without_a_second_record(world, reference_run, tmp_path,
+                                                                                 monkeypatch):
+    """max_steps=5 with save_every_n_steps=5: step-5 is saved before the validation; killed after
+    metrics.jsonl got the epoch's record but before `last`, the resume from step-5 writes that
+    record once."""
+    from vl.train import loop
+
+    top = {"max_steps": 5, "save_every_n_steps": 5}
+    run = tmp_path / "killed"
+    real = loop.save_checkpoint
+
+    def save_checkpoint(run_dir, name, *args, **kwargs):
+        if name == "last":
+            raise Killed
+        return real(run_dir, name, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_checkpoint)
+    with pytest.raises(Killed):
+        run_vl(["train", "-c", write_train_config(world, run, **top), "-q"])
+    monkeypatch.undo()
+    assert [r["step"] for r in read_metrics(run)] == [5] and not (run / "checkpoints/last").exists()
+    resumed = run_vl(["train", "--resume", run, "-q"])
+    assert "from checkpoint step-5 inside epoch 1" in resumed.output
+    assert_same_run(run, reference_run(**top))
+
+
 # -- vl evaluate: the tasks scored stay written ---------------------------------------------------------
 
 def test_evaluate_keeps_the_tasks_scored_and_names_the_rest(whole_run, tmp_path, monkeypatch):

@@ -19,7 +19,9 @@ Reproducibility: the batch order comes from (seed, epoch) alone (MultiTaskSample
 every checkpoint holds the optimizer, scheduler and RNG states and where in the epoch it
 was saved (a step-N checkpoint: the batches done, and the epoch's running loss sums), so
 on the CPU in fp32 a run killed after epoch k, or after step N, and resumed with
-`train(cfg, resume=True)` ends with the same weights as an uninterrupted one.
+`train(cfg, resume=True)` ends with the same weights as an uninterrupted one; a run
+stopped during an epoch's validation (its last epoch's, or at max_steps, included) resumes
+by running that validation and writing what the uninterrupted run wrote after it.
 
 Under `torchrun` (`Ranks` from vl.shared.distributed) the model is wrapped in DDP: every
 rank builds the same plan of global steps (MultiTaskSampler) and takes its share of each
@@ -427,6 +429,9 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
             raise VLError(f"{run_dir} stopped with: {extra['stopped']}; resuming would repeat it: start a new run "
                           "(e.g. with a lower optim.lr)")
         step, best = extra["step"], extra.get("best")
+        # Whether the checkpoint's epoch had ended (its metrics.jsonl line, validation and `last` written): no
+        # when a stop came inside it or during its validation. (Before the key: `last` is saved after the end.)
+        ended = extra.get("ended", extra.get("micro") is None or resume_from == LAST)
         if extra.get("micro") is None:  # saved at the end of its epoch
             start_epoch = extra["epoch"] + 1
             where = f"after epoch {extra['epoch'] + 1}"
@@ -441,10 +446,12 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
                   f"(`vl train --resume {run_dir} --set early_stopping.patience=N`, 0: no early stopping)", flush=True)
             return run_dir
         if cfg.max_steps is not None and step >= cfg.max_steps:
-            print(f"{run_dir} has reached max_steps={cfg.max_steps} (step {step}); nothing to resume "
-                  f"(raise it with --set max_steps=N to train on)", flush=True)
-            return run_dir
-        if main and drop_metrics_after(run_dir, step):
+            if ended:
+                print(f"{run_dir} has reached max_steps={cfg.max_steps} (step {step}); nothing to resume "
+                      f"(raise it with --set max_steps=N to train on)", flush=True)
+                return run_dir
+            where += f"; max_steps={cfg.max_steps} was reached there: what is left is that epoch's end"
+        if main and drop_metrics_after(run_dir, step, ended=ended):
             print(f"metrics.jsonl: dropped the records after step {step}, which this resume makes again", flush=True)
         print(f"resuming {run_dir} from checkpoint {resume_from} {where} (step {step})", flush=True)
     elif main:
@@ -456,11 +463,14 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
             p for t in cfg.tasks for p in (t.train_manifest, t.val_manifest) if p is not None),
             stores=list(stores.values()), method={"name": cfg.method, "display": display_name(cfg.method, cfg)})
 
-    def extra_state(epoch: int, stopped: str | None = None, micro: int | None = None, early: str | None = None) -> dict:
+    def extra_state(epoch: int, stopped: str | None = None, micro: int | None = None, early: str | None = None,
+                    ended: bool = False) -> dict:
         """What a checkpoint keeps besides tensors. `micro`: the batches done in `epoch` when
         saved inside it (None: at its end), with the epoch's running sums; `early`: why
-        early stopping ended the run."""
-        return {"epoch": epoch, "step": step, "best": best, "best_metric": cfg.best_metric,
+        early stopping ended the run; `ended`: saved after the epoch's end was written (its
+        metrics.jsonl line, validation, `last`), which a resume from a checkpoint saved
+        before it (a stop during the validation) writes first."""
+        return {"epoch": epoch, "step": step, "best": best, "best_metric": cfg.best_metric, "ended": ended,
                 "sampler": {"seed": cfg.seed, "epoch": epoch, "start": micro or 0}, "stopped": stopped,
                 "micro": micro, "sums": None if micro is None else epoch_sums,
                 "early_stop": {"metric": stop_metric, "patience": stopping.patience, "best": stop_best,
@@ -469,8 +479,9 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
     def stop_at(epoch: int, micro: int) -> Stopped:
         """A stop asked for by SIGINT/SIGTERM (vl.shared.stopping): the state after `step`,
         `micro` batches into `epoch`, saved as a step-N checkpoint as save_every_n_steps saves
-        it, so `vl train --resume` goes on exactly from here (at micro == the epoch's length
-        it validates the epoch and saves `last`, as the uninterrupted run would)."""
+        it, so `vl train --resume` goes on exactly from here (at micro == the epoch's length,
+        or at max_steps, it only validates the epoch and writes its end, as the uninterrupted
+        run would)."""
         name = step_checkpoint_name(step)
         if main:
             epoch_sums["seconds"] = time.perf_counter() - t0
@@ -493,11 +504,13 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
             model.train()
             # The epoch's running sums (a step-N checkpoint keeps them, so a resumed epoch's line is the whole epoch's).
             epoch_sums = sums if first else {"seen": 0, "loss_sum": 0.0, "task_loss": {}, "seconds": 0.0}
-            t0, micro, ended_by_max = time.perf_counter() - epoch_sums["seconds"], first, False
+            # True here only when resumed from a stop at max_steps (during the validation): that is all that is left
+            ended_by_max = cfg.max_steps is not None and step >= cfg.max_steps
+            t0, micro = time.perf_counter() - epoch_sums["seconds"], first
             window = {"seen": 0, "loss_sum": 0.0, "t0": time.perf_counter()}  # since the last step record
             bar = progress_bar(total=len(sampler), initial=first, desc=f"epoch {epoch + 1}/{epochs}",
                                unit="batch", enabled=main and progress)
-            for batch in loader:
+            for batch in () if ended_by_max else loader:
                 batch = to_device(batch, device)
                 n = len(batch["ids"])
                 # An optimizer step averages its micro-batches; the epoch's last step takes what is left.
@@ -616,12 +629,11 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
                     plotted_at = time.monotonic()
                 print(json.dumps(record, sort_keys=True), flush=True)
                 if improved:  # before `last`: a resume from the `last` before this one saves it again
-                    save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch, micro=inside))
-                save_checkpoint(run_dir, LAST, model, optimizer, scheduler, extra_state(epoch, micro=inside,
-                                                                                         early=early))
+                    save_checkpoint(run_dir, BEST, model, None, None, extra_state(epoch, micro=inside, ended=True))
+                state = extra_state(epoch, micro=inside, early=early, ended=True)
+                save_checkpoint(run_dir, LAST, model, optimizer, scheduler, state)
                 if cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0:  # the same state as `last`
-                    save_checkpoint(run_dir, step_checkpoint_name(step), model, optimizer, scheduler,
-                                    extra_state(epoch, micro=inside, early=early))
+                    save_checkpoint(run_dir, step_checkpoint_name(step), model, optimizer, scheduler, state)
                     if cfg.keep_last_n:
                         prune_step_checkpoints(run_dir, cfg.keep_last_n)
                 if early:
