@@ -187,6 +187,26 @@ def world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer_folders(world, tmp_path_factory) -> dict[str, Path]:
+    """{"t5": folder, "bart": folder}: 400-token tokenizers trained on the world's manifests and
+    saved as `tokenizer:` names a folder; the T5 one holds T5's 100 span sentinels
+    <extra_id_0..99>, as google-t5's tokenizers do (a trained one has none)."""
+    from vl.shared.manifest import DatasetManifest
+    from vl.train.tokenizer import manifest_texts, train_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    manifests = [DatasetManifest.read(p) for p in sorted((world / "manifests").glob("*_train.jsonl"))]
+    folders = {}
+    for kind in ("t5", "bart"):
+        tokenizer = train_tokenizer(manifest_texts(manifests), 400, kind)
+        if kind == "t5":
+            tokenizer.add_tokens([f"<extra_id_{k}>" for k in range(100)], special_tokens=True)
+        folders[kind] = root / kind
+        tokenizer.save_pretrained(folders[kind])
+    return folders
+
+
+@pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> tuple[Path, str]:
     """`vl demo --size tiny --quiet` once for the session: (its folder, the command's output)."""
     from vl.shared.cli import cli

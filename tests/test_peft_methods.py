@@ -60,6 +60,42 @@ def test_dry_run_through_the_cli_lists_groups_and_needs_no_files(tmp_path):
     assert bad.exit_code == 1 and "set feat_dim" in bad.output
 
 
+@pytest.mark.parametrize("backbone, tokenizer", [("tiny-t5", "t5"), ("tiny-bart", "bart"), ("tiny-t5", None)])
+def test_the_dry_runs_budget_is_the_one_the_run_builds(world, tokenizer_folders, tmp_path, backbone, tokenizer):
+    """With extra_tokens 200 the build sizes the token embedding to the tokenizer's length once the
+    extra tokens it lacks are added: a T5 tokenizer has its 100 <extra_id_k> already; a tokenizer
+    to be trained (None) has none."""
+    from vl.train.tokenizer import load_tokenizer
+
+    settings = ["--set", f"backbone={backbone}", "--set", "extra_tokens=200", "--set", "method=adapter",
+                "--set", f"tokenizer={tokenizer_folders[tokenizer] if tokenizer else 'null'}"]
+    config = write_config(world, tmp_path / "run")
+    dry = vl_train("-c", str(config), *settings, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    run = vl_train("-c", str(config), *settings, "--set", "max_steps=1", "--set", "val_every=0", "-q")
+    assert run.exit_code == 0, run.output
+    (built,) = re.findall(r"^method adapter: \d+ tensors train, ([\d,]+) of ([\d,]+) parameters \((.*)\)$",
+                          run.output, re.M)
+    line = "trainable {} of {} parameters ({})".format(*built)
+    if tokenizer is None:  # trained as the run starts: at most tokenizer_vocab_size (400) tokens, as it says
+        assert "token embedding: at most 600 rows, the tokenizer_vocab_size" in dry.output
+        assert int(dry.output.splitlines()[-1].split()[3].replace(",", "")) > int(built[1].replace(",", ""))
+    else:
+        assert dry.output.splitlines()[-1] == line and "token embedding:" not in dry.output
+    if tokenizer == "t5":  # what the dry run counted before: the tokenizer's length plus all 200
+        assert "<extra_id_99>" in load_tokenizer(str(tokenizer_folders["t5"])).get_vocab()
+    started = vl_train("--resume", str(tmp_path / "run"), "--dry-run")  # the run's own tokenizer, read back
+    assert started.exit_code == 0 and started.output.splitlines()[-1] == line, started.output
+
+
+def test_the_hub_tokenizers_of_the_t5_presets_keep_their_own_sentinels():
+    from vl.train.build import embedding_rows
+
+    t5 = load_config(TrainConfig, PRESETS / "pretrain/vl_t5.yaml")
+    assert embedding_rows(t5) == (32100 + 100, "")  # google-t5's 32,100 tokens hold <extra_id_0..99>: 100 <vis_extra_id_k>
+    assert embedding_rows(load_config(TrainConfig, PRESETS / "pretrain/vl_bart.yaml")) == (50265 + 200, "")
+
+
 def demo_config(world: Path, run: Path, preset: str) -> TrainConfig:
     """The preset's method and settings on a tiny random BART and two demo tasks."""
     cfg = load_config(TrainConfig, PRESETS / f"{preset}.yaml", [

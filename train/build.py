@@ -29,7 +29,7 @@ from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
 from vl.train.peft.methods import apply_method, budget_table, carry_over, uses_every_parameter_each_step
 from vl.train.peft.registry import applied
 from vl.train.run_dir import frozen_sha256, load_checkpoint
-from vl.train.tokenizer import add_extra_tokens, load_tokenizer, vis_token_ids
+from vl.train.tokenizer import HUB_TOKENIZERS, add_extra_tokens, extra_token_names, load_tokenizer, vis_token_ids
 
 # -- what trains: freeze all, apply the method, unfreeze exactly what it names -------------
 
@@ -75,8 +75,8 @@ def build_model(cfg: TrainConfig, feat_dim: int, vocab_size: int, tasks: list[st
 def dry_run(cfg: TrainConfig) -> str:
     """Build the model with the method applied, offline (random weights, no memory: the
     meta device) and return the table of trainable parameters (vl.train.peft.methods). The
-    feature width comes from cfg.feat_dim or the first task's store; the vocabulary from a
-    local tokenizer folder, else the backbone's config; plus cfg.extra_tokens."""
+    feature width comes from cfg.feat_dim or the first task's store; the token embedding's
+    rows from `embedding_rows` (its note first, where they are an estimate)."""
     cfg = inherit_from_run(cfg)
     feat_dim = cfg.feat_dim
     if feat_dim is None:
@@ -86,19 +86,41 @@ def dry_run(cfg: TrainConfig) -> str:
                           "or make the tasks' feature stores first")
         store = FeatureStore(stores[0])
         feat_dim = int(store.item_shape(store.default_feature)[-1])
-    if cfg.tokenizer is not None and Path(cfg.tokenizer).expanduser().is_dir():
-        vocab = len(load_tokenizer(cfg.tokenizer)) + cfg.extra_tokens
-    elif cfg.backbone in BACKBONE_SHAPES:
-        vocab = BACKBONE_SHAPES[cfg.backbone].config["vocab_size"] + cfg.extra_tokens
-    else:
-        vocab = None  # the backbone folder's own config
+    vocab, estimate = embedding_rows(cfg)
     with torch.device("meta"):
         model = build_vl_model(cfg.backbone, feat_dim, init="random", vocab_size=vocab)
         # the same parameters either way; <vis_extra_id_k> are the last extra_tokens // 2 rows
         rows = model.backbone.get_input_embeddings().num_embeddings
         model.set_visual_inputs(cfg.visual_inputs, cfg.visual_boxes, range(rows - cfg.extra_tokens // 2, rows))
         set_trainable(model, cfg, [t.name for t in cfg.tasks])
-    return budget_table(model)
+    return "\n".join([*([estimate] if estimate else []), budget_table(model)])
+
+
+def embedding_rows(cfg: TrainConfig) -> tuple[int | None, str]:
+    """The token embedding's rows in the model a run builds, found offline, and a note where
+    they are only an estimate ("" where exact). The build sizes the embedding to the
+    tokenizer's length once `add_extra_tokens` has added the extra tokens it lacks (a T5
+    tokenizer has its <extra_id_k> already). The tokenizer is read from a local folder
+    (cfg.tokenizer, or the one a started run saved); a hub id of the built-in backbones is
+    known (HUB_TOKENIZERS). One still to be trained on the manifests has at most
+    tokenizer_vocab_size tokens; another hub id is unknown offline: None, the backbone's own
+    vocabulary (a built-in backbone's rows plus the extra tokens)."""
+    folder = cfg.tokenizer if cfg.tokenizer is not None else str(tokenizer_dir(cfg.run_dir))
+    extra = len(extra_token_names(cfg.extra_tokens))
+    if Path(folder).expanduser().is_dir():
+        tokenizer = load_tokenizer(folder)
+        add_extra_tokens(tokenizer, cfg.extra_tokens)
+        return len(tokenizer), ""
+    if cfg.tokenizer is None:  # trained on the manifests (none of the extra tokens), up to tokenizer_vocab_size
+        return cfg.tokenizer_vocab_size + extra, (
+            f"token embedding: at most {cfg.tokenizer_vocab_size + extra:,} rows, the tokenizer_vocab_size of the "
+            f"tokenizer the run trains on its manifests (fewer when their texts cannot fill it) + {extra} extra "
+            f"tokens; once the run has started, `vl train --resume {cfg.run_dir} --dry-run` counts its own")
+    if cfg.tokenizer in HUB_TOKENIZERS:
+        return HUB_TOKENIZERS[cfg.tokenizer].length_with_extra_tokens(cfg.extra_tokens), ""
+    rows = BACKBONE_SHAPES[cfg.backbone].config["vocab_size"] + extra if cfg.backbone in BACKBONE_SHAPES else None
+    return rows, (f"token embedding: the backbone's own rows{f' + {extra} extra tokens' if rows else ''}; the run "
+                  f"sizes it to the length of tokenizer {cfg.tokenizer}, unknown offline (a local folder gives it)")
 
 
 # -- a trained run back in memory ------------------------------------------------------------

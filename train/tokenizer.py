@@ -43,6 +43,7 @@ import os
 import shutil
 import string
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, Mapping
 
@@ -312,15 +313,43 @@ def _train_bart(texts: Iterator[str], vocab_size: int, seen: _TextStats) -> Toke
     return tk
 
 
+def extra_token_names(count: int) -> list[str]:
+    """`count // 2` `<extra_id_k>` and as many `<vis_extra_id_k>`: VL-BART's special tokens."""
+    half = max(count, 0) // 2
+    return [f"<extra_id_{k}>" for k in range(half)] + [f"<vis_extra_id_{k}>" for k in range(half)]
+
+
 def add_extra_tokens(tokenizer: PreTrainedTokenizerFast, count: int) -> int:
-    """Add VL-BART's special tokens: `count // 2` `<extra_id_k>` and as many `<vis_extra_id_k>`
-    (the reference added 100 + 100 to BART's tokenizer). Tokens the tokenizer has already
-    (T5's own extra ids, or a second call) are not added again; returns how many were added."""
+    """Add VL-BART's special tokens (`extra_token_names`; the reference added 100 + 100 to
+    BART's tokenizer). Tokens the tokenizer has already (T5's own extra ids, or a second
+    call) are not added again; returns how many were added."""
     if count <= 0:
         return 0
-    half = count // 2
-    names = [f"<extra_id_{k}>" for k in range(half)] + [f"<vis_extra_id_{k}>" for k in range(half)]
-    return tokenizer.add_tokens(names, special_tokens=True)
+    return tokenizer.add_tokens(extra_token_names(count), special_tokens=True)
+
+
+@dataclass(frozen=True)
+class HubTokenizer:
+    """What a dry run needs to know of a hub tokenizer without the network."""
+
+    length: int  # len(tokenizer) as loaded
+    extra_ids: int  # its own <extra_id_0> .. <extra_id_{n-1}> (T5's span sentinels), which add_extra_tokens keeps
+
+    def length_with_extra_tokens(self, count: int) -> int:
+        """len(tokenizer) after add_extra_tokens(tokenizer, count)."""
+        own = {f"<extra_id_{k}>" for k in range(self.extra_ids)}
+        return self.length + sum(name not in own for name in extra_token_names(count))
+
+
+# The tokenizers of the built-in backbones' hub checkpoints (vl.train.model.BACKBONE_SHAPES). T5's has
+# 32,000 pieces and 100 <extra_id_k> (its model's embedding has 32,128 rows, which a build resizes to the
+# tokenizer's length); BART's has 50,265 tokens, as many as its embedding's rows.
+HUB_TOKENIZERS: dict[str, HubTokenizer] = {
+    "google-t5/t5-small": HubTokenizer(32100, 100),
+    "google-t5/t5-base": HubTokenizer(32100, 100),
+    "facebook/bart-base": HubTokenizer(50265, 0),
+    "facebook/bart-large": HubTokenizer(50265, 0),
+}
 
 
 def vis_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
