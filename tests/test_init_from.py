@@ -114,8 +114,12 @@ def test_what_cannot_carry_over_is_refused_with_the_fix(world, sources, tmp_path
     with pytest.raises(VLError, match="Leave dropout unset"):
         starting_model(dataclasses.replace(resolved, dropout=0.3), width, vocab)
     adapter_cfg = inherit_from_run(dataclasses.replace(cfg, init_from=sources["adapter"]))
-    with pytest.raises(VLError, match="method adapter, whose added modules do not carry over"):
+    with pytest.raises(VLError, match="method adapter, whose added modules do not carry over") as refused:
         starting_model(adapter_cfg, width, vocab)
+    # the methods that carry over, from the registry (tests/test_peft_registry.py registers a new one)
+    assert refused.value.hint.endswith("or start from a run of method full, visual-only or visual+ln (no added "
+                                       "modules), or lora (a single LoRA merges into its base weights; one per task "
+                                       "does not).")
 
 
 def test_init_from_through_the_cli_prints_the_inherited_settings(world, sources, tmp_path):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_vl_model
+from conftest import run_vl, tiny_vl_model
 from vl.shared.errors import VLError
 from vl.train.build import set_trainable
 from vl.train.config import TrainConfig
@@ -147,7 +147,13 @@ def apply_toy(model, cfg: ToyConfig, tasks: list[str]) -> list[str]:
     return visual_projection_names(model)
 
 
-register_method("toy", "the visual projection, by a toy", config=ToyConfig, apply=apply_toy, display=("toy", "toys"))
+def plain_toy(model, cfg: ToyConfig) -> bool:
+    """A toy run becomes a plain model when single."""
+    return cfg.sharing == "single"
+
+
+register_method("toy", "the visual projection, by a toy", config=ToyConfig, apply=apply_toy, display=("toy", "toys"),
+                to_plain_model=plain_toy)
 '''
 
 
@@ -173,8 +179,38 @@ print(cfg.toy.scale, display_name(cfg.method, cfg), dry_run(cfg).splitlines()[-1
 bad = CliRunner().invoke(cli, ['train', '-c', {str(tmp_path / 'run.yaml')!r}, '--set', 'toy.scale=0', '--dry-run'])
 print(bad.exit_code, 'toy scale must be >= 1' in bad.output)
 print([line for line in CliRunner().invoke(cli, ['list', 'methods']).output.splitlines() if 'toy' in line])
+import click
+from vl.train.cli import train
+from vl.train.peft.methods import carried_over
+(option,) = [p for p in train.params if p.name == 'method']
+print(option.get_help_record(click.Context(train))[1].split(' (')[0])
+print(carried_over())
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["3 multiple toys True", "1 True",
-                                      "['toy             the visual projection, by a toy; vl export: bundle']"]
+    assert done.stdout.splitlines() == [
+        "3 multiple toys True", "1 True", "['toy             the visual projection, by a toy; vl export: bundle']",
+        "What trains: full, visual-only, visual+ln, toy, adapter, hyperformer, compacter, lora, prompt, adapter+prompt",
+        "method full, visual-only or visual+ln (no added modules), or toy (a toy run becomes a plain model when "
+        "single), or lora (a single LoRA merges into its base weights; one per task does not)"]
+
+
+def method_help() -> str:
+    """`vl train --help`'s text of --method, unwrapped."""
+    import click
+
+    from vl.train.cli import train
+
+    (option,) = [p for p in train.params if p.name == "method"]
+    return option.get_help_record(click.Context(train))[1]
+
+
+def test_the_method_option_names_the_registered_methods_without_importing_them_before_it_is_shown():
+    names = method_help().removeprefix("What trains: ").split(" (`vl list methods`")[0]
+    assert names.split(", ") == list(METHODS)
+    assert "adapter+prompt (`vl list methods` says" in " ".join(run_vl(["train", "--help"]).stdout.split())
+    code = ("import sys; from click.testing import CliRunner; from vl.shared.cli import cli; "
+            "CliRunner().invoke(cli, ['--help']); CliRunner().invoke(cli, ['train', '--no-such-option']); "
+            "print(sorted(m for m in ('torch', 'vl.train.peft.methods') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

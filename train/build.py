@@ -26,7 +26,8 @@ from vl.shared.run_dir import (BEST, CONFIG_FILE, LAST, bundle_relative, config_
                                tokenizer_dir)
 from vl.train.config import Checkpoint, TrainConfig
 from vl.train.model import BACKBONE_SHAPES, VLModel, build_vl_model
-from vl.train.peft.methods import apply_method, budget_table, carry_over, uses_every_parameter_each_step
+from vl.train.peft.methods import (apply_method, budget_table, carried_over, carry_over,
+                                   uses_every_parameter_each_step)
 from vl.train.peft.registry import applied
 from vl.train.run_dir import frozen_sha256, load_checkpoint
 from vl.train.tokenizer import HUB_TOKENIZERS, add_extra_tokens, extra_token_names, load_tokenizer, vis_token_ids
@@ -253,5 +254,4 @@ def starting_point(cfg: TrainConfig, feat_dim: int, vocab_size: int,
     raise VLError(f"{source} (init_from) trained with method {src.cfg.method}, whose added modules do not carry "
                       "over to a run of another method", hint=(
                           f"Fine-tune with method {src.cfg.method} and the same {src.cfg.method} settings (its "
-                          "modules then train on from there), or start from a run with method full, visual-only, "
-                          "visual+ln or a single LoRA (merged into the weights)."))
+                          f"modules then train on from there), or start from a run of {carried_over()}."))

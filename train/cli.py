@@ -49,6 +49,20 @@ tensors, optimizer and RNG states).
 Every setting, with its default: `vl train --print-config`."""
 
 
+class MethodOption(click.Option):
+    """`--method`, whose help names the registered methods (vl.train.peft.registry) as it is
+    shown: the method modules that fill the registry import torch, so they load for `vl train
+    --help` only, never for `vl --help` or a command that does not train."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from vl.train.peft.methods import METHODS
+
+        self.help = (f"What trains: {', '.join(METHODS)} (`vl list methods` says what each trains); its settings "
+                     "are the config section of that name (e.g. --set adapter.sharing=multiple). Same as --set "
+                     "method=NAME.")
+        return super().get_help_record(ctx)
+
+
 @click.command("train", epilog=EXAMPLE, context_settings={"max_content_width": 100})
 @click.option("-c", "--config", "config_paths", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
               help="YAML file of settings; the defaults fill in the rest. Repeatable: later files merge over "
@@ -68,10 +82,7 @@ Every setting, with its default: `vl train --print-config`."""
 @click.option("--skip-missing", is_flag=True,
               help="Train without the examples whose media are missing from the feature store (a warning says "
                    "how many) instead of stopping; same as --set skip_missing=true.")
-@click.option("--method", metavar="NAME",
-              help="What trains: full, visual-only, visual+ln, adapter, hyperformer, compacter, lora, prompt, "
-                   "adapter+prompt; its settings are the config section of that name (e.g. --set "
-                   "adapter.sharing=multiple). Same as --set method=NAME.")
+@click.option("--method", metavar="NAME", cls=MethodOption)  # its help: the registered methods, as shown
 @click.option("--print-config", is_flag=True,
               help="Print the resolved config, each setting followed by where it came from (`# from FILE`, "
                    "`# --set KEY=VALUE`, `# default`), and exit without training.")

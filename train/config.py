@@ -148,8 +148,8 @@ class TrainConfig:
     # when training one: more manifests whose texts it learns besides the tasks' train manifests
     # (e.g. the tasks of later runs that start from this one with init_from)
     tokenizer_manifests: list[Path] = field(default_factory=list)
-    method: str = "full"  # what trains: full, visual-only, visual+ln, adapter, hyperformer, compacter, lora, prompt,
-    #                       adapter+prompt (vl.train.peft.methods); its settings are in the section of that name
+    method: str = "full"  # what trains: a registered method (`vl list methods`, vl.train.peft.registry); its
+    #                       settings are in the section of that name
     # how visual tokens enter the encoder (vl.train.model): "reference" as the paper's code (the
     # presets), "packed" our own layout (positions and norm over all tokens, real boxes)
     visual_inputs: VisualInputs = "packed"

@@ -277,7 +277,10 @@ def _lora_group(module_name: str, module: nn.Module, attr: str) -> str | None:
 
 
 def _merged(model: VLModel, cfg: LoRAConfig) -> bool:
-    """A run can start from a single LoRA, merged into its base weights; not from one per task."""
+    """A single LoRA merges into its base weights; one per task does not.
+
+    A run can start from (init_from) a single LoRA's run: the first line above says so where
+    a run of another method is refused (vl.train.peft.methods.carried_over)."""
     if cfg.sharing != "single":
         return False
     merge_lora(model)

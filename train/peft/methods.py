@@ -20,6 +20,7 @@ of the method (see each module), never a search over names.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from typing import Any, Iterable
 
@@ -54,7 +55,8 @@ def _register_in_order(names: list[str]) -> None:
 _register_in_order(method_modules(importlib.import_module(__package__).__path__))
 register_method("adapter+prompt", "adapters, prompts, LayerNorms, visual projection", parts=("adapter", "prompt"))
 
-__all__ = ["METHODS", "apply_method", "budget_table", "carry_over", "display_name", "method_sections",
+__all__ = ["METHODS", "apply_method", "budget_table", "carried_over", "carry_over", "display_name",
+           "method_sections",
            "parameter_groups", "uses_every_parameter_each_step"]
 
 
@@ -80,6 +82,31 @@ def carry_over(model: VLModel, method: str, settings: Any) -> bool:
     when its added modules cannot carry over."""
     return all(part.to_plain_model is not None and part.to_plain_model(model, getattr(settings, part.name))
                for part in applied(method))
+
+
+def carried_over() -> str:
+    """The methods whose runs any run can start from (init_from), in words for messages: the
+    ones that add no modules, then those whose modules become a plain model
+    (MethodSpec.to_plain_model), each with the first line of that function's docstring,
+    which says when."""
+    plain = [name for name in METHODS if not applied(name)]
+    convertible = []
+    for name in METHODS:
+        parts = applied(name)
+        if parts and all(part.to_plain_model is not None for part in parts):
+            when = [_phrase((inspect.getdoc(part.to_plain_model) or "").split("\n")[0]) for part in parts]
+            convertible.append(f"{name} ({'; '.join(when)})" if all(when) else name)
+    words = f"{', '.join(plain[:-1])} or {plain[-1]}" if len(plain) > 1 else "".join(plain)
+    return f"method {words} (no added modules){''.join(f', or {c}' for c in convertible)}"
+
+
+def _phrase(sentence: str) -> str:
+    """A sentence as a phrase inside parentheses: "A single LoRA merges." -> "a single LoRA merges"
+    (an acronym that starts it, "LoRA ...", stays as it is)."""
+    first = sentence.split(" ", 1)[0]
+    if len(first) == 1 or first[1:].islower():
+        sentence = sentence[:1].lower() + sentence[1:]
+    return sentence.rstrip(".")
 
 
 def method_sections(cls: type) -> type:

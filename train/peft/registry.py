@@ -60,7 +60,8 @@ class MethodSpec:
     every_parameter_each_step: Callable[[Any], bool] = _single
     # a run starting from one trained with this method (init_from): turn its model into a plain VLModel
     # (e.g. merge LoRA into the weights) and return True, or False when its modules cannot carry over;
-    # None: they never can (a method that adds no modules carries over as it is)
+    # None: they never can (a method that adds no modules carries over as it is). Its docstring's first
+    # line says when it can, for the message that refuses another ("A single LoRA merges into ...")
     to_plain_model: Callable[["VLModel", Any], bool] | None = None
     # formats other libraries read that `vl export --format` can write this method's modules in (every
     # method can also be written as a `bundle`, vl.train.export): {format: write(model, settings, out_dir,
