@@ -360,7 +360,8 @@ def test_a_stop_during_the_final_validation_resumes_to_that_validation_and_the_r
     saved_every = top.get("save_every_n_steps")
     assert_same_run(run, reference_run(**top),
                     leftover=set() if saved_every and last_step % saved_every == 0 else {f"step-{last_step}"})
-    if "max_steps" in top:  # done now: a further resume has nothing to do
+    if "max_steps" in top:  # it said what was left; done now, a further resume has nothing to do
+        assert f"max_steps={last_step} was reached there: what is left is the end of that epoch" in resumed.output
         again = run_vl(["train", "--resume", run, "-q"])
         assert f"has reached max_steps={last_step} (step {last_step}); nothing to resume" in again.output
 

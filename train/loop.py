@@ -450,10 +450,12 @@ def _train(cfg: TrainConfig, resume: bool, ranks: Ranks, progress: bool, resume_
                 print(f"{run_dir} has reached max_steps={cfg.max_steps} (step {step}); nothing to resume "
                       f"(raise it with --set max_steps=N to train on)", flush=True)
                 return run_dir
-            where += f"; max_steps={cfg.max_steps} was reached there: what is left is that epoch's end"
         if main and drop_metrics_after(run_dir, step, ended=ended):
             print(f"metrics.jsonl: dropped the records after step {step}, which this resume makes again", flush=True)
         print(f"resuming {run_dir} from checkpoint {resume_from} {where} (step {step})", flush=True)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            print(f"max_steps={cfg.max_steps} was reached there: what is left is the end of that epoch (its "
+                  "validation, metrics.jsonl record and checkpoints)", flush=True)
     elif main:
         if restart:
             drop_metrics_after(run_dir, 0)
