@@ -3,6 +3,7 @@ peak resident memory of its whole process tree, and describing the machine."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -70,7 +71,10 @@ def cpu_model() -> str:
                  if line.startswith("model name")), platform.processor() or "unknown CPU")
 
 
+@functools.cache
 def load_average() -> str:
+    """The 1-minute load average when first asked (each script asks before it measures), so
+    the JSON written at the end states the load the run started under, as its printout."""
     return f"load average {os.getloadavg()[0]:.2f} at start"
 
 

@@ -7,7 +7,7 @@
 #   DEVICE=cpu SMALL=1 bash bench/gpu_all.sh /tmp/x   # a quick dry run of the plumbing on a CPU
 # PARTS (default: all of them): train videos images decode mfu gpu_tests. decode: `vl extract images`
 # with JPEGs decoded on the GPU against the forward alone (and the CPU decode) for RN101 grids and
-# ViT-B/32 at N=4096; mfu: FLOPs/sample and MFU of full fine-tuning and the single adapter at the
+# ViT-B/32 at N=4096, and the host's store writes (bench/store_write.py); mfu: FLOPs/sample and MFU of full fine-tuning and the single adapter at the
 # paper's batch sizes, eager, fp32, fused AdamW and torch.compile (bench/train_step.py --part mfu).
 set -u
 OUT=${1:-bench_out/gpu}
@@ -47,6 +47,7 @@ part decode_rn101 "${T_DECODE:-150}" "$PY" bench/extract_images.py --device "$DE
     --skip reference,4n --out-dir "$WORK" --json "$OUT/decode_rn101.json"
 part decode_vitb32 "${T_DECODE:-150}" "$PY" bench/extract_images.py --device "$DEVICE" --model ViT-B-32 "${DECODE[@]}" \
     --skip reference,4n --out-dir "$WORK" --json "$OUT/decode_vitb32.json"
+part decode_store "${T_STORE:-60}" "$PY" bench/store_write.py --n "${DECODE[1]}" --repeat 3 --json "$OUT/store_write.json"
 part mfu "${T_MFU:-330}" "$PY" bench/train_step.py --part mfu --device "$DEVICE" --compile --fused "${MFU[@]}" \
     --out-dir "$WORK" --json "$OUT/mfu.json"
 if [ "$DEVICE" != cpu ]; then

@@ -3,6 +3,9 @@
     {"201307251": {"imageId": "n352985", "question": ..., "answer": "no", "fullAnswer": ...,
                    "types": {"structural": ..., "semantic": ..., "detailed": ...}, ...}, ...}
 
+The file is read one question at a time (`json_stream.iter_json_object`), not loaded whole;
+a question id repeated inside a file is an error, as one repeated across files is.
+
 The submission / challenge test files carry no `answer` (nor `fullAnswer`): their
 examples have no `answers`. The other fields (semantic program, annotations,
 entailed, groups ...) are left out.
@@ -18,8 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from vl.data_manifests.registry import ConvertRequest, Converted, register
-from vl.data_manifests.source_files import duplicates, read_json
-from vl.shared.errors import VLError, collect_or_raise
+from vl.data_manifests.json_stream import iter_json_object
+from vl.data_manifests.source_files import duplicates
+from vl.shared.errors import collect_or_raise
 from vl.shared.manifest import missing_fields
 
 QUESTION_FIELDS = {"imageId": str, "question": str}
@@ -50,13 +54,12 @@ def convert(req: ConvertRequest) -> Converted:
 
 
 def _convert_file(path: Path, split: str) -> list[dict]:
-    doc = read_json(path, what="GQA questions JSON ({split}_balanced_questions.json)")
-    if not isinstance(doc, dict):
-        raise VLError(f"{path}: must be a JSON object keyed by question id; is this a GQA "
-                      "*_balanced_questions.json file?")
+    # one question at a time: a question's program, annotations and entailed ids are most of
+    # the file (train_balanced: 943k questions), and only a few of its fields are kept
     problems: list[str] = []
     examples = []
-    for qid, q in doc.items():
+    for qid, q in iter_json_object(path, what="GQA questions JSON ({split}_balanced_questions.json)",
+                                   must_be="a JSON object keyed by question id"):
         where = f"{path}: question {qid!r}"
         if not isinstance(q, dict):
             problems.append(f"{where}: must be a JSON object")

@@ -29,6 +29,9 @@ A record with a missing or mistyped field, an image id repeated, or one absent f
 image_data.json is an error naming the file and the record's index; an empty phrase,
 question or answer is text the release sometimes has: it is skipped and counted in the
 meta (`extra.skipped`).
+
+The files are read one image record at a time (`json_stream.iter_json_array`): region_descriptions.json
+holds 5.4M regions, several GB as Python objects when loaded whole; only the examples written stay in memory.
 """
 from __future__ import annotations
 
@@ -37,24 +40,25 @@ from pathlib import Path
 from typing import Any
 
 from vl.data_manifests.registry import ConvertRequest, Converted, register
-from vl.data_manifests.source_files import duplicates, read_json
+from vl.data_manifests.json_stream import iter_json_array
 from vl.shared.answers import normalize_vqa_answer
-from vl.shared.errors import VLError, collect_or_raise
+from vl.shared.errors import ProblemList, collect_or_raise
 from vl.shared.manifest import missing_fields
 
 REGION_FIELDS = {"region_id": int, "phrase": str}
 QA_FIELDS = {"qa_id": int, "question": str, "answer": str}
 MIN_PHRASE_WORDS = 3  # VL-T5 pretrain_data.py:79 skips sentences of <= 2 words for T5 / BART
 IMAGE_DATA = "Visual Genome image_data.json"
+PROBLEMS_SHOWN = 20  # collect_or_raise's limit: a wrong file's millions of problems are counted, not kept
 
 
 @register("vg-caption", task="caption", media="image", needs=("main", "image_data"), accepts=("exclude_images",),
           reads="Visual Genome region_descriptions.json ([{id, regions: [{region_id, phrase, ...}]}]) with "
                 "--image-data image_data.json; --exclude-images M.jsonl leaves out M's images")
 def convert_captions(req: ConvertRequest) -> Converted:
-    path, coco_ids, records = _read_release(req, "regions", "region_descriptions.json")
+    path, coco_ids, records, problems = _read_release(req, "regions", "region_descriptions.json")
     skipped: Counter[str] = Counter()
-    examples, problems = [], []
+    examples = []
     for where, image_id, record in records:
         phrases = []
         for _, region in _checked_items(record, "regions", REGION_FIELDS, where, problems):
@@ -80,9 +84,9 @@ def convert_captions(req: ConvertRequest) -> Converted:
           reads="Visual Genome question_answers.json ([{id, qas: [{qa_id, question, answer, ...}]}]) with "
                 "--image-data image_data.json; --exclude-images M.jsonl leaves out M's images")
 def convert_questions(req: ConvertRequest) -> Converted:
-    path, coco_ids, records = _read_release(req, "qas", "question_answers.json")
+    path, coco_ids, records, problems = _read_release(req, "qas", "question_answers.json")
     skipped: Counter[str] = Counter()
-    examples, wheres, problems = [], [], []
+    examples, first = [], {}
     for where, image_id, record in records:
         for at, qa in _checked_items(record, "qas", QA_FIELDS, where, problems):
             question, answer = " ".join(qa["question"].split()), " ".join(qa["answer"].split())
@@ -90,11 +94,11 @@ def convert_questions(req: ConvertRequest) -> Converted:
             if not question or not label:
                 skipped["empty_questions" if not question else "empty_answers"] += 1
                 continue
-            examples.append({"id": f"vgqa-{qa['qa_id']}", "task": "vqa", "split": req.split, "media": [str(image_id)],
-                             "question": question, "answers": [answer], "labels": {label: 1.0},
-                             **_image_fields(image_id, coco_ids)})
-            wheres.append(at)
-    problems += duplicates((ex["id"], where) for ex, where in zip(examples, wheres))
+            ident = f"vgqa-{qa['qa_id']}"
+            if not _repeated(ident, at, first, problems):
+                examples.append({"id": ident, "task": "vqa", "split": req.split, "media": [str(image_id)],
+                                 "question": question, "answers": [answer], "labels": {label: 1.0},
+                                 **_image_fields(image_id, coco_ids)})
     collect_or_raise(problems, hint=f"{path} should be Visual Genome's question_answers.json (qa_id unique).")
     return Converted(examples, {"skipped": dict(sorted(skipped.items()))})
 
@@ -102,13 +106,10 @@ def convert_questions(req: ConvertRequest) -> Converted:
 def read_image_data(path: Path | None) -> dict[int, int | None]:
     """{VG image id: COCO id or None} of every image in image_data.json."""
     assert path is not None, "needs=('image_data',) is checked by convert_dataset"
-    doc = read_json(path, what=IMAGE_DATA)
-    if not isinstance(doc, list):
-        raise VLError(f"{path}: must be a JSON list of images; is this Visual Genome's image_data.json?")
-    problems: list[str] = []
+    problems: list[str] = ProblemList(keep=PROBLEMS_SHOWN)
     out: dict[int, int | None] = {}
-    wheres: list[tuple[str, str]] = []
-    for i, record in enumerate(doc):
+    first: dict[str, str] = {}
+    for i, record in enumerate(iter_json_array(path, what=IMAGE_DATA, must_be="a JSON list of images")):
         where = f"{path}: [{i}]"
         image_id = _image_id(record)
         if image_id is None:
@@ -118,19 +119,21 @@ def read_image_data(path: Path | None) -> dict[int, int | None]:
         if coco is not None and not isinstance(coco, int):
             problems.append(f"{where} (image {image_id}): field 'coco_id' must be an integer or null (got {coco!r:.40})")
             continue
+        if _repeated(str(image_id), f"{where} (image {image_id})", first, problems):
+            continue
         out[image_id] = coco
-        wheres.append((str(image_id), f"{where} (image {image_id})"))
-    problems += duplicates(wheres)
     collect_or_raise(problems, hint=f"{path} should be Visual Genome's image_data.json.")
     return out
 
 
 def _read_release(req: ConvertRequest, list_field: str, name: str):
-    """The main file, {VG id: COCO id} of image_data.json (read first: the smaller file), and
-    the main file's checked image records."""
+    """The main file, {VG id: COCO id} of image_data.json (read first: the smaller file), the
+    main file's checked image records (a generator: one record in memory at a time) and the
+    list its problems are added to."""
     path = req.main_file()
     coco_ids = read_image_data(req.image_data)
-    return path, coco_ids, _image_records(path, list_field, coco_ids, name)
+    problems: list[str] = ProblemList(keep=PROBLEMS_SHOWN)
+    return path, coco_ids, _image_records(path, list_field, coco_ids, name, problems), problems
 
 
 def _image_id(record: Any) -> int | None:
@@ -140,15 +143,22 @@ def _image_id(record: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _image_records(path: Path, list_field: str, known: dict[int, int | None], name: str):
-    """(where, image id, record) of each image of a VG annotation list, after checking
-    every record's id (present, known to image_data.json, not repeated) and list field."""
-    doc = read_json(path, what=f"Visual Genome {name}")
-    if not isinstance(doc, list):
-        raise VLError(f"{path}: must be a JSON list of images; is this Visual Genome's {name}?")
-    problems: list[str] = []
-    records, wheres = [], []
-    for i, record in enumerate(doc):
+def _repeated(ident: str, where: str, first: dict[str, str], problems: list[str]) -> bool:
+    """Whether `ident` came before (then a problem, worded as `source_files.duplicates` words
+    it); checked as the file streams by, so only the ids and their places are kept."""
+    if ident in first:
+        problems.append(f"{where}: duplicate id {ident!r} (first at {first[ident]})")
+        return True
+    first[ident] = where
+    return False
+
+
+def _image_records(path: Path, list_field: str, known: dict[int, int | None], name: str, problems: list[str]):
+    """(where, image id, record) of each image of a VG annotation list whose id is present,
+    known to image_data.json and not repeated, and whose list field is a list; the file is
+    read one image at a time, the other records' problems are added to `problems`."""
+    first: dict[str, str] = {}
+    for i, record in enumerate(iter_json_array(path, what=f"Visual Genome {name}", must_be="a JSON list of images")):
         where = f"{path}: [{i}]"
         image_id = _image_id(record)
         if image_id is None:
@@ -156,14 +166,12 @@ def _image_records(path: Path, list_field: str, known: dict[int, int | None], na
         elif image_id not in known:
             problems.append(f"{where}: image {image_id} is not in the --image-data file; give the image_data.json "
                             "of the same Visual Genome release")
+        elif _repeated(str(image_id), f"{where} (image {image_id})", first, problems):
+            continue
         elif not isinstance(record.get(list_field), list):
-            problems += missing_fields(record, {list_field: list}, f"{where} (image {image_id})")
+            problems.extend(missing_fields(record, {list_field: list}, f"{where} (image {image_id})"))
         else:
-            records.append((f"{where} (image {image_id})", image_id, record))
-            wheres.append((str(image_id), f"{where} (image {image_id})"))
-    problems += duplicates(wheres)
-    collect_or_raise(problems, hint=f"{path} should be Visual Genome's {name}.")
-    return records
+            yield f"{where} (image {image_id})", image_id, record
 
 
 def _checked_items(record: dict, list_field: str, fields: dict[str, type], where: str, problems: list[str]):
@@ -172,7 +180,7 @@ def _checked_items(record: dict, list_field: str, fields: dict[str, type], where
     for j, item in enumerate(record[list_field]):
         at = f"{where} {list_field}[{j}]"
         found = missing_fields(item, fields, at) if isinstance(item, dict) else [f"{at}: must be a JSON object"]
-        problems += found
+        problems.extend(found)  # not +=: a ProblemList counts what it does not keep
         if not found:
             yield at, item
 

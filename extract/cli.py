@@ -314,7 +314,8 @@ def import_(fmt, src, out, fps, model, pretrained, manifests, id_from, dtype, sh
     OUT.json, and the rest are imported, as `vl extract videos` records a broken video:
     one bad file of a large release should not stop the import, and `vl train` names
     the ids it lacks. Running the command again skips ids already in the store and tries
-    failed files again; an interrupted run continues.
+    failed files again; an interrupted run continues. A rerun opens only new or changed
+    files (OUT.sources.json keeps each file's sha256 by path, size and mtime).
     """
     from vl.extract.import_features import ImportOptions, import_features
     from vl.shared.atomic import refuse_overwriting_inputs

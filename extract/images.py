@@ -18,7 +18,7 @@ from vl.extract.pipeline import (
     run_extraction,
     test_delay_s,
 )
-from vl.extract.store_builder import StoreBuilder
+from vl.extract.store_builder import BackgroundWriter, StoreBuilder
 from vl.shared.progress import progress_bar
 from vl.shared.stopping import check_stop, worker_signals
 
@@ -87,14 +87,15 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
     store_dtype = STORE_DTYPES[opts.dtype]
     failures: list[dict] = []
     joiner = BatchJoiner(opts.batch_size)
-    with progress_bar(total=len(pending), unit="img", desc="extract", enabled=opts.progress,
-                      mininterval=0.5, smoothing=0.05) as bar:
+    with BackgroundWriter(builder) as writer, progress_bar(
+            total=len(pending), unit="img", desc="extract", enabled=opts.progress, mininterval=0.5,
+            smoothing=0.05) as bar:
 
         def encode(final: bool = False) -> None:
             for indices, images in joiner.batches(final):
                 features = encoder.encode(images)
                 arrays = {k: v.to(store_dtype).cpu().numpy() for k, v in features.items()}
-                builder.add([pending[i].id for i in indices], arrays)
+                writer.add([pending[i].id for i in indices], arrays)
                 bar.update(len(indices))
 
         chunks = decoder.batches(guarded(loader), opts.batch_size) if decoder else guarded(loader)
@@ -106,7 +107,7 @@ def run_image_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
             if failed:
                 new = [{"id": pending[i].id, "path": pending[i].location, "reason": why,
                         "file": file_signature(pending[i].path)} for i, why in failed]
-                builder.add_failures(new)
+                writer.add_failures(new)
                 failures.extend(new)
                 bar.set_postfix(failed=len(failures), refresh=False)
                 bar.update(len(failed))

@@ -23,6 +23,10 @@ width than the other files', non-numbers) is recorded as a failure with its reas
 thousands of files with one bad download still gives a usable store, and `vl train`
 names the missing ids and where the reasons are. Writing goes through `StoreBuilder`:
 crash-safe shards, resumable, the store replaced atomically. No torch.
+
+A rerun opens only the files that are new or changed since the last run
+(`source_cache.py`: each file's sha256 and header by path, size and mtime_ns, in
+`<out>.sources.json`); the source digest is the same value as reading every file gives.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from typing import Literal
 import numpy as np
 
 from vl.extract.inputs import MediaInput, find_media
+from vl.extract.source_cache import SourceCache, source_cache_path
 from vl.extract.store_builder import FrameInfo, StoreBuilder
 from vl.shared.digests import digest_strings
 from vl.shared.errors import VLError
@@ -188,17 +193,26 @@ def check_options(opts: ImportOptions) -> FormatSpec:
     return spec
 
 
-def survey(inputs: list[MediaInput], opts: ImportOptions, spec: FormatSpec) -> tuple[int, dict[str, str]]:
+def survey(inputs: list[MediaInput], opts: ImportOptions, spec: FormatSpec,
+           cache: SourceCache | None = None) -> tuple[int, dict[str, str]]:
     """Headers only, before anything is written: the width most files share (ties: the
-    first such file's, in sorted order) and why each file that cannot be used cannot."""
+    first such file's, in sorted order) and why each file that cannot be used cannot.
+    A header the cache knows for an unchanged file is not read again."""
     headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     reasons: dict[str, str] = {}
     for x in progress_bar(inputs, unit="file", desc="check", enabled=opts.progress, mininterval=0.5):
         check_stop()  # nothing is written yet
+        known = cache.get(x.path, "header") if cache is not None else None
+        if known is not None:
+            headers[x.id] = (tuple(known[0]), np.dtype(known[1]))
+            continue
         try:
             headers[x.id] = read_header(x.path, opts.format)
-        except FeatureFileError as e:
+        except FeatureFileError as e:  # not cached: a reason may be passing (permissions)
             reasons[x.id] = str(e)
+        else:
+            if cache is not None:
+                cache.put(x.path, "header", [list(headers[x.id][0]), headers[x.id][1].str])
     widths = Counter(s[1] for s, d in headers.values() if shape_problem(s, d, None) is None)
     if not widths:
         shown = "; ".join(f"{x.path}: {reasons.get(x.id) or shape_problem(*headers[x.id], None)}" for x in inputs[:3])
@@ -236,8 +250,9 @@ def import_features(opts: ImportOptions) -> ImportSummary:
     manifests = [DatasetManifest.read(m) for m in opts.manifests]  # a bad manifest stops us before any work
     inputs = find_media(opts.src, opts.id_from, (spec.extension,), "--src")
     started = dt.datetime.now(dt.timezone.utc)
+    cache = SourceCache(source_cache_path(opts.out), [x.path for x in inputs])  # each file's size and mtime now
 
-    width, reasons = survey(inputs, opts, spec)
+    width, reasons = survey(inputs, opts, spec, cache)
     model = opts.model or spec.default_model
     pretrained = opts.pretrained or spec.default_pretrained
     provenance = store_provenance(opts, model, pretrained, fps, width)
@@ -249,7 +264,8 @@ def import_features(opts: ImportOptions) -> ImportSummary:
         builder.items_to_add = len(pending)  # sizes the message of a full disk
         _log(opts, f"{len(inputs)} {spec.extension} files in {opts.src}: {len(inputs) - len(pending)} already in "
                    f"{opts.out}, {len(pending)} to import ({width} wide, {fps:g} frames a second)")
-        # 2. Every file's bytes are hashed for the source digest; the pending ones are also read.
+        # 2. Every file's bytes are hashed for the source digest, but a file the cache knows
+        #    unchanged (same size and mtime_ns) counts with its cached sha256; pending files are read.
         pending_ids = {x.id for x in pending}
         file_digests, failures, batch = [], [], _Batch()
         with progress_bar(total=len(inputs), unit="file", desc="import", enabled=opts.progress,
@@ -258,10 +274,12 @@ def import_features(opts: ImportOptions) -> ImportSummary:
                 if stop_requested():  # SIGINT/SIGTERM: what was read goes to the store first
                     batch.flush(builder)
                     check_stop()
-                data = _read_bytes(x.path)
-                file_digests.append(f"{Path(x.path).relative_to(opts.src).as_posix()}\t{len(data or b'')}\t"
-                                    f"{hashlib.sha256(data or b'').hexdigest() if data is not None else 'unreadable'}")
-                if x.id in pending_ids:
+                reading = x.id in pending_ids
+                known = None if reading else cache.get(x.path, "sha256")
+                data = _read_bytes(x.path) if known is None else None
+                size, sha = (cache.get(x.path, "size"), known) if known is not None else _hashed(x.path, data, cache)
+                file_digests.append(f"{Path(x.path).relative_to(opts.src).as_posix()}\t{size}\t{sha}")
+                if reading:
                     features, reason = _usable(data, reasons.get(x.id), opts.format, width, opts.dtype)
                     if reason is not None:
                         failure = {"id": x.id, "path": x.path, "reason": reason}
@@ -292,6 +310,7 @@ def import_features(opts: ImportOptions) -> ImportSummary:
                 "command": " ".join(sys.argv),
             }
             store_count = builder.finish(run_record, retried_ids=pending_ids)["count"]
+    cache.save()  # after the store: an import that failed leaves the last finished run's cache
     imported = len(pending) - len(failures)
     summary = ImportSummary(opts.out, len(inputs), len(inputs) - len(pending), imported, failures, store_count,
                             width, fps, source_sha256)
@@ -327,6 +346,16 @@ def _checked(features: np.ndarray, width: int, store_dtype: str) -> np.ndarray:
             raise FeatureFileError(f"features exceed {store_dtype}'s range (|x| > {limit:g}): import with "
                                    "--dtype float32")
     return features
+
+
+def _hashed(path: str, data: bytes | None, cache: SourceCache) -> tuple[int, str]:
+    """(size, sha256) of a file's bytes for the source digest ('unreadable' if it could not be
+    read), kept in the cache for the next run."""
+    if data is None:
+        return 0, "unreadable"
+    sha = hashlib.sha256(data).hexdigest()
+    cache.put(path, "sha256", sha, size=len(data))
+    return len(data), sha
 
 
 def _read_bytes(path: str) -> bytes | None:

@@ -23,7 +23,7 @@ from vl.extract.pipeline import (
     run_extraction,
     test_delay_s,
 )
-from vl.extract.store_builder import FrameInfo, StoreBuilder
+from vl.extract.store_builder import BackgroundWriter, FrameInfo, StoreBuilder
 from vl.extract.video_decode import SamplingPolicy, VideoDecodeError, av_versions, decode_video
 from vl.shared.progress import progress_bar
 from vl.shared.stopping import check_stop, worker_signals
@@ -128,7 +128,7 @@ def run_video_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                     done.append(index)
         if done:  # whole videos only go to the store
             names = videos[done[0]]["chunks"][0].keys()
-            builder.add([pending[i].id for i in done],
+            writer.add([pending[i].id for i in done],
                         {k: np.concatenate([c[k] for i in done for c in videos[i]["chunks"]]) for k in names},
                         FrameInfo([videos[i]["n"] for i in done],
                                   [t for i in done for t in videos[i]["timestamps"]],
@@ -137,14 +137,15 @@ def run_video_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
                 del videos[i]
             bar.update(len(done))
 
-    with progress_bar(total=len(pending), unit="video", desc="extract", enabled=opts.progress,
-                      mininterval=0.5, smoothing=0.05) as bar:
+    with BackgroundWriter(builder) as writer, progress_bar(
+            total=len(pending), unit="video", desc="extract", enabled=opts.progress, mininterval=0.5,
+            smoothing=0.05) as bar:
         for index, frames, timestamps, duration, reason in guarded(loader):
             check_stop()  # SIGINT/SIGTERM: this chunk is dropped, the open shard committed
             if reason is not None:
                 failure = {"id": pending[index].id, "path": pending[index].path, "reason": reason,
                            "file": file_signature(pending[index].path)}
-                builder.add_failures([failure])
+                writer.add_failures([failure])
                 failures.append(failure)
                 bar.set_postfix(failed=len(failures), refresh=False)
                 bar.update(1)

@@ -142,6 +142,7 @@ class GuardedFile:
         self.path = Path(path)
         self.report_as, self.needed, self.needed_for = report_as or self.path, needed, needed_for
         self._f = open(self.path, "w+b", buffering=0)
+        self._fd = self._f.fileno()  # written and read at explicit offsets (pwrite, preadv)
         self.error: OSError | None = None
         self._pos = 0
         self._size = 0  # the end of the file as HDF5 sees it
@@ -161,10 +162,9 @@ class GuardedFile:
         n = len(view)
         if self.error is None:
             try:
-                self._f.seek(self._pos)
                 done = 0
-                while done < n:  # an unbuffered write may write part, then fail on the next call
-                    done += self._f.write(view[done:])
+                while done < n:  # a write may write part, then fail on the next call
+                    done += os.pwrite(self._fd, view[done:], self._pos + done)  # one system call, no seek
             except OSError as e:
                 if e.errno not in DISK_FULL_ERRNOS:
                     raise
@@ -177,8 +177,12 @@ class GuardedFile:
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
-        self._f.seek(self._pos)
-        got = self._f.readinto(view) or 0
+        got = 0
+        while got < len(view):  # to the end of what reached the disk
+            step = os.preadv(self._fd, [view[got:]], self._pos + got)
+            if step == 0:
+                break
+            got += step
         view[got:] = bytes(len(view) - got)  # beyond what reached the disk: zeros, as in a sparse file
         start, end = self._pos, self._pos + len(view)
         for at, held in self._held:  # what HDF5 wrote after the failure, in order

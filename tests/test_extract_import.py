@@ -238,6 +238,49 @@ def test_an_interrupted_import_resumes_to_the_same_store(tmp_path, monkeypatch):
     assert a.provenance["import"]["source_sha256"] == b.provenance["import"]["source_sha256"]
 
 
+def test_a_rerun_reads_only_new_or_changed_files_and_gives_the_same_digest(tmp_path, monkeypatch):
+    """<out>.sources.json keeps each file's sha256 and header by (path, size, mtime_ns): a rerun
+    of a finished import opens no file; a rewritten or touched file is read again and the
+    digest is what reading every file gives. Counted, not timed."""
+    import os
+
+    import vl.extract.import_features as imp
+    from vl.extract.source_cache import source_cache_path
+
+    src, out = tmp_path / "src", tmp_path / "f.h5"
+    write_value_release(src)
+    settled = lambda p, age=100: os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns - age * 10**9))  # noqa: E731
+    for p in src.iterdir():
+        settled(p)  # released files are older than the run (one changed in the last 2 s is not cached)
+    first = import_features(ImportOptions("value-npz", src, out, progress=False))
+    assert source_cache_path(out).is_file() and first.source_sha256 == expected_digest(src)
+
+    reads, headers = [], []
+    real_read, real_header = imp._read_bytes, imp.read_header
+    monkeypatch.setattr(imp, "_read_bytes", lambda path: reads.append(Path(path).name) or real_read(path))
+    monkeypatch.setattr(imp, "read_header", lambda path, fmt: headers.append(Path(path).name) or real_header(path, fmt))
+
+    def rerun() -> tuple[list[str], list[str], str]:
+        reads.clear(), headers.clear()
+        s = import_features(ImportOptions("value-npz", src, out, progress=False))
+        assert s.already_done == len(LENGTHS) and s.imported == 0 and s.source_sha256 == expected_digest(src)
+        return sorted(reads), sorted(headers), s.source_sha256
+
+    assert rerun() == ([], [], first.source_sha256)  # nothing opened
+    changed = src / "s01e01_seg02_clip_01.npz"
+    np.savez(changed, features=np.zeros((4, WIDTH), np.float16))  # same name and size, other bytes
+    read, surveyed, digest = rerun()
+    assert read == surveyed == [changed.name] and digest != first.source_sha256  # noticed, as reading all does
+    assert rerun()[0] == [changed.name]  # changed in the last 2 s: not cached, read again
+    settled(changed)
+    assert rerun()[0] == [changed.name] and rerun()[:2] == ([], [])
+    touched = src / "s03e02_seg01_clip_05.npz"
+    settled(touched, age=50)  # same bytes, another mtime
+    assert rerun()[:2] == ([touched.name], [touched.name])
+    source_cache_path(out).write_text("{not json")  # only a cache: ignored and rewritten
+    assert rerun()[0] == sorted(p.name for p in src.iterdir()) and rerun()[0] == []
+
+
 def extracted_video_store(path: Path, ids: list[str], width: int = WIDTH) -> Path:
     """A store as `vl extract videos` writes them (its encoder section has no origin)."""
     prov = {"encoder": {"library": "open_clip", "model": "ViT-B-32", "weights": {"source": "tag", "tag": "openai"}},

@@ -256,19 +256,13 @@ def test_a_store_on_a_device_that_fills_up_keeps_its_finished_shards_and_says_wh
     from vl.shared import disk_full
 
     room = [1_500_000]  # bytes left on the "device"
+    real_pwrite = os.pwrite
 
-    class FillingFile:
-        def __init__(self, path, mode, buffering):
-            self._f = open(path, mode, buffering=buffering)
-
-        def write(self, data):
-            if len(data) > room[0]:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            room[0] -= len(data)
-            return self._f.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
+    def filling_pwrite(fd, data, offset):  # GuardedFile's writes: the device fills up
+        if len(data) > room[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        room[0] -= len(data)
+        return real_pwrite(fd, data, offset)
 
     settings = {"encoder": {"model": "toy"}, "preprocess": {"size": [8, 8]}, "features": {"layer": "grid"}}
     grid = np.random.default_rng(0).standard_normal((40, 4, 3)).astype(np.float32)
@@ -283,7 +277,7 @@ def test_a_store_on_a_device_that_fills_up_keeps_its_finished_shards_and_says_wh
                 b.add(todo[s:s + 4], {"grid": grid[[ids.index(i) for i in todo[s:s + 4]]]})
             b.finish({}, retried_ids=set(todo))
 
-    monkeypatch.setattr(disk_full, "open", FillingFile, raising=False)
+    monkeypatch.setattr(disk_full.os, "pwrite", filling_pwrite)
     with pytest.raises(DiskFullError) as error:
         build()
     message = str(error.value)

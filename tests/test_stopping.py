@@ -158,11 +158,12 @@ def assert_same_store(out: Path, reference: FeatureStore) -> None:
 ])
 def test_extract_images_stops_between_batches_and_the_rerun_completes(photos_and_reference, tmp_path, monkeypatch,
                                                                        signum, after_batch):
-    from vl.extract.store_builder import StoreBuilder
+    from vl.extract.store_builder import BackgroundWriter
 
     common, reference = photos_and_reference
     out = tmp_path / "stopped.h5"
-    send_on_call(monkeypatch, StoreBuilder, "add", signum, lambda n, *_: n == after_batch)
+    # the signal comes as the loop hands its batch to the store's writer thread: that batch is written
+    send_on_call(monkeypatch, BackgroundWriter, "add", signum, lambda n, *_: n == after_batch)
     result = run_vl([*common, "--out", out], expect=None)
     monkeypatch.undo()
     assert result.exit_code == 128 + signum
@@ -181,7 +182,7 @@ def test_extract_images_stops_between_batches_and_the_rerun_completes(photos_and
 def test_extract_videos_and_import_stop_between_batches_and_the_rerun_completes(tiny_models, tmp_path, monkeypatch,
                                                                                 command):
     import vl.extract.import_features as imp
-    from vl.extract.store_builder import StoreBuilder
+    from vl.extract.store_builder import BackgroundWriter
 
     if command == "videos":
         from vl.data_manifests.demo import write_demo_world
@@ -189,7 +190,7 @@ def test_extract_videos_and_import_stop_between_batches_and_the_rerun_completes(
         write_demo_world(tmp_path / "world", images=8, videos=6, seed=3)
         args = ["extract", "videos", "--videos", tmp_path / "world/videos", *model_args(tiny_models, "tiny-vit"),
                 "--fps", 2, "--max-frames", 4, "--batch-size", 4, "--shard-size", 1, "--workers", 0]
-        after, kept = (StoreBuilder, "add", 1), range(1, 6)  # the videos of the first batch of frames
+        after, kept = (BackgroundWriter, "add", 1), range(1, 6)  # the videos of the first batch of frames
     else:
         from test_extract_import import write_value_release
 

@@ -36,7 +36,7 @@ class TaskSpec(TaskOptions):
     """One task trained in the run: where its examples and features are, and (the fields
     of TaskOptions, vl.train.data: prefix, max_text_tokens, truncate, max_target_tokens,
     num_beams, max_new_tokens, decision, answer; vl_lm's mask_rate, mean_span_length,
-    masking) how it is read and answered."""
+    masking, objective) how it is read and answered."""
 
     name: str  # a registered task: vqa, gqa, nlvr2, caption, tvqa, how2qa, tvc, yc2c; pre-training vl_lm, itm
     train_manifest: Path

@@ -43,14 +43,15 @@ from vl.shared.feature_store import FeatureStore, sidecar_path
 from vl.shared.manifest import DatasetManifest
 from vl.shared.stopping import worker_signals
 from vl.train.model import pool_grid
-from vl.train.tasks import (SENTINEL, TASKS, Generation, InputLayout, Masking, McAnswer, MultipleChoiceQA, Task,
-                            TrainItem, VideoInputs, VisualSpanPrediction, compose, get_task)
+from vl.train.tasks import (MASK_TOKEN, SENTINEL, TASKS, Generation, InputLayout, Masking, McAnswer,
+                            MultipleChoiceQA, Objective, Task, TrainItem, VideoInputs, VisualSpanPrediction, compose,
+                            get_task)
 
 log = logging.getLogger(__name__)
 
 Sampling = Literal["proportional", "temperature"]
 SAMPLING = typing.get_args(Sampling)
-MASKING_OPTIONS = ("mask_rate", "mean_span_length", "masking")  # TaskOptions that only vl_lm takes
+MASKING_OPTIONS = ("mask_rate", "mean_span_length", "masking", "objective")  # TaskOptions that only vl_lm takes
 TEXT_ANSWER_TOKENS = 20  # generation / target limit of multiple-choice answers written as the choice's text
 Truncation = Literal["subtitles", "end"]
 Decision = Literal["generate", "rank"]
@@ -113,10 +114,14 @@ class TaskOptions:
     answer: McAnswer | None = None
     # vl_lm (span corruption): the share of each caption's words masked (None: 0.15), the mean
     # length of a masked span (None: 3, T5's), and the rule: spans (None: T5's random spans) or
-    # words (the reference's: random words, adjacent ones merged; mean_span_length unused)
+    # words (the reference's: random words, adjacent ones merged; mean_span_length unused);
+    # the objective: span (None: T5's, sentinels and their runs as the target) or denoise
+    # (VL-BART's: each run one <mask>, prefix "denoise text:", the whole caption as the target;
+    # needs a tokenizer with a <mask> token, BART's)
     mask_rate: float | None = None
     mean_span_length: float | None = None
     masking: Masking | None = None
+    objective: Objective | None = None
 
     def check(self) -> list[str]:
         problems = literal_problems(self)
@@ -348,6 +353,7 @@ class TaskDataset(Dataset):
             raise VLError(f"{data.name}: none of its {len(data.examples)} examples has a target to train on "
                           f"(manifest {data.manifest.path})")
         self._check_sentinels()
+        self._check_mask_token()
         self._ts = {ex["id"]: ex.get("ts") for ex in data.examples}  # video clip spans, seconds
         self._sources: dict[int, str] = {}  # index -> encoder text (cut to its budget by the tokenizer's count)
         self._visual_cache: dict[tuple, torch.Tensor] = {}  # (kind, media[, span]) -> visual tokens
@@ -369,6 +375,21 @@ class TaskDataset(Dataset):
                           f"{need} spans), but the tokenizer has {have} of them",
                           hint="Set extra_tokens: 200 (VL-BART's 100 <extra_id_k> and 100 <vis_extra_id_k>), or use "
                                "a T5 tokenizer, which has 100 <extra_id_k>.")
+
+    def _check_mask_token(self) -> None:
+        """vl_lm's denoise objective writes `<mask>`: the tokenizer must read it as one token."""
+        if self.data.layout.objective != "denoise" or self.tokenizer is None:
+            return
+        mask_id = self.tokenizer.get_vocab().get(MASK_TOKEN)
+        if mask_id is None or self.tokenizer(MASK_TOKEN, add_special_tokens=False)["input_ids"] != [mask_id]:
+            name = getattr(self.tokenizer, "name_or_path", "")
+            which = f"tokenizer {name!r}" if name else f"the tokenizer ({len(self.tokenizer)} tokens, none named)"
+            raise VLError(f"{self.data.name}: objective denoise replaces each masked run of a caption with the mask "
+                          f"token {MASK_TOKEN} (BART's denoising), but {which} has no {MASK_TOKEN} token "
+                          "(T5's tokenizers have none)",
+                          hint=f"Set objective: span for task {self.data.task.name} (T5's span prediction, with "
+                               "<extra_id_k> sentinels), or use a tokenizer with a <mask> token (BART's: "
+                               "backbone: bart-base, tokenizer: facebook/bart-base).")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -127,6 +127,11 @@ McAnswer = Literal["label", "text"]  # a task's `answer` (vl.train.data.TaskOpti
 # vl_lm's `masking` (TaskOptions): T5's random spans (the issue's: mean length 3) or the
 # reference's independent words merged where adjacent (VL-T5/src/preprocess.py L25-53)
 Masking = Literal["spans", "words"]
+# vl_lm's `objective` (TaskOptions): what a masked run becomes and what the decoder writes.
+# span: T5's span prediction (VL-T5's `corrupt_spans`): each run -> `<extra_id_k>`, the target
+# the sentinels with their runs. denoise: BART's (VL-BART's `corrupt_bart`, preprocess.py
+# L85-154): each run -> one `<mask>`, prefix "denoise text:", the target the whole caption.
+Objective = Literal["span", "denoise"]
 
 
 @dataclass(frozen=True)
@@ -141,10 +146,12 @@ class InputLayout:
     # multiple choice: the decoder writes the choice's label ("a2", the paper) or the choice's
     # own text ("It moves up."): then a tiny model need not learn to point from label to text
     answer: McAnswer = "label"
-    # vl_lm: the share of a caption's words masked, the mean length of a masked span, and the rule
+    # vl_lm: the share of a caption's words masked, the mean length of a masked span, the rule,
+    # and what the masked runs become (sentinels and their runs to write, or <mask> and the caption)
     mask_rate: float = 0.15
     mean_span_length: float = 3.0
     masking: Masking = "spans"
+    objective: Objective = "span"
 
 
 DEFAULT_LAYOUT = InputLayout()
@@ -233,10 +240,14 @@ class Task:
         """The encoder text after the prefix, uncut."""
         return compose(self.source_parts(example))
 
+    def prefix_for(self, layout: InputLayout) -> str:
+        """The prefix a run with `layout` writes: the layout's, else the task's own."""
+        return self.prefix if layout.prefix is None else layout.prefix
+
     def input_parts(self, example: dict, layout: InputLayout = DEFAULT_LAYOUT) -> list[SourcePart]:
-        """The encoder input as parts: the prefix (the layout's, else the task's; an empty
-        one is no part at all) first, or last after a video task's reference template."""
-        prefix = SourcePart(self.prefix if layout.prefix is None else layout.prefix)
+        """The encoder input as parts: the prefix (`prefix_for(layout)`; an empty one is no
+        part at all) first, or last after a video task's reference template."""
+        prefix = SourcePart(self.prefix_for(layout))
         if layout.video == "reference" and self.media_kind == "video":
             return [*self.reference_parts(example), prefix]  # appended, as video/tvqa_data.py L208
         return [prefix, *self.source_parts(example)]
@@ -376,6 +387,8 @@ class Caption(Task):
 
 MIN_MASKED_WORDS = 2  # span corruption keeps at least one word and masks at least one
 SENTINEL = "<extra_id_{}>"
+MASK_TOKEN = "<mask>"  # BART's mask token, which `corrupt_bart` wrote for each masked run (preprocess.py L141)
+DENOISE_PREFIX = "denoise text:"  # VL-BART's vl_lm prefix (pretrain_data.py L539-542; none when --losses is lm alone)
 
 
 def random_segmentation(n_items: int, n_segments: int, rng: random.Random) -> list[int]:
@@ -440,6 +453,19 @@ def corrupt_spans(words: Sequence[str], mask: Sequence[bool]) -> tuple[str, str]
     return " ".join(source), " ".join(target)
 
 
+def corrupt_denoise(words: Sequence[str], mask: Sequence[bool]) -> tuple[str, str]:
+    """(input, target) as VL-BART's corrupt_bart writes them (preprocess.py L85-154): each
+    maximal run of masked words becomes one `<mask>` in the input; the target is the whole
+    text."""
+    source = []
+    for i, (word, masked) in enumerate(zip(words, mask)):
+        if not masked:
+            source.append(word)
+        elif i == 0 or not mask[i - 1]:  # a run starts: its one <mask> stands for all its words
+            source.append(MASK_TOKEN)
+    return " ".join(source), " ".join(words)
+
+
 def span_count(n_words: int, layout: "InputLayout") -> int:
     """The most sentinels a caption of `n_words` words can need under `layout`."""
     if layout.masking == "words":
@@ -467,7 +493,9 @@ class CaptionPretraining(Task):
 @register_task("vl_lm")
 class VisualSpanPrediction(CaptionPretraining):
     """VL-T5's "span prediction" (pretrain_data.py L345-352): a caption with spans replaced by
-    sentinels, conditioned on the image; the target the sentinels with their spans."""
+    sentinels, conditioned on the image; the target the sentinels with their spans. With
+    `objective: denoise`, VL-BART's "denoise text" (L535-546): each span one `<mask>`, the
+    target the whole caption."""
 
     prefix, metric = "span prediction:", "token_accuracy"
     generation = Generation(max_new_tokens=40, num_beams=1)
@@ -494,10 +522,17 @@ class VisualSpanPrediction(CaptionPretraining):
         words = item.targets[0][0].split()
         mask = (word_noise_mask(len(words), rng, layout.mask_rate) if layout.masking == "words"
                 else span_noise_mask(len(words), rng, layout.mask_rate, layout.mean_span_length))
-        source, target = corrupt_spans(words, mask)
+        source, target = (corrupt_denoise if layout.objective == "denoise" else corrupt_spans)(words, mask)
         return [*item.parts, SourcePart(source)], (target, 1.0)
 
+    def prefix_for(self, layout: InputLayout) -> str:
+        if layout.prefix is None and layout.objective == "denoise":
+            return DENOISE_PREFIX
+        return super().prefix_for(layout)
+
     def sentinels_needed(self, item: TrainItem) -> int:
+        if item.context.objective == "denoise":
+            return 0  # one <mask> for every run, no sentinels
         return span_count(len(item.targets[0][0].split()), item.context)
 
 

@@ -136,7 +136,7 @@ def manifest_texts(manifests: Iterable[DatasetManifest],
                 yield from (text for text, _weight in task.layout_targets(ex, layout))
     for name, layout in (layouts or {}).items():  # a task reading another's examples (vl_lm, itm): its prefix
         if TASKS[name].reads:
-            yield TASKS[name].prefix if layout.prefix is None else layout.prefix
+            yield TASKS[name].prefix_for(layout)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, kind: Kind,

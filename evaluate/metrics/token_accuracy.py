@@ -2,7 +2,8 @@
 in the right place.
 
 The gold is the target the validation item drew, `<extra_id_0> span0 <extra_id_1> span1
-...`, in the example's `answers` (vl.train.data.TaskDataset.scored_examples). Both texts
+...` (objective span) or the whole caption (objective denoise: every word is scored, the
+kept ones too), in the example's `answers` (vl.train.data.TaskDataset.scored_examples). Both texts
 are lower-cased, every sentinel `<extra_id_k>` is removed (decoding with
 `skip_special_tokens` drops them from the prediction anyway) and the rest is split on
 white space into words. A gold word counts as right when the prediction has the same word
