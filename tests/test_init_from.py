@@ -118,8 +118,7 @@ def test_what_cannot_carry_over_is_refused_with_the_fix(world, sources, tmp_path
         starting_model(adapter_cfg, width, vocab)
     # the methods that carry over, from the registry (tests/test_peft_registry.py registers a new one)
     assert refused.value.hint.endswith("or start from a run of method full, visual-only or visual+ln (no added "
-                                       "modules), or lora (a single LoRA merges into its base weights; one per task "
-                                       "does not).")
+                                       "modules), or lora (a single LoRA merges into its base weights).")
 
 
 def test_init_from_through_the_cli_prints_the_inherited_settings(world, sources, tmp_path):

@@ -148,12 +148,11 @@ def apply_toy(model, cfg: ToyConfig, tasks: list[str]) -> list[str]:
 
 
 def plain_toy(model, cfg: ToyConfig) -> bool:
-    """A toy run becomes a plain model when single."""
     return cfg.sharing == "single"
 
 
 register_method("toy", "the visual projection, by a toy", config=ToyConfig, apply=apply_toy, display=("toy", "toys"),
-                to_plain_model=plain_toy)
+                to_plain_model=plain_toy, plain_model_when="a single toy becomes a plain model")
 '''
 
 
@@ -191,8 +190,8 @@ print(carried_over())
     assert done.stdout.splitlines() == [
         "3 multiple toys True", "1 True", "['toy             the visual projection, by a toy; vl export: bundle']",
         "What trains: full, visual-only, visual+ln, toy, adapter, hyperformer, compacter, lora, prompt, adapter+prompt",
-        "method full, visual-only or visual+ln (no added modules), or toy (a toy run becomes a plain model when "
-        "single), or lora (a single LoRA merges into its base weights; one per task does not)"]
+        "method full, visual-only or visual+ln (no added modules), or toy (a single toy becomes a plain model), "
+        "or lora (a single LoRA merges into its base weights)"]
 
 
 def method_help() -> str:

@@ -277,10 +277,7 @@ def _lora_group(module_name: str, module: nn.Module, attr: str) -> str | None:
 
 
 def _merged(model: VLModel, cfg: LoRAConfig) -> bool:
-    """A single LoRA merges into its base weights; one per task does not.
-
-    A run can start from (init_from) a single LoRA's run: the first line above says so where
-    a run of another method is refused (vl.train.peft.methods.carried_over)."""
+    """A single LoRA merges into its base weights (a run can start from it); one per task does not."""
     if cfg.sharing != "single":
         return False
     merge_lora(model)
@@ -288,4 +285,5 @@ def _merged(model: VLModel, cfg: LoRAConfig) -> bool:
 
 
 register_method("lora", "LoRA matrices, every bias, visual projection", config=LoRAConfig, apply=apply_lora,
-                display=("LoRA", "LoRA"), groups=_lora_group, to_plain_model=_merged, exports={"peft": _export_peft})
+                display=("LoRA", "LoRA"), groups=_lora_group, to_plain_model=_merged,
+                plain_model_when="a single LoRA merges into its base weights", exports={"peft": _export_peft})

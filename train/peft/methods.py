@@ -20,7 +20,6 @@ of the method (see each module), never a search over names.
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 from typing import Any, Iterable
 
@@ -87,26 +86,16 @@ def carry_over(model: VLModel, method: str, settings: Any) -> bool:
 def carried_over() -> str:
     """The methods whose runs any run can start from (init_from), in words for messages: the
     ones that add no modules, then those whose modules become a plain model
-    (MethodSpec.to_plain_model), each with the first line of that function's docstring,
-    which says when."""
+    (MethodSpec.to_plain_model), each with its `plain_model_when`."""
     plain = [name for name in METHODS if not applied(name)]
     convertible = []
     for name in METHODS:
         parts = applied(name)
         if parts and all(part.to_plain_model is not None for part in parts):
-            when = [_phrase((inspect.getdoc(part.to_plain_model) or "").split("\n")[0]) for part in parts]
+            when = [part.plain_model_when for part in parts]
             convertible.append(f"{name} ({'; '.join(when)})" if all(when) else name)
     words = f"{', '.join(plain[:-1])} or {plain[-1]}" if len(plain) > 1 else "".join(plain)
     return f"method {words} (no added modules){''.join(f', or {c}' for c in convertible)}"
-
-
-def _phrase(sentence: str) -> str:
-    """A sentence as a phrase inside parentheses: "A single LoRA merges." -> "a single LoRA merges"
-    (an acronym that starts it, "LoRA ...", stays as it is)."""
-    first = sentence.split(" ", 1)[0]
-    if len(first) == 1 or first[1:].islower():
-        sentence = sentence[:1].lower() + sentence[1:]
-    return sentence.rstrip(".")
 
 
 def method_sections(cls: type) -> type:

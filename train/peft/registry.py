@@ -60,9 +60,11 @@ class MethodSpec:
     every_parameter_each_step: Callable[[Any], bool] = _single
     # a run starting from one trained with this method (init_from): turn its model into a plain VLModel
     # (e.g. merge LoRA into the weights) and return True, or False when its modules cannot carry over;
-    # None: they never can (a method that adds no modules carries over as it is). Its docstring's first
-    # line says when it can, for the message that refuses another ("A single LoRA merges into ...")
+    # None: they never can (a method that adds no modules carries over as it is)
     to_plain_model: Callable[["VLModel", Any], bool] | None = None
+    # with to_plain_model: when it succeeds, in a few words for the message that refuses another
+    # method's run ("a single LoRA merges into its base weights")
+    plain_model_when: str = ""
     # formats other libraries read that `vl export --format` can write this method's modules in (every
     # method can also be written as a `bundle`, vl.train.export): {format: write(model, settings, out_dir,
     # task)}, which writes the method's weights and config files into the folder out_dir and returns the
