@@ -25,7 +25,7 @@ def convert(req: ConvertRequest) -> list[dict]:
                       "drop the flag or use --split train")
     path = req.karpathy
     assert path is not None, "needs=('karpathy',) is checked by convert_dataset"
-    images = read_karpathy_images(path, check=_sentence_problems)
+    images = read_karpathy_images(path, check=_sentence_problems, keep=_references)
     wanted = {"train", "restval"} if req.split == "train" and req.restval_into_train else {req.split}
     present = present_splits(images)
     if req.split not in present:
@@ -33,9 +33,13 @@ def convert(req: ConvertRequest) -> list[dict]:
     return [{
         "id": str(img["cocoid"]), "task": "caption", "split": req.split,
         "media": [media_id(img)],
-        "targets": [s["raw"].strip() for s in img["sentences"]],
-        "image_id": img["cocoid"], "sent_ids": [s["sentid"] for s in img["sentences"]],
+        "targets": img["targets"], "image_id": img["cocoid"], "sent_ids": img["sent_ids"],
     } for _, img in images if img["split"] in wanted]
+
+
+def _references(img: dict) -> dict:
+    """What an image keeps of its sentences (not their tokens): the stripped `raw` texts and their `sentid`s."""
+    return {"targets": [s["raw"].strip() for s in img["sentences"]], "sent_ids": [s["sentid"] for s in img["sentences"]]}
 
 
 def _sentence_problems(img: dict, where: str) -> list[str]:

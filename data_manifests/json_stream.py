@@ -3,7 +3,9 @@
 Visual Genome's region_descriptions.json is one top-level array of 108k images holding
 5.4M regions: `json.load` turns it into several GB of Python objects, while a converter
 needs one image at a time. GQA's balanced questions files are one top-level object keyed
-by question id. `iter_json_array` and `iter_json_object` read such a file through a buffer
+by question id; Karpathy's dataset_coco.json and VQA v2's official files are a top-level
+object whose one big member is the array ({"images": [...]}, {"questions": [...]}, ...).
+`iter_json_array`, `iter_json_object` and `iter_json_array_member` read such a file through a buffer
 of `chunk_size` bytes, decode each element with `json.JSONDecoder.raw_decode` and forget
 it once the caller has it; memory is the buffer plus the largest element. No dependency.
 
@@ -52,13 +54,52 @@ def iter_json_object(path: str | os.PathLike, *, what: str, must_be: str = "a JS
         r.open_container("{", must_be)
         index = 0
         while r.next_item("}", index):
-            key = r.value(":", f"member {index} (its key)")
-            if not isinstance(key, str):
-                r.fail(f"member {index}: a key must be a string (got {key!r:.40})", r.value_start)
-            r.pos += 1  # the ':'
+            key = r.member_key(index)
             yield key, r.value(",}", f"member {key!r}")
             index += 1
         r.close_container()
+
+
+def iter_json_array_member(path: str | os.PathLike, key: str, *, what: str, must_be: str = "a JSON list",
+                           others: dict[str, Any] | None = None, chunk_size: int | None = None) -> Iterator[Any]:
+    """Each element of the array under `key` in the file's top-level object, in order. The
+    other top-level members, before or after it, are decoded one at a time (a key inside
+    them is not `key`) and dropped, or stored in `others` when it is given: read it once the
+    iteration has ended, as a member after the array is only known then. `must_be` says
+    what the array should be ("a JSON list of images"). No `key`, or `key` twice, is an error
+    once the whole file is read."""
+    with _Reader(path, what, chunk_size) as r:
+        r.open_container("{", f"a JSON object with {key!r}: {must_be}")
+        index, found = 0, False
+        while r.next_item("}", index):
+            name = r.member_key(index)
+            if name != key:
+                value = r.value(",}", f"member {name!r}")
+                if others is not None:
+                    others[name] = value
+            elif found:
+                r.fail(f"member {key!r} appears a second time (json.load would keep only the last one)",
+                       r.value_start)
+            else:
+                found = True
+                yield from r.nested_array(key, must_be)
+            index += 1
+        r.close_container()
+    if not found:
+        raise VLError(f"{r.path}: has no member {key!r} ({must_be}); is this the {what}?")
+
+
+def top_level_opener(path: str | os.PathLike, *, what: str) -> str:
+    """The file's first character that is not whitespace: '[' for a top-level array, '{'
+    for an object ('' for an empty file); read without decoding anything."""
+    with _Reader(path, what, 64) as r:
+        return r._skip_whitespace()
+
+
+def _found(first: str) -> str:
+    """What a JSON value starting with `first` is, for a message."""
+    return _STARTS.get(first) or ("a JSON string, number or literal" if first in "-0123456789tfn"
+                                  else f"text starting {first!r}")
 
 
 class _Reader:
@@ -118,8 +159,7 @@ class _Reader:
     def open_container(self, opener: str, must_be: str) -> None:
         first = self._skip_whitespace()
         if first != opener:
-            found = ("an empty file" if not first else _STARTS.get(first)
-                     or ("a JSON string, number or literal" if first in '-0123456789tfn' else f"text starting {first!r}"))
+            found = "an empty file" if not first else _found(first)
             raise VLError(f"{self.path}: must be {must_be}, not {found}; is this the {self.what}?")
         self.pos += 1
         self.closer = "]" if opener == "[" else "}"
@@ -138,6 +178,34 @@ class _Reader:
         elif not c:
             self.fail(f"ends before the first item (no closing '{closer}'): the file is truncated")
         return True
+
+    def member_key(self, index: int) -> str:
+        """The key of member `index` of an object; `pos` ends past its ':'."""
+        key = self.value(":", f"member {index} (its key)")
+        if not isinstance(key, str):
+            self.fail(f"member {index}: a key must be a string (got {key!r:.40})", self.value_start)
+        self.pos += 1  # the ':'
+        return key
+
+    def nested_array(self, key: str, must_be: str) -> Iterator[Any]:
+        """The elements of the array that is the value of member `key` (`pos` on it); `pos`
+        ends on the ',' or '}' after it."""
+        first = self._skip_whitespace()
+        if first != "[":
+            found = _found(first) if first else "the end of the file"
+            self.fail(f"member {key!r} must be {must_be}, not {found}")
+        self.pos += 1
+        self.closer = "]"
+        index = 0
+        while self.next_item("]", index):
+            yield self.value(",]", f"{key}[{index}]")
+            index += 1
+        self.closer = "}"
+        after = self._skip_whitespace()
+        if not after:
+            self.fail(f"the file ends after member {key!r} without the closing '}}': the file is truncated")
+        if after not in ",}":
+            self.fail(f"member {key!r}: not valid JSON (expected ',' or '}}' after it)")
 
     def value(self, delimiters: str, item: str) -> Any:
         """Decode the JSON value at `pos`, which one of `delimiters` must follow; `pos` ends on that delimiter."""

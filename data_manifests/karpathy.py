@@ -9,14 +9,19 @@ val and test. COCO captions (`coco-caption`) take their references from it; VQA 
 VL-T5 and VL-Adapter train on train + restval (113,287 images), validate on val and
 test on test (5,000 images each); the val, test and restval images all come from COCO's
 val2014.
+
+The file (123k images, 616k sentences with their tokens) is read one image at a time
+(`json_stream.iter_json_array_member`); what stays of each image is its IMAGE_FIELDS,
+`filepath` and what the caller's `keep` takes (coco-caption: the references).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path, PurePath
-from typing import Callable
+from typing import Any, Callable
 
-from vl.data_manifests.source_files import duplicates, read_json
+from vl.data_manifests.json_stream import iter_json_array_member
+from vl.data_manifests.source_files import duplicates
 from vl.shared.errors import VLError, collect_or_raise
 from vl.shared.manifest import missing_fields
 
@@ -27,17 +32,19 @@ SPLIT_IMAGES = {"train": ("train", "restval"), "val": ("val",), "test": ("test",
 _SUBTYPE = re.compile(r"^COCO_(\w+?)_\d+$")
 
 RecordCheck = Callable[[dict, str], list[str]]
+RecordKeep = Callable[[dict], dict[str, Any]]
 
 
-def read_karpathy_images(path: Path, *, check: RecordCheck | None = None) -> list[tuple[str, dict]]:
-    """[(where, image record)] of every image in the file, each with the IMAGE_FIELDS
-    (and whatever `check(record, where)` asks for); all problems raised as one VLError."""
-    doc = read_json(path, what="Karpathy split file dataset_coco.json")
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise VLError(f"{path}: field 'images' must be a list; is this Karpathy's dataset_coco.json?")
+def read_karpathy_images(path: Path, *, check: RecordCheck | None = None,
+                         keep: RecordKeep | None = None) -> list[tuple[str, dict]]:
+    """[(where, image)] of every image in the file: the record's IMAGE_FIELDS and `filepath`,
+    plus `keep(record)` (fields of the caller's own), once the record has passed
+    `check(record, where)`; all problems raised as one VLError."""
     problems: list[str] = []
     images = []
-    for i, img in enumerate(doc["images"]):
+    records = iter_json_array_member(path, "images", what="Karpathy split file dataset_coco.json",
+                                     must_be="a JSON list of images")
+    for i, img in enumerate(records):
         where = f"{path}: images[{i}]"
         if isinstance(img, dict) and isinstance(img.get("cocoid"), int):
             where += f" (cocoid {img['cocoid']})"
@@ -46,7 +53,8 @@ def read_karpathy_images(path: Path, *, check: RecordCheck | None = None) -> lis
             found = check(img, where)
         problems.extend(found)
         if not found:
-            images.append((where, img))
+            kept = {field: img[field] for field in (*IMAGE_FIELDS, "filepath") if field in img}
+            images.append((where, {**kept, **keep(img)} if keep is not None else kept))
     problems.extend(duplicates((str(img["cocoid"]), where) for where, img in images))
     collect_or_raise(problems, hint=f"{path} should be Karpathy's dataset_coco.json.")
     return images

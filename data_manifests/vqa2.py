@@ -6,6 +6,10 @@ Official files (visualqa.org):
     annotations {"annotations": [{"question_id", "image_id", "question_type", "answer_type",
                  "multiple_choice_answer", "answers": [{"answer", "answer_confidence", "answer_id"}] x 10}]}
 Test splits ship questions only: their examples carry no `answers` and no `labels`.
+Both are streamed (`json_stream.iter_json_array_member`), their members in any order;
+the join by question_id keeps each annotation compact (`_read_annotations`), so memory
+holds the examples and those tuples, not the files' records (443k training questions
+with ten answer records each are GBs as Python objects).
 
 LXMERT / VL-T5 file (given as --questions, no --annotations; recognised by being a
 JSON list): [{"img_id": "COCO_val2014_000000393267", "question_id", "sent",
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterable
 
+from vl.data_manifests.json_stream import iter_json_array, iter_json_array_member, top_level_opener
 from vl.data_manifests.karpathy import split_image_ids
 from vl.data_manifests.registry import ConvertRequest, Converted, register
 from vl.data_manifests.source_files import duplicates, read_json
@@ -46,6 +52,8 @@ ANNOTATION_FIELDS = {"question_id": int, "image_id": int, "question_type": str, 
 HUMAN_ANSWER_FIELDS = {"answer": str, "answer_id": int}
 LXMERT_FIELDS = {"img_id": str, "question_id": int, "sent": str}
 ANSWERS_PER_QUESTION = 10
+QUESTIONS_FILE = "VQA v2 questions JSON (v2_OpenEnded_mscoco_*_questions.json, or the LXMERT/VL-T5 VQA JSON list)"
+ANNOTATIONS_FILE = "VQA v2 annotations JSON (v2_mscoco_*_annotations.json)"
 # "COCO_val2014_000000393267" -> subtype "val2014", image id 393267
 _MEDIA_ID = re.compile(r"^COCO_(\w+?)_(\d+)$")
 
@@ -67,15 +75,15 @@ def convert(req: ConvertRequest) -> Converted:
     wheres: list[str] = []
     per_file: dict[str, int] = {}
     for i, path in enumerate(req.questions):
-        doc = read_json(path, what="VQA v2 questions JSON (or LXMERT/VL-T5 VQA JSON list)")
         annotations = req.annotations[i] if req.annotations else None
-        if isinstance(doc, list):
+        if top_level_opener(path, what=QUESTIONS_FILE) == "[":
             if annotations is not None:
                 raise VLError(f"{path}: is a JSON list, the LXMERT/VL-T5 format, which carries its own labels; "
                               "drop --annotations, or pass the official questions JSON as --questions")
-            found, found_wheres = _from_lxmert(doc, path, req.split)
+            records = iter_json_array(path, what=QUESTIONS_FILE, must_be="a JSON list of questions")
+            found, found_wheres = _from_lxmert(records, path, req.split)
         else:
-            found, found_wheres = _from_official(doc, path, annotations, req.split)
+            found, found_wheres = _from_official(path, annotations, req.split)
         examples += found
         wheres += found_wheres
         per_file[str(path.resolve())] = len(found)
@@ -188,81 +196,92 @@ def _read_vocabulary(path: Path) -> tuple[list[str], int]:
     return sorted({normalize_vqa_answer(e) for e in entries}), len(entries)
 
 
-def _from_official(doc: object, path: Path, annotations: Path | None, split: str) -> tuple[list[dict], list[str]]:
-    """(examples, where each question is) of an official questions file, with its annotations."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("questions"), list):
-        raise VLError(f"{path}: field 'questions' must be a list; is this the VQA v2 questions JSON "
-                      "(v2_OpenEnded_mscoco_*_questions.json)?")
-    problems = missing_fields(doc, {"data_subtype": str}, str(path))
-    collect_or_raise(problems)
-    subtype = doc["data_subtype"]
-    # test-dev questions name their subtype "test-dev2015", but the images are test2015 files.
-    image_subtype = subtype.replace("test-dev", "test")
-
-    rows: list[tuple[str, dict]] = []  # (where, question record)
-    for i, q in enumerate(doc["questions"]):
+def _from_official(path: Path, annotations: Path | None, split: str) -> tuple[list[dict], list[str]]:
+    """(examples, where each question is) of an official questions file, with its annotations.
+    Both files are streamed (`json_stream`): what stays is the examples and the compact
+    annotations of `_read_annotations`, never the files' records."""
+    head: dict = {}  # the members beside "questions": data_subtype, info, license, ...
+    problems: list[str] = []
+    examples, wheres = [], []
+    for i, q in enumerate(iter_json_array_member(path, "questions", what=QUESTIONS_FILE,
+                                                 must_be="a JSON list of questions", others=head)):
         where = _where(path, "questions", i, q)
         found = missing_fields(q, QUESTION_FIELDS, where) if isinstance(q, dict) else [f"{where}: must be a JSON object"]
         problems.extend(found)
-        if not found:
-            rows.append((where, q))
-    problems.extend(duplicates((str(q["question_id"]), where) for where, q in rows))
+        if not found:  # media is set once data_subtype is known: it may follow the questions
+            examples.append({"id": str(q["question_id"]), "task": "vqa", "split": split, "media": None,
+                             "question": q["question"], "image_id": q["image_id"]})
+            wheres.append(where)
+    problems[:0] = missing_fields(head, {"data_subtype": str}, str(path))
+    problems.extend(duplicates((ex["id"], where) for ex, where in zip(examples, wheres)))
     collect_or_raise(problems, hint=f"{path} should be an official VQA v2 questions file.")
-
-    examples = []
-    for _, q in rows:
-        examples.append({
-            "id": str(q["question_id"]), "task": "vqa", "split": split,
-            "media": [f"COCO_{image_subtype}_{q['image_id']:012d}"],
-            "question": q["question"], "image_id": q["image_id"],
-        })
+    subtype = head["data_subtype"]
+    # test-dev questions name their subtype "test-dev2015", but the images are test2015 files.
+    image_subtype = subtype.replace("test-dev", "test")
+    for ex in examples:
+        ex["media"] = [f"COCO_{image_subtype}_{ex['image_id']:012d}"]
     if annotations is not None:
-        _add_annotations(examples, rows, subtype, annotations, path)
-    return examples, [where for where, _ in rows]
+        _add_annotations(examples, wheres, subtype, annotations, path)
+    return examples, wheres
 
 
-def _add_annotations(examples: list[dict], rows: list[tuple[str, dict]], subtype: str,
-                     path: Path, questions_path: Path) -> None:
-    doc = read_json(path, what="VQA v2 annotations JSON")
-    if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
-        raise VLError(f"{path}: field 'annotations' must be a list; is this the VQA v2 annotations JSON "
-                      "(v2_mscoco_*_annotations.json)?")
-    if doc.get("data_subtype", subtype) != subtype:
-        raise VLError(f"{path}: annotations of {doc['data_subtype']!r} do not belong to the questions of "
-                      f"{subtype!r} in {questions_path}; pass the annotations of the same split, each "
-                      "--annotations after its --questions")
+def _add_annotations(examples: list[dict], wheres: list[str], subtype: str, path: Path, questions_path: Path) -> None:
+    by_qid = _read_annotations(path, subtype, questions_path)
     problems: list[str] = []
-    by_qid: dict[int, tuple[str, dict]] = {}
-    for i, a in enumerate(doc["annotations"]):
+    for ex, q_where in zip(examples, wheres):
+        # popped: what is left at the end is the annotations of no question, and memory shrinks as examples grow
+        a = by_qid.pop(int(ex["id"]), None)
+        if a is None:
+            problems.append(f"{q_where}: no annotation in {path} for this question "
+                            "(field 'question_id'); are the two files of the same split?")
+            continue
+        index, image_id, answers, answer_type, question_type, multiple_choice_answer = a
+        if image_id != ex["image_id"]:
+            problems.append(f"{_where(path, 'annotations', index, {'question_id': int(ex['id'])})}: field 'image_id' is {image_id} but the "
+                            f"question in {questions_path} has image_id {ex['image_id']}")
+            continue
+        ex.update(answers=list(answers), labels=vqa_soft_scores(answers), answer_type=answer_type,
+                  question_type=question_type, multiple_choice_answer=multiple_choice_answer)
+    for qid, a in by_qid.items():
+        problems.append(f"{_where(path, 'annotations', a[0], {'question_id': qid})}: field 'question_id' {qid} is "
+                        f"not in the questions file {questions_path}")
+    collect_or_raise(problems, hint=f"{path} should be the official VQA v2 annotations of the questions in {questions_path}.")
+
+
+# question_id -> (index in the file, image_id, the ten answers by answer_id, answer_type, question_type,
+# multiple_choice_answer): what the join needs of an annotation (its record holds three fields per answer)
+CompactAnnotations = dict[int, tuple[int, int, tuple[str, ...], str, str, str]]
+
+
+def _read_annotations(path: Path, subtype: str, questions_path: Path) -> CompactAnnotations:
+    """The annotations file, streamed, checked, kept compact: a repeated string (answers, types)
+    is one object, as 443k training questions repeat a few thousand answers 4.4M times."""
+    head: dict = {}
+    problems: list[str] = []
+    by_qid: CompactAnnotations = {}
+    strings: dict[str, str] = {}
+    for i, a in enumerate(iter_json_array_member(path, "annotations", what=ANNOTATIONS_FILE,
+                                                 must_be="a JSON list of annotations", others=head)):
         where = _where(path, "annotations", i, a)
         found = missing_fields(a, ANNOTATION_FIELDS, where) if isinstance(a, dict) else [f"{where}: must be a JSON object"]
         found = found or _check_human_answers(a["answers"], where)
         problems.extend(found)
-        if not found:
-            if a["question_id"] in by_qid:
-                problems.append(f"{where}: duplicate question_id {a['question_id']} (first at {by_qid[a['question_id']][0]})")
-            else:
-                by_qid[a["question_id"]] = (where, a)
-
-    question_ids = set()
-    for ex, (q_where, q) in zip(examples, rows):
-        question_ids.add(q["question_id"])
-        if q["question_id"] not in by_qid:
-            problems.append(f"{q_where}: no annotation in {path} for this question "
-                            "(field 'question_id'); are the two files of the same split?")
+        if found:
             continue
-        a_where, a = by_qid[q["question_id"]]
-        if a["image_id"] != q["image_id"]:
-            problems.append(f"{a_where}: field 'image_id' is {a['image_id']} but the question in "
-                            f"{questions_path} has image_id {q['image_id']}")
+        qid = a["question_id"]
+        if qid in by_qid:
+            problems.append(f"{where}: duplicate question_id {qid} (first at {_where(path, 'annotations', by_qid[qid][0], a)})")
             continue
-        answers = [h["answer"] for h in sorted(a["answers"], key=lambda h: h["answer_id"])]
-        ex.update(answers=answers, labels=vqa_soft_scores(answers), answer_type=a["answer_type"],
-                  question_type=a["question_type"], multiple_choice_answer=a["multiple_choice_answer"])
-    for qid, (a_where, _) in by_qid.items():
-        if qid not in question_ids:
-            problems.append(f"{a_where}: field 'question_id' {qid} is not in the questions file {questions_path}")
+        answers = tuple(strings.setdefault(h["answer"], h["answer"])
+                        for h in sorted(a["answers"], key=lambda h: h["answer_id"]))
+        by_qid[qid] = (i, a["image_id"], answers, *(strings.setdefault(a[f], a[f]) for f in
+                                                    ("answer_type", "question_type", "multiple_choice_answer")))
+    if head.get("data_subtype", subtype) != subtype:
+        raise VLError(f"{path}: annotations of {head['data_subtype']!r} do not belong to the questions of "
+                      f"{subtype!r} in {questions_path}; pass the annotations of the same split, each "
+                      "--annotations after its --questions")
     collect_or_raise(problems, hint=f"{path} should be the official VQA v2 annotations of the questions in {questions_path}.")
+    return by_qid
 
 
 def _check_human_answers(answers: list, where: str) -> list[str]:
@@ -280,7 +299,7 @@ def _check_human_answers(answers: list, where: str) -> list[str]:
     return problems
 
 
-def _from_lxmert(records: list, path: Path, split: str) -> tuple[list[dict], list[str]]:
+def _from_lxmert(records: Iterable, path: Path, split: str) -> tuple[list[dict], list[str]]:
     """(examples, where each record is) of an LXMERT / VL-T5 JSON list."""
     problems: list[str] = []
     examples, wheres = [], []

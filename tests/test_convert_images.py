@@ -227,7 +227,7 @@ def test_vqa2_bad_files(tmp_path):
     out = tmp_path / "out.jsonl"
     q = tmp_path / "q.json"
     q.write_text('{"data_subtype": "val2014",\n "questions": [\n  {"image_id": 1,, }\n]}')
-    convert_fails("vqa2", ConvertRequest(split="val", questions=q), out, "q.json:3: not valid JSON")
+    convert_fails("vqa2", ConvertRequest(split="val", questions=q), out, "q.json:3: byte 61: questions[0]: not valid JSON")
     write_json(q, vqa_questions())
     other = write_json(tmp_path / "a.json", vqa_annotations(subtype="train2014"))
     convert_fails("vqa2", ConvertRequest(split="val", questions=q, annotations=other), out,
