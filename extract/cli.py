@@ -315,7 +315,9 @@ def import_(fmt, src, out, fps, model, pretrained, manifests, id_from, dtype, sh
     one bad file of a large release should not stop the import, and `vl train` names
     the ids it lacks. Running the command again skips ids already in the store and tries
     failed files again; an interrupted run continues. A rerun opens only new or changed
-    files (OUT.sources.json keeps each file's sha256 by path, size and mtime).
+    files (OUT.sources.json keeps each file's sha256 by path, size and mtime), and warns
+    when a file whose id is in the store changed since it was imported (--overwrite
+    imports it again).
     """
     from vl.extract.import_features import ImportOptions, import_features
     from vl.shared.atomic import refuse_overwriting_inputs
@@ -346,6 +348,11 @@ def import_(fmt, src, out, fps, model, pretrained, manifests, id_from, dtype, sh
             echo(f"{manifest}: media: all {total} in {s.out}")
     if s.failures:
         click.secho(f"warning: {len(s.failures)} file(s) failed; they are listed with reasons in {out}.json",
+                    fg="yellow", err=True)
+    if s.changed:
+        shown = ", ".join(s.changed[:3]) + (f" and {len(s.changed) - 3} more" if len(s.changed) > 3 else "")
+        click.secho(f"warning: {len(s.changed)} source file(s) changed since their features were imported, and "
+                    f"{out} keeps the old features: {shown}; rerun with --overwrite to import them again",
                     fg="yellow", err=True)
     if strict and (s.failures or any(missing for _, missing in s.coverage.values())):
         sys.exit(1)

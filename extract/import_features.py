@@ -27,6 +27,9 @@ crash-safe shards, resumable, the store replaced atomically. No torch.
 A rerun opens only the files that are new or changed since the last run
 (`source_cache.py`: each file's sha256 and header by path, size and mtime_ns, in
 `<out>.sources.json`); the source digest is the same value as reading every file gives.
+A file whose id is already in the store but whose bytes changed since its features were
+imported (the cache's `imported` record) is not imported again: the summary lists it
+(`changed`) and the command warns, naming --overwrite.
 """
 from __future__ import annotations
 
@@ -106,6 +109,7 @@ class ImportSummary:
     width: int
     fps: float
     source_sha256: str
+    changed: list[str] = field(default_factory=list)  # files of ids in the store, changed since imported
     # manifest path -> (its distinct media ids, those not in the store)
     coverage: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
 
@@ -258,6 +262,8 @@ def import_features(opts: ImportOptions) -> ImportSummary:
     provenance = store_provenance(opts, model, pretrained, fps, width)
     builder = StoreBuilder(opts.out, provenance, {"pooled": (width,)}, opts.dtype, layout="frames",
                            overwrite=opts.overwrite, shard_rows=opts.shard_rows)
+    if opts.overwrite:  # the store is made anew: what it held is no longer imported
+        cache.imported.clear()
     with builder:
         done = builder.done_ids
         pending = [x for x in inputs if x.id not in done]
@@ -267,7 +273,7 @@ def import_features(opts: ImportOptions) -> ImportSummary:
         # 2. Every file's bytes are hashed for the source digest, but a file the cache knows
         #    unchanged (same size and mtime_ns) counts with its cached sha256; pending files are read.
         pending_ids = {x.id for x in pending}
-        file_digests, failures, batch = [], [], _Batch()
+        file_digests, failures, changed, batch = [], [], [], _Batch()
         with progress_bar(total=len(inputs), unit="file", desc="import", enabled=opts.progress,
                           mininterval=0.5) as bar:
             for x in inputs:
@@ -290,6 +296,9 @@ def import_features(opts: ImportOptions) -> ImportSummary:
                         batch.add(x.id, features, fps)
                         if len(batch.ids) >= ADD_VIDEOS:
                             batch.flush(builder)
+                    cache.record_import(x.path, sha if reason is None else None)
+                elif cache.changed_since_import(x.path, sha):  # skipped: its features are those of other bytes
+                    changed.append(x.path)
                 bar.update(1)
             batch.flush(builder)
         source_sha256 = digest_strings(sorted(file_digests))
@@ -313,7 +322,7 @@ def import_features(opts: ImportOptions) -> ImportSummary:
     cache.save()  # after the store: an import that failed leaves the last finished run's cache
     imported = len(pending) - len(failures)
     summary = ImportSummary(opts.out, len(inputs), len(inputs) - len(pending), imported, failures, store_count,
-                            width, fps, source_sha256)
+                            width, fps, source_sha256, changed)
     if manifests:
         store = FeatureStore(opts.out)
         summary.coverage = {str(m.path): (len(m.media_ids()), [i for i in m.media_ids() if i not in store])

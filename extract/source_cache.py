@@ -11,6 +11,13 @@ every file gives. A file changed less than `RECENT_NS` before the run began is n
 within the file system's timestamp resolution it could change again under the same
 mtime (git's "racily clean" entries). The cache is only a cache: a missing, unreadable or
 other-version file is ignored and rewritten.
+
+Beside it, `imported` keeps the sha256 of the bytes each file had when its features went
+into the store, whatever its mtime: a rerun skips an id already in the store, so a file
+changed since then would leave old features without a word; comparing that record with
+the file's sha256 now (from the cache while the file is unchanged, else from the read the
+digest makes anyway) finds it at no extra cost. A file with no record (the cache lost, a
+store imported before the record existed, an interrupted run) is recorded as it is now.
 """
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ class SourceCache:
     def __init__(self, path: Path, files: list[str]):
         self.path = path
         self.started_ns = time.time_ns()
-        kept = _read(path)
+        kept, imported = _read(path)
+        self.imported: dict[str, str] = imported  # absolute path -> sha256 of the bytes the store holds
         self.entries: dict[str, dict[str, Any]] = {}  # input path -> {size, mtime_ns, what is known}
         for file in files:
             try:
@@ -63,18 +71,39 @@ class SourceCache:
         if entry is not None and (size is None or size == entry["size"]):
             entry[name] = value
 
+    def record_import(self, file: str, sha256: str | None) -> None:
+        """`file`'s features went into the store from bytes with this sha256 (None: they did not)."""
+        if sha256 is None:
+            self.imported.pop(os.path.abspath(file), None)
+        else:
+            self.imported[os.path.abspath(file)] = sha256
+
+    def changed_since_import(self, file: str, sha256: str) -> bool:
+        """Whether `file`, whose features the store holds, has other bytes now than when they
+        were imported; a file with no record is recorded as it is now."""
+        if sha256 == "unreadable":
+            return False
+        return self.imported.setdefault(os.path.abspath(file), sha256) != sha256
+
     def save(self) -> None:
         settled = self.started_ns - RECENT_NS
         files = {os.path.abspath(f): e for f, e in self.entries.items()
                  if e["mtime_ns"] < settled and len(e) > 2}
         write_json_atomic(self.path, {"format": CACHE_FORMAT, "version": CACHE_VERSION, "files": files,
-                                      "rule": "an entry holds while the file's size and mtime_ns are those recorded"})
+                                      "rule": "an entry holds while the file's size and mtime_ns are those recorded",
+                                      "imported": dict(sorted(self.imported.items())),
+                                      "imported_rule": "the sha256 of each file's bytes when its features went "
+                                                       "into the store"})
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(files, imported) of the cache file; empty when it is missing, unreadable or of another version."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    ok = isinstance(doc, dict) and doc.get("format") == CACHE_FORMAT and doc.get("version") == CACHE_VERSION
-    return doc["files"] if ok and isinstance(doc.get("files"), dict) else {}
+        return {}, {}
+    if not (isinstance(doc, dict) and doc.get("format") == CACHE_FORMAT and doc.get("version") == CACHE_VERSION):
+        return {}, {}
+    files, imported = doc.get("files"), doc.get("imported")
+    return (files if isinstance(files, dict) else {},
+            {k: v for k, v in imported.items() if isinstance(v, str)} if isinstance(imported, dict) else {})

@@ -281,6 +281,44 @@ def test_a_rerun_reads_only_new_or_changed_files_and_gives_the_same_digest(tmp_p
     assert rerun()[0] == sorted(p.name for p in src.iterdir()) and rerun()[0] == []
 
 
+def test_a_rerun_warns_when_a_file_of_an_id_in_the_store_changed_since_it_was_imported(tmp_path, monkeypatch):
+    """The rerun skips ids already in the store, so a changed file keeps its old features: one
+    warning names how many, the first three paths, and --overwrite; it holds on every rerun
+    (the sha256 at import is recorded in <out>.sources.json, compared with the cached one
+    while the file is unchanged: no file is opened for it). Same bytes under a new mtime, or
+    a file re-imported by --overwrite, is no change."""
+    import os
+
+    import vl.extract.import_features as imp
+
+    src, out = tmp_path / "src", tmp_path / "f.h5"
+    names = {f"clip_{i}": 3 + i for i in range(5)}
+    arrays = write_value_release(src, names)
+    value_import(src, out)  # the files are new: too recent for the size/mtime cache, recorded all the same
+    for i in range(4):  # same size, other bytes; the last one keeps its bytes under another mtime
+        np.savez(src / f"clip_{i}.npz", features=np.zeros((3 + i, WIDTH), np.float16))
+    os.utime(src / "clip_4.npz", ns=(0, (src / "clip_4.npz").stat().st_mtime_ns - 10**10))
+    for _ in range(2):  # the warning holds until the features are replaced
+        result = value_import(src, out)
+        (warning,) = [line for line in result.stderr.splitlines() if "changed since" in line]
+        assert warning == (f"warning: 4 source file(s) changed since their features were imported, and {out} keeps "
+                           f"the old features: {src / 'clip_0.npz'}, {src / 'clip_1.npz'}, {src / 'clip_2.npz'} and 1 "
+                           "more; rerun with --overwrite to import them again")
+        np.testing.assert_array_equal(FeatureStore(out).get("clip_2"), arrays["clip_2"])  # no error, old features
+    settle = lambda p: os.utime(p, ns=(0, p.stat().st_mtime_ns - 10**11))  # noqa: E731
+    for p in src.iterdir():
+        settle(p)
+    value_import(src, out)  # the cache learns the settled files
+    reads = []
+    real_read = imp._read_bytes
+    monkeypatch.setattr(imp, "_read_bytes", lambda path: reads.append(path) or real_read(path))
+    summary = import_features(ImportOptions("value-npz", src, out, progress=False))
+    assert reads == [] and sorted(Path(p).name for p in summary.changed) == [f"clip_{i}.npz" for i in range(4)]
+    assert "changed since" not in value_import(src, out, "--overwrite").stderr
+    assert not FeatureStore(out).get("clip_2").any()  # the new bytes' features
+    assert import_features(ImportOptions("value-npz", src, out, progress=False)).changed == []
+
+
 def extracted_video_store(path: Path, ids: list[str], width: int = WIDTH) -> Path:
     """A store as `vl extract videos` writes them (its encoder section has no origin)."""
     prov = {"encoder": {"library": "open_clip", "model": "ViT-B-32", "weights": {"source": "tag", "tag": "openai"}},
