@@ -66,8 +66,9 @@ def iter_json_array_member(path: str | os.PathLike, key: str, *, what: str, must
     other top-level members, before or after it, are decoded one at a time (a key inside
     them is not `key`) and dropped, or stored in `others` when it is given: read it once the
     iteration has ended, as a member after the array is only known then. `must_be` says
-    what the array should be ("a JSON list of images"). No `key`, or `key` twice, is an error
-    once the whole file is read."""
+    what the array should be ("a JSON list of images"). Memory is the buffer plus the largest
+    element or other member. No `key` is an error once the whole file is read; `key` twice,
+    once the second is reached."""
     with _Reader(path, what, chunk_size) as r:
         r.open_container("{", f"a JSON object with {key!r}: {must_be}")
         index, found = 0, False
