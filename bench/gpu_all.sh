@@ -3,7 +3,7 @@
 # docs/benchmarks.md were made. Each part has its own time limit and log; one failing part
 # does not stop the others.
 #   bash bench/gpu_all.sh OUT_DIR            # on the GPU machine, from the repository root
-#   PARTS="decode mfu" bash bench/gpu_all.sh OUT_DIR   # issue #18's GPU parts alone (an estimated 9 minutes)
+#   PARTS="decode mfu" bash bench/gpu_all.sh OUT_DIR   # issue #18's GPU parts alone (an estimated 10 minutes)
 #   DEVICE=cpu SMALL=1 bash bench/gpu_all.sh /tmp/x   # a quick dry run of the plumbing on a CPU
 # PARTS (default: all of them): train videos images decode mfu gpu_tests. decode: `vl extract images`
 # with JPEGs decoded on the GPU against the forward alone (and the CPU decode) for RN101 grids and
