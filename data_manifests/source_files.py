@@ -54,10 +54,18 @@ def _existing(path: str | os.PathLike, what: str) -> Path:
 def duplicates(ids: Iterable[tuple[str, str]]) -> list[str]:
     """Problems for repeated ids; `ids` yields (id, where)."""
     first: dict[str, str] = {}
-    problems = []
+    problems: list[str] = []
     for ident, where in ids:
-        if ident in first:
-            problems.append(f"{where}: duplicate id {ident!r} (first at {first[ident]})")
-        else:
-            first[ident] = where
+        repeated_id(ident, where, first, problems)
     return problems
+
+
+def repeated_id(ident: str, where: str, first: dict[str, str], problems: list[str]) -> bool:
+    """Whether `ident` came before (`first`: each id seen, where it first came): then a
+    problem is added to `problems`, else `ident` is recorded. `duplicates` one id at a time,
+    for a file checked as it streams by, keeping only the ids and their places."""
+    if ident in first:
+        problems.append(f"{where}: duplicate id {ident!r} (first at {first[ident]})")
+        return True
+    first[ident] = where
+    return False

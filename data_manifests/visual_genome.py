@@ -41,6 +41,7 @@ from typing import Any
 
 from vl.data_manifests.registry import ConvertRequest, Converted, register
 from vl.data_manifests.json_stream import iter_json_array
+from vl.data_manifests.source_files import repeated_id
 from vl.shared.answers import normalize_vqa_answer
 from vl.shared.errors import ProblemList, collect_or_raise
 from vl.shared.manifest import missing_fields
@@ -95,7 +96,7 @@ def convert_questions(req: ConvertRequest) -> Converted:
                 skipped["empty_questions" if not question else "empty_answers"] += 1
                 continue
             ident = f"vgqa-{qa['qa_id']}"
-            if not _repeated(ident, at, first, problems):
+            if not repeated_id(ident, at, first, problems):
                 examples.append({"id": ident, "task": "vqa", "split": req.split, "media": [str(image_id)],
                                  "question": question, "answers": [answer], "labels": {label: 1.0},
                                  **_image_fields(image_id, coco_ids)})
@@ -119,7 +120,7 @@ def read_image_data(path: Path | None) -> dict[int, int | None]:
         if coco is not None and not isinstance(coco, int):
             problems.append(f"{where} (image {image_id}): field 'coco_id' must be an integer or null (got {coco!r:.40})")
             continue
-        if _repeated(str(image_id), f"{where} (image {image_id})", first, problems):
+        if repeated_id(str(image_id), f"{where} (image {image_id})", first, problems):
             continue
         out[image_id] = coco
     collect_or_raise(problems, hint=f"{path} should be Visual Genome's image_data.json.")
@@ -143,16 +144,6 @@ def _image_id(record: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _repeated(ident: str, where: str, first: dict[str, str], problems: list[str]) -> bool:
-    """Whether `ident` came before (then a problem, worded as `source_files.duplicates` words
-    it); checked as the file streams by, so only the ids and their places are kept."""
-    if ident in first:
-        problems.append(f"{where}: duplicate id {ident!r} (first at {first[ident]})")
-        return True
-    first[ident] = where
-    return False
-
-
 def _image_records(path: Path, list_field: str, known: dict[int, int | None], name: str, problems: list[str]):
     """(where, image id, record) of each image of a VG annotation list whose id is present,
     known to image_data.json and not repeated, and whose list field is a list; the file is
@@ -166,7 +157,7 @@ def _image_records(path: Path, list_field: str, known: dict[int, int | None], na
         elif image_id not in known:
             problems.append(f"{where}: image {image_id} is not in the --image-data file; give the image_data.json "
                             "of the same Visual Genome release")
-        elif _repeated(str(image_id), f"{where} (image {image_id})", first, problems):
+        elif repeated_id(str(image_id), f"{where} (image {image_id})", first, problems):
             continue
         elif not isinstance(record.get(list_field), list):
             problems.extend(missing_fields(record, {list_field: list}, f"{where} (image {image_id})"))
