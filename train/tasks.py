@@ -435,34 +435,37 @@ def word_noise_mask(n_words: int, rng: random.Random, rate: float = 0.15) -> lis
     return [i in picked for i in range(n_words)]
 
 
+def masked_runs(words: Sequence[str], mask: Sequence[bool],
+                placeholder: Callable[[int], str]) -> tuple[list[str], list[list[str]]]:
+    """The words with each maximal run of masked words replaced by `placeholder(k)`, k = 0,
+    1, ... left to right, and the runs' words: what both vl_lm objectives start from."""
+    source: list[str] = []
+    runs: list[list[str]] = []
+    for i, (word, masked) in enumerate(zip(words, mask)):
+        if not masked:
+            source.append(word)
+            continue
+        if i == 0 or not mask[i - 1]:  # a run starts
+            source.append(placeholder(len(runs)))
+            runs.append([])
+        runs[-1].append(word)
+    return source, runs
+
+
 def corrupt_spans(words: Sequence[str], mask: Sequence[bool]) -> tuple[str, str]:
     """(input, target) as VL-T5's corrupt_spans writes them (preprocess.py L55-80): each
     maximal run of masked words becomes `<extra_id_k>` in the input, k = 0, 1, ... left to
     right; the target is `<extra_id_0> span0 <extra_id_1> span1 ...` (no closing sentinel,
     as the reference: L70 is commented out)."""
-    source, target, k = [], [], 0
-    for i, (word, masked) in enumerate(zip(words, mask)):
-        if not masked:
-            source.append(word)
-            continue
-        if i == 0 or not mask[i - 1]:  # a span starts
-            source.append(SENTINEL.format(k))
-            target.append(SENTINEL.format(k))
-            k += 1
-        target.append(word)
-    return " ".join(source), " ".join(target)
+    source, runs = masked_runs(words, mask, SENTINEL.format)
+    return " ".join(source), " ".join(w for k, run in enumerate(runs) for w in (SENTINEL.format(k), *run))
 
 
 def corrupt_denoise(words: Sequence[str], mask: Sequence[bool]) -> tuple[str, str]:
     """(input, target) as VL-BART's corrupt_bart writes them (preprocess.py L85-154): each
     maximal run of masked words becomes one `<mask>` in the input; the target is the whole
     text."""
-    source = []
-    for i, (word, masked) in enumerate(zip(words, mask)):
-        if not masked:
-            source.append(word)
-        elif i == 0 or not mask[i - 1]:  # a run starts: its one <mask> stands for all its words
-            source.append(MASK_TOKEN)
+    source, _ = masked_runs(words, mask, lambda k: MASK_TOKEN)
     return " ".join(source), " ".join(words)
 
 
