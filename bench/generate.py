@@ -23,7 +23,6 @@ On a shared machine, --repeat 3 keeps the fastest of three runs of each measurem
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shlex
 import sys
 import time
@@ -41,6 +40,7 @@ class Setup:
     def __init__(self, args, manifest: Path, store: Path):
         import torch
 
+        from vl.shared.devices import amp_dtype
         from vl.shared.manifest import DatasetManifest
         from vl.train.data import DataSettings, TaskData, TaskDataset, TaskOptions
         from vl.train.loop import tokenizer_kind
@@ -63,14 +63,12 @@ class Setup:
         self.model = build_vl_model(args.model, GRID[1], init="random",
                                     vocab_size=PAPER_VOCAB if args.model.startswith("bart") else len(self.tokenizer))
         self.model.to(self.device).eval()
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+        self.amp = amp_dtype(args.precision)
 
     def autocast(self):
-        import torch
+        from vl.shared.devices import autocast
 
-        if self.amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
+        return autocast(self.device, self.amp)  # as `vl evaluate` runs it
 
     def predict(self, decode: str, batch_size: int, bucket: bool) -> dict:
         import torch

@@ -85,6 +85,7 @@ class Setup:
 
         from vl.shared.manifest import DatasetManifest
         from vl.train.data import DataSettings, MultiTaskDataset, MultiTaskSampler, TaskData, TaskDataset
+        from vl.shared.devices import amp_dtype
         from vl.train.build import set_trainable
         from vl.train.loop import build_optimizer, tokenizer_kind
         from vl.train.config import TrainConfig
@@ -109,7 +110,7 @@ class Setup:
         if getattr(args, "compile", False):
             self.model.compile_backbone()  # as `compile: true` in a run
         self.optimizer = build_optimizer(self.model, cfg)
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+        self.amp = amp_dtype(args.precision)
 
     def loader(self, workers: int):
         from vl.train.data import make_loader

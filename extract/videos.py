@@ -129,10 +129,10 @@ def run_video_batches(pending: list[MediaInput], encoder: LoadedEncoder, builder
         if done:  # whole videos only go to the store
             names = videos[done[0]]["chunks"][0].keys()
             writer.add([pending[i].id for i in done],
-                        {k: np.concatenate([c[k] for i in done for c in videos[i]["chunks"]]) for k in names},
-                        FrameInfo([videos[i]["n"] for i in done],
-                                  [t for i in done for t in videos[i]["timestamps"]],
-                                  [videos[i]["duration"] for i in done]))
+                       {k: np.concatenate([c[k] for i in done for c in videos[i]["chunks"]]) for k in names},
+                       FrameInfo([videos[i]["n"] for i in done],
+                                 [t for i in done for t in videos[i]["timestamps"]],
+                                 [videos[i]["duration"] for i in done]))
             for i in done:
                 del videos[i]
             bar.update(len(done))
